@@ -1,0 +1,243 @@
+"""The task table: which tasks exist, what kind each is, and where its data lives.
+
+Tasks are data (``tasks.toml`` next to this file, plus any user file given with ``--task-file`` or
+``TRANSFER_TASK_FILE``). Code looks a task up by name and branches on its ``kind``, never on its name.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KINDS = ("tagging", "classification", "regression", "multilabel")
+READERS = ("ner", "relation", "sts", "nli", "hoc")
+METRICS = ("entity_f1", "micro_f1", "macro_f1", "accuracy", "pearson", "hoc_f1")
+SPLITS = ("train", "dev", "test")
+DATA_DIR_ENV = "TRANSFER_DATA_DIR"
+TASK_FILE_ENV = "TRANSFER_TASK_FILE"
+DEFAULT_TASK_FILE = Path(__file__).with_name("tasks.toml")
+
+_TASK_KEYS = {"domain", "kind", "reader", "labels", "negative_label", "metric", "extra_metrics", "folder"}
+_DOMAIN_KEYS = {"folder", "tasks", "description", "alternative"}
+
+
+class TaskConfigError(ValueError):
+    """A task or domain entry is malformed; the message names the file and the entry."""
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A task's data folder or split file is missing; the message says where we looked."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: a row of the task table."""
+
+    name: str
+    domain: str
+    kind: str
+    reader: str
+    metric: str
+    labels: tuple[str, ...] = ()
+    negative_label: str | None = None
+    extra_metrics: tuple[str, ...] = ()
+    folder: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"task {self.name!r}"
+        if self.kind not in KINDS:
+            raise TaskConfigError(f"{where}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.reader not in READERS:
+            raise TaskConfigError(f"{where}: reader {self.reader!r} is not one of {', '.join(READERS)}")
+        for metric in (self.metric, *self.extra_metrics):
+            if metric not in METRICS:
+                raise TaskConfigError(f"{where}: metric {metric!r} is not one of {', '.join(METRICS)}")
+        if self.kind == "regression" and self.labels:
+            raise TaskConfigError(f"{where}: a regression task takes no labels")
+        if self.kind != "regression" and len(self.labels) < 2:
+            raise TaskConfigError(f"{where}: a {self.kind} task needs at least two labels in `labels`")
+        if len(set(self.labels)) != len(self.labels):
+            raise TaskConfigError(f"{where}: `labels` has duplicates")
+        if self.negative_label is not None and self.negative_label not in self.labels:
+            raise TaskConfigError(f"{where}: negative_label {self.negative_label!r} is not in labels")
+        if not self.folder:
+            object.__setattr__(self, "folder", self.name)
+
+    @property
+    def num_labels(self) -> int:
+        """Output width of the task's head."""
+        return 1 if self.kind == "regression" else len(self.labels)
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """A named set of tasks whose data sit in one folder of the data directory."""
+
+    name: str
+    folder: str
+    tasks: tuple[str, ...]
+    description: str = ""
+    alternative: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskTable:
+    """All tasks and domains, looked up by name."""
+
+    tasks: dict[str, TaskSpec] = field(default_factory=dict)
+    domains: dict[str, DomainSpec] = field(default_factory=dict)
+
+    def task(self, name: str) -> TaskSpec:
+        if name not in self.tasks:
+            raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(self.tasks))}")
+        return self.tasks[name]
+
+    def domain(self, name: str) -> DomainSpec:
+        if name not in self.domains:
+            raise KeyError(f"unknown domain {name!r}; known domains: {', '.join(sorted(self.domains))}")
+        return self.domains[name]
+
+    def domain_of(self, task_names: list[str] | tuple[str, ...], domain: str | None = None) -> DomainSpec:
+        """The domain whose folder holds these tasks: ``domain`` if given, else the tasks' common home."""
+        if domain is not None:
+            return self.domain(domain)
+        homes = {self.task(name).domain for name in task_names}
+        if len(homes) != 1:
+            raise TaskConfigError(
+                f"tasks {', '.join(task_names)} come from several domains ({', '.join(sorted(homes))}); "
+                "pass --domain to say which data folder to read"
+            )
+        return self.domain(homes.pop())
+
+
+def _check_keys(entry: dict, allowed: set[str], where: str) -> None:
+    unknown = set(entry) - allowed
+    if unknown:
+        raise TaskConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _parse_file(path: Path) -> tuple[dict[str, TaskSpec], dict[str, DomainSpec]]:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise TaskConfigError(f"{path}: not valid TOML: {exc}") from exc
+    _check_keys(raw, {"tasks", "domains"}, str(path))
+    tasks: dict[str, TaskSpec] = {}
+    for name, entry in raw.get("tasks", {}).items():
+        where = f"{path}: [tasks.{name}]"
+        _check_keys(entry, _TASK_KEYS, where)
+        missing = {"domain", "kind", "reader", "metric"} - set(entry)
+        if missing:
+            raise TaskConfigError(f"{where}: missing key(s) {', '.join(sorted(missing))}")
+        try:
+            tasks[name] = TaskSpec(
+                name=name,
+                domain=entry["domain"],
+                kind=entry["kind"],
+                reader=entry["reader"],
+                metric=entry["metric"],
+                labels=tuple(entry.get("labels", ())),
+                negative_label=entry.get("negative_label"),
+                extra_metrics=tuple(entry.get("extra_metrics", ())),
+                folder=entry.get("folder", ""),
+            )
+        except TaskConfigError as exc:
+            raise TaskConfigError(f"{path}: {exc}") from None
+    domains: dict[str, DomainSpec] = {}
+    for name, entry in raw.get("domains", {}).items():
+        where = f"{path}: [domains.{name}]"
+        _check_keys(entry, _DOMAIN_KEYS, where)
+        if "folder" not in entry or "tasks" not in entry:
+            raise TaskConfigError(f"{where}: needs `folder` and `tasks`")
+        domains[name] = DomainSpec(
+            name=name,
+            folder=entry["folder"],
+            tasks=tuple(entry["tasks"]),
+            description=entry.get("description", ""),
+            alternative=entry.get("alternative"),
+        )
+    return tasks, domains
+
+
+def load_task_table(extra_files: list[str | Path] | tuple[str | Path, ...] = ()) -> TaskTable:
+    """The built-in table plus user files (``extra_files``, then ``$TRANSFER_TASK_FILE``)."""
+    files = [DEFAULT_TASK_FILE, *map(Path, extra_files)]
+    if os.environ.get(TASK_FILE_ENV):
+        files.append(Path(os.environ[TASK_FILE_ENV]))
+    tasks: dict[str, TaskSpec] = {}
+    domains: dict[str, DomainSpec] = {}
+    for path in files:
+        if not path.is_file():
+            raise TaskConfigError(f"task file {path} does not exist")
+        new_tasks, new_domains = _parse_file(path)
+        for kind_name, new, old in (("task", new_tasks, tasks), ("domain", new_domains, domains)):
+            clash = set(new) & set(old)
+            if clash:
+                raise TaskConfigError(f"{path}: {kind_name}(s) {', '.join(sorted(clash))} already defined; pick new names")
+            old.update(new)
+    table = TaskTable(tasks=tasks, domains=domains)
+    _check_references(table)
+    return table
+
+
+def _check_references(table: TaskTable) -> None:
+    for task in table.tasks.values():
+        if task.domain not in table.domains:
+            raise TaskConfigError(f"task {task.name!r}: domain {task.domain!r} is not defined")
+    for domain in table.domains.values():
+        unknown = [name for name in domain.tasks if name not in table.tasks]
+        if unknown:
+            raise TaskConfigError(f"domain {domain.name!r} lists unknown task(s) {', '.join(unknown)}")
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> tuple[Path, str]:
+    """The data directory and how it was chosen: ``--data-dir``, else ``$TRANSFER_DATA_DIR``, else ``./data``."""
+    if data_dir:
+        return Path(data_dir), "--data-dir"
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]), f"${DATA_DIR_ENV}"
+    return Path("data"), "the default ./data"
+
+
+def split_path(folder: Path, split: str) -> Path | None:
+    """``<folder>/<split>.tsv``; ``dev`` also accepts ``devel.tsv``."""
+    names = ("dev.tsv", "devel.tsv") if split == "dev" else (f"{split}.tsv",)
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def locate_tasks(
+    table: TaskTable, task_names: list[str] | tuple[str, ...], domain: str | None = None, data_dir: str | Path | None = None
+) -> dict[str, dict[str, Path]]:
+    """Split files of every task, ``{task: {split: path}}``; one error lists everything that is missing."""
+    home = table.domain_of(task_names, domain)
+    root, how = resolve_data_dir(data_dir)
+    found: dict[str, dict[str, Path]] = {}
+    problems: list[str] = []
+    for name in task_names:
+        folder = root / home.folder / table.task(name).folder
+        if not folder.is_dir():
+            problems.append(f"  {name}: folder {folder} does not exist")
+            continue
+        paths = {split: split_path(folder, split) for split in SPLITS}
+        absent = [split for split, path in paths.items() if path is None]
+        if absent:
+            problems.append(f"  {name}: {folder} has no {', '.join(s + '.tsv' for s in absent)}")
+            continue
+        found[name] = paths  # type: ignore[assignment]
+    if problems:
+        message = (
+            f"data for domain {home.name!r} is missing (data directory {root.resolve()}, chosen by {how}; "
+            f"set it with --data-dir or ${DATA_DIR_ENV}):\n" + "\n".join(problems)
+        )
+        if home.alternative:
+            message += (
+                f"\nThe {home.name} tasks need data-use agreements and are read from your own copies. "
+                f"To run on the public stand-ins, use --domain {home.alternative}."
+            )
+        raise DataNotFoundError(message)
+    return found
