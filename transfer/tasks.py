@@ -60,6 +60,8 @@ class TaskSpec:
             raise TaskConfigError(f"{where}: a {self.kind} task needs at least two labels in `labels`")
         if len(set(self.labels)) != len(self.labels):
             raise TaskConfigError(f"{where}: `labels` has duplicates")
+        if self.kind == "tagging" and self.negative_label is None:
+            raise TaskConfigError(f"{where}: a tagging task needs negative_label (its outside tag, e.g. 'O')")
         if self.negative_label is not None and self.negative_label not in self.labels:
             raise TaskConfigError(f"{where}: negative_label {self.negative_label!r} is not in labels")
         if not self.folder:

