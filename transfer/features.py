@@ -87,7 +87,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer; transfer needs one (word alignment)")
-    return hashlib.sha256(backend.to_str().encode()).hexdigest()[:16]
+    definition = json.loads(backend.to_str())
+    # Truncation and padding are call-time state that the tokenizer keeps from its last call, not part of it.
+    definition.pop("truncation", None)
+    definition.pop("padding", None)
+    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cache_dir() -> Path:

@@ -101,17 +101,18 @@ class TaskTable:
             raise KeyError(f"unknown domain {name!r}; known domains: {', '.join(sorted(self.domains))}")
         return self.domains[name]
 
-    def domain_of(self, task_names: list[str] | tuple[str, ...], domain: str | None = None) -> DomainSpec:
-        """The domain whose folder holds these tasks: ``domain`` if given, else the tasks' common home."""
+    def domain_of(self, task_names: list[str] | tuple[str, ...], domain: str | None = None) -> DomainSpec | None:
+        """The named domain, else the tasks' common home domain, else None (tasks from several domains)."""
         if domain is not None:
             return self.domain(domain)
         homes = {self.task(name).domain for name in task_names}
-        if len(homes) != 1:
-            raise TaskConfigError(
-                f"tasks {', '.join(task_names)} come from several domains ({', '.join(sorted(homes))}); "
-                "pass --domain to say which data folder to read"
-            )
-        return self.domain(homes.pop())
+        return self.domain(homes.pop()) if len(homes) == 1 else None
+
+    def data_domain(self, task_name: str, domain: str | None = None) -> DomainSpec:
+        """Where a task's data is read: ``domain`` if it lists the task (e.g. clinical-public), else its home."""
+        if domain is not None and task_name in self.domain(domain).tasks:
+            return self.domain(domain)
+        return self.domain(self.task(task_name).domain)
 
 
 def _check_keys(entry: dict, allowed: set[str], where: str) -> None:
@@ -216,11 +217,15 @@ def locate_tasks(
     table: TaskTable, task_names: list[str] | tuple[str, ...], domain: str | None = None, data_dir: str | Path | None = None
 ) -> dict[str, dict[str, Path]]:
     """Split files of every task, ``{task: {split: path}}``; one error lists everything that is missing."""
-    home = table.domain_of(task_names, domain)
+    if domain is not None:
+        table.domain(domain)  # unknown domain -> clear KeyError
     root, how = resolve_data_dir(data_dir)
     found: dict[str, dict[str, Path]] = {}
     problems: list[str] = []
+    homes = set()
     for name in task_names:
+        home = table.data_domain(name, domain)
+        homes.add(home.name)
         folder = root / home.folder / table.task(name).folder
         if not folder.is_dir():
             problems.append(f"  {name}: folder {folder} does not exist")
@@ -233,13 +238,15 @@ def locate_tasks(
         found[name] = paths  # type: ignore[assignment]
     if problems:
         message = (
-            f"data for domain {home.name!r} is missing (data directory {root.resolve()}, chosen by {how}; "
+            f"data for {', '.join(sorted(homes))} is missing (data directory {root.resolve()}, chosen by {how}; "
             f"set it with --data-dir or ${DATA_DIR_ENV}):\n" + "\n".join(problems)
         )
-        if home.alternative:
-            message += (
-                f"\nThe {home.name} tasks need data-use agreements and are read from your own copies. "
-                f"To run on the public stand-ins, use --domain {home.alternative}."
-            )
+        for name in sorted(homes):
+            home = table.domain(name)
+            if home.alternative:
+                message += (
+                    f"\nThe {home.name} tasks need data-use agreements and are read from your own copies. "
+                    f"To run on the public stand-ins, use --domain {home.alternative}."
+                )
         raise DataNotFoundError(message)
     return found

@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     save_encoder = args.stage == "mtl" if args.save_encoder is None else args.save_encoder
     spec = RunSpec(tasks=tuple(args.tasks), stage=args.stage, profile=profile,
                    seed=profile.seeds[0] if args.seed is None else args.seed, model=args.model,
-                   domain=table.domain_of(args.tasks, args.domain).name, parent=parent,
+                   domain=_domain_name(table, args.tasks, args.domain), parent=parent,
                    data_fingerprints=data_fingerprints(paths), save_encoder=save_encoder)
     out = Path(args.out or Path("runs") / spec.run_id)
     from transfer.progress import LogReporter, RichReporter
@@ -483,6 +483,11 @@ def main(argv: list[str] | None = None) -> int:
     written = write_result(result, out)
     print(f"results written to {out}/ ({', '.join(p.name for p in written)})")
     return 0
+
+
+def _domain_name(table: TaskTable, tasks: list[str], domain: str | None) -> str | None:
+    found = table.domain_of(tasks, domain)
+    return found.name if found else None
 
 
 def _quiet_transformers() -> None:
