@@ -141,6 +141,8 @@ class RunSpec:
     data_fingerprints: tuple[tuple[str, str], ...] = ()
     code_version: str = ""
     save_encoder: bool = False
+    affinity_every: int = 0  # >0: measure look-ahead task affinity every this many steps (transfer.lookahead)
+    affinity_batches: int = 1  # probe batches per task and measurement
     extra: tuple[tuple[str, str], ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -153,6 +155,10 @@ class RunSpec:
             raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
         if self.stage == "single" and len(self.tasks) != 1:
             raise ConfigError(f"a single-task run takes exactly one task, got {len(self.tasks)}; use --stage mtl")
+        if self.affinity_every < 0 or self.affinity_batches < 1:
+            raise ConfigError("affinity_every must be >= 0 and affinity_batches >= 1")
+        if self.affinity_every and len(self.tasks) < 2:
+            raise ConfigError("look-ahead affinity needs a multi-task (mtl) run with at least two tasks")
         if self.stage == "finetune":
             if len(self.tasks) != 1:
                 raise ConfigError("a finetune run takes exactly one task")

@@ -77,13 +77,19 @@ class MultiTaskModel(nn.Module):
         return cls(load_encoder(model), tasks, dropout)
 
     def forward(self, task_name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
+                token_type_ids: torch.Tensor | None = None,
+                encoder_params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits of one task's batch; ``encoder_params`` runs the encoder with other weights (look-ahead)."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        if encoder_params is None:
+            hidden = self.encoder(**inputs).last_hidden_state
+        else:
+            hidden = torch.func.functional_call(self.encoder, encoder_params, args=(), kwargs=inputs).last_hidden_state
         return self.heads[task_name](hidden)
 
-    def loss(self, task_name: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self(task_name, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    def loss(self, task_name: str, batch: dict[str, torch.Tensor],
+             encoder_params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        logits = self(task_name, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], encoder_params)
         return kind_ops(self.tasks[task_name]).loss(logits, batch["targets"])
 
     def save_encoder(self, folder: Path) -> None:

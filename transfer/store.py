@@ -7,6 +7,8 @@ Layout under the store root (``results/`` by default)::
     runs/<run_id>/metrics.json            scores, history and timings (written by transfer.train.write_result)
     runs/<run_id>/predictions/<task>.jsonl  per-example test predictions at the task's best dev epoch
     runs/<run_id>/log.txt                 the run's log
+    runs/<run_id>/progress.json           live progress of a running run (epoch, step/total, last dev scores)
+    runs/<run_id>/claim                   present while a process owns the run (owner, pid, host)
     runs/<run_id>/encoder/                refinement encoder, only where a finetune run needs it (not committed)
     scores.csv                            tidy table, one row per run x task, rebuilt from the folders
 
@@ -90,11 +92,14 @@ class ResultsStore:
         return self.runs_dir / run_id
 
     # -- claiming --------------------------------------------------------------------------------------------
-    def try_claim(self, run_id: str, spec: dict, owner: str) -> bool:
-        """Atomically claim a run for ``owner``; False if someone live holds it or it is already done."""
+    def try_claim(self, run_id: str, spec: dict, owner: str, force: bool = False) -> bool:
+        """Atomically claim a run for ``owner``; False if someone live holds it or it is already done.
+
+        ``force`` claims a done run too (to run it again).
+        """
         folder = self.folder(run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        if self.status(run_id) == "done":
+        if self.status(run_id) == "done" and not force:
             return False
         claim = folder / "claim"
         info = {"owner": owner, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
@@ -108,7 +113,7 @@ class ResultsStore:
                 continue
             with os.fdopen(fd, "w") as handle:
                 json.dump(info, handle)
-            if self.status(run_id) == "done":  # finished between our check and the claim
+            if self.status(run_id) == "done" and not force:  # finished between our check and the claim
                 claim.unlink(missing_ok=True)
                 return False
             write_json_atomic(folder / "spec.json", {**spec, "run_id": run_id})
@@ -148,7 +153,32 @@ class ResultsStore:
         if claim.exists():
             os.utime(claim)
 
-    def release(self, run_id: str) -> None:
+    def claim_info(self, run_id: str) -> dict | None:
+        """Who holds the run's claim (owner, pid, host, time), or None when nobody does."""
+        try:
+            return read_json(self.folder(run_id) / "claim")
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def adopt_claim(self, run_id: str, owner: str) -> bool:
+        """Move ``owner``'s claim to this process (a worker started by the grid that claimed the run).
+
+        The claim then names the process that does the work, so it is judged alive or dead by that process.
+        False if the claim is missing or held by another owner.
+        """
+        info = self.claim_info(run_id)
+        if info is None or info.get("owner") != owner:
+            return False
+        info.update(pid=os.getpid(), host=socket.gethostname(), time=time.time())
+        write_json_atomic(self.folder(run_id) / "claim", info)
+        return True
+
+    def release(self, run_id: str, owner: str | None = None) -> None:
+        """Drop the claim; with ``owner``, only if that owner still holds it."""
+        if owner is not None:
+            info = self.claim_info(run_id)
+            if info is not None and info.get("owner") != owner:
+                return
         (self.folder(run_id) / "claim").unlink(missing_ok=True)
 
     # -- status ----------------------------------------------------------------------------------------------
@@ -160,7 +190,8 @@ class ResultsStore:
         record = {**previous, **info, "status": status, "time": time.time()}
         if status == "running":
             record["started"] = record["time"]
-            record.pop("traceback", None)
+            for stale_key in ("traceback", "error", "log_tail", "returncode", "skipped"):
+                record.pop(stale_key, None)  # left by an earlier failed attempt
             record["attempts"] = previous.get("attempts", 0) + 1
         write_json_atomic(path, record)
 

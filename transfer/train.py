@@ -28,6 +28,7 @@ from transfer import metrics
 from transfer.config import DEFAULT_MODEL, STAGES, RunSpec, load_profile
 from transfer.features import SplitData, collate, file_fingerprint, load_split, make_batches, sample_examples
 from transfer.kinds import kind_ops
+from transfer.lookahead import AffinityTracker
 from transfer.model import MultiTaskModel, load_tokenizer
 from transfer.progress import Reporter
 from transfer.tasks import TaskTable, load_task_table, locate_tasks
@@ -240,6 +241,10 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, device: str | No
     summary = _summary(spec, data, total_steps, dev, precision, cache_hits)
     reporter.start(summary)
     loop = _Loop(spec, model, optimizer, scheduler, data, dev, precision, tokenizer.pad_token_id, reporter, total_steps)
+    if spec.affinity_every:
+        loop.tracker = AffinityTracker(train_data, spec.affinity_every, spec.affinity_batches, spec.profile.batch_size,
+                                       tokenizer.pad_token_id, dev, lambda: autocast(dev, precision),
+                                       spec.profile.max_grad_norm, spec.seed)
     loop.run()
     if spec.save_encoder:
         if encoder_dir is None:
@@ -277,6 +282,7 @@ class _Loop:
         self.train_seconds = 0.0
         self.eval_seconds = 0.0
         self.epochs_run = 0
+        self.tracker: AffinityTracker | None = None
 
     def run(self) -> None:
         stale = 0
@@ -297,6 +303,8 @@ class _Loop:
         running = torch.zeros((), device=self.device)
         since_log, start = 0, time.perf_counter()
         for task_name, rows in batches:
+            if self.tracker is not None and self.tracker.due(self.step_count):
+                self.tracker.probe(self.model, self.optimizer, self.scheduler.get_last_lr()[0])
             batch = collate(train[task_name].features, rows, self.pad_id)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with autocast(self.device, self.precision):
@@ -319,6 +327,8 @@ class _Loop:
             elapsed = self.train_seconds + time.perf_counter() - start
             self.reporter.step(self.step_count, self.total_steps, mean_loss, self.examples_seen / max(elapsed, 1e-9))
         self.train_seconds += time.perf_counter() - start
+        if self.tracker is not None:
+            self.tracker.end_epoch()
 
     def evaluate(self, epoch: int) -> bool:
         """Score dev; score test for the tasks whose dev improved. True if any task improved."""
@@ -351,10 +361,12 @@ class _Loop:
                 "test_score": best.test[task.metric] if best.test else None,
                 "examples": {split: s.num_examples for split, s in self.data[name].items()},
             }
+        extra = {"affinity": self.tracker.result()} if self.tracker is not None else {}
         return {
             "run_id": self.spec.run_id,
             "spec": self.spec.to_dict(),
             "tasks": tasks,
+            **extra,
             "history": self.history,
             "predictions": {name: best.predictions for name, best in self.best.items()},
             "train": {

@@ -1,0 +1,736 @@
+"""Transfer analysis from the results store: per-edge deltas, paired bootstrap tests, Holm correction, model tables.
+
+Reads only the store (``transfer.store``) and the task table; never imports torch or transformers.
+
+Vocabulary
+    setting   a (domain, model, profile name) triple; runs of one setting differ only by tasks, stage and seed.
+    edge s->t the effect of training source task s together with target task t on t's test score:
+              delta = score of t in the {s, t} mtl run minus score of t in t's single-task run (same seed),
+              averaged over the seeds that have both runs.
+
+Significance (``bootstrap_edge``): a paired bootstrap over test *units* (examples; sentences for tagging;
+groups/abstracts for HoC). Both systems and every seed are resampled with the *same* unit indices in each
+replicate (the test set is the same for every seed); on each replicate the task's own metric is recomputed per
+system and seed, and the per-seed deltas are averaged over seeds. The two-sided p-value is the share of
+replicates whose delta lies at least |delta| away from the observed delta (the bootstrap distribution shifted
+to mean zero, i.e. under the null of no difference), with the usual +1 correction; the confidence interval is
+the percentile interval of the replicate deltas. p-values are Holm-adjusted across the tested edges of a
+setting. Metrics are recomputed from per-unit sufficient statistics (counts, sums), so one matrix product
+scores thousands of replicates at once; ``DECOMPOSITIONS`` lists them and the tests check each against
+``transfer.metrics.score_task`` on the full sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from transfer.store import ResultsStore, read_json, read_predictions
+from transfer.tasks import TaskSpec, TaskTable
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ALPHA = 0.05
+DEFAULT_MIN_DELTA = 0.0
+DEFAULT_N_BOOT = 1000
+DEFAULT_SEED = 0
+COLOURS = ("green", "red", "grey", "missing")
+MODEL_TYPES = ("single", "mt-refinement", "mt-finetune")
+MODEL_LABELS = {"single": "BERT (single task)", "mt-refinement": "MT-Refinement", "mt-finetune": "MT-Fine-Tune"}
+SCORE_TOLERANCE = 1e-6  # stored test score vs the score recomputed from predictions
+_CHUNK_CELLS = 4_000_000  # replicates x units per resampling chunk (~32 MB of float64)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-unit sufficient statistics: one row per test unit; a metric is a function of the column sums
+# ---------------------------------------------------------------------------------------------------------------
+
+def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0 (the metrics' zero_division=0)."""
+    numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
+    out = np.zeros(np.broadcast(numerator, denominator).shape)
+    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    return out
+
+
+def _positive(task: TaskSpec) -> list[str]:
+    return [label for label in task.labels if label != task.negative_label]
+
+
+def _accuracy_stats(task: TaskSpec, gold: Sequence, pred: Sequence) -> np.ndarray:
+    correct = np.fromiter((g == p for g, p in zip(gold, pred)), dtype=float, count=len(gold))
+    return np.column_stack([correct, np.ones_like(correct)])
+
+
+def _accuracy_score(sums: np.ndarray) -> np.ndarray:
+    return _safe_ratio(sums[..., 0], sums[..., 1])
+
+
+def _micro_stats(task: TaskSpec, gold: Sequence, pred: Sequence) -> np.ndarray:
+    g, p = np.asarray(gold, dtype=object), np.asarray(pred, dtype=object)
+    positive = set(_positive(task))
+    gold_pos = np.fromiter((x in positive for x in g), dtype=bool, count=len(g))
+    pred_pos = np.fromiter((x in positive for x in p), dtype=bool, count=len(p))
+    correct = g == p
+    return np.column_stack([correct & gold_pos, pred_pos & ~correct, gold_pos & ~correct]).astype(float)
+
+
+def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    return _safe_ratio(2 * tp, 2 * tp + fp + fn)
+
+
+def _micro_score(sums: np.ndarray) -> np.ndarray:
+    return _f1_from_counts(sums[..., 0], sums[..., 1], sums[..., 2])
+
+
+def _macro_stats(task: TaskSpec, gold: Sequence, pred: Sequence) -> np.ndarray:
+    g, p = np.asarray(gold, dtype=object), np.asarray(pred, dtype=object)
+    columns = []
+    for label in _positive(task):
+        is_gold, is_pred = g == label, p == label
+        columns += [is_gold & is_pred, is_pred & ~is_gold, is_gold & ~is_pred]
+    return np.column_stack(columns).astype(float)
+
+
+def _macro_score(sums: np.ndarray) -> np.ndarray:
+    per_class = sums.reshape(*sums.shape[:-1], -1, 3)
+    return _f1_from_counts(per_class[..., 0], per_class[..., 1], per_class[..., 2]).mean(axis=-1)
+
+
+def _split_tag(tag: str) -> tuple[str, str]:
+    return tag[:1], tag[1:].split("-", 1)[-1] or "_"
+
+
+def entity_spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
+    """Entities (type, first word, last word) of one tag sequence, with conlleval's chunk rules (as seqeval).
+
+    A chunk ends before a B or O tag, or where the type changes; it starts at B, at an I after O (or at the
+    sentence start), or at an I whose type differs from the previous tag's. Untyped B/I/O tags share one type.
+    """
+    spans, start, prev_tag, prev_type = set(), 0, "O", ""
+    for i, raw in enumerate([*tags, "O"]):
+        tag, kind = _split_tag(raw)
+        if prev_tag in ("B", "I") and (tag in ("B", "O") or kind != prev_type):
+            spans.add((prev_type, start, i - 1))
+        if tag == "B" or (tag == "I" and (prev_tag == "O" or kind != prev_type)):
+            start = i
+        prev_tag, prev_type = tag, kind
+    return spans
+
+
+def _entity_stats(task: TaskSpec, gold: Sequence, pred: Sequence) -> np.ndarray:
+    rows = []
+    for gold_tags, pred_tags in zip(gold, pred):
+        gold_spans, pred_spans = entity_spans(list(gold_tags)), entity_spans(list(pred_tags))
+        rows.append((len(gold_spans & pred_spans), len(pred_spans), len(gold_spans)))
+    return np.asarray(rows, dtype=float).reshape(-1, 3)
+
+
+def _entity_score(sums: np.ndarray) -> np.ndarray:
+    return _safe_ratio(2 * sums[..., 0], sums[..., 1] + sums[..., 2])
+
+
+def _pearson_stats(task: TaskSpec, gold: Sequence, pred: Sequence) -> np.ndarray:
+    x, y = np.asarray(gold, dtype=float), np.asarray(pred, dtype=float)
+    x, y = x - x.mean(), y - y.mean()  # r is shift-invariant; centring keeps the sums well conditioned
+    return np.column_stack([np.ones_like(x), x, y, x * x, y * y, x * y])
+
+
+def _pearson_score(sums: np.ndarray) -> np.ndarray:
+    n, sx, sy, sxx, syy, sxy = (sums[..., i] for i in range(6))
+    var_x, var_y = n * sxx - sx * sx, n * syy - sy * sy
+    # A constant side has no defined r; transfer.metrics.pearson returns 0.0 then, and so do we.
+    tiny = 1e-12 * np.maximum(n * sxx, 1e-300), 1e-12 * np.maximum(n * syy, 1e-300)
+    defined = (var_x > tiny[0]) & (var_y > tiny[1])
+    r = _safe_ratio(n * sxy - sx * sy, np.sqrt(np.where(defined, var_x * var_y, 0.0)))
+    return np.clip(np.where(defined, r, 0.0), -1.0, 1.0)
+
+
+def _hoc_stats(task: TaskSpec, gold: Sequence, pred: Sequence) -> np.ndarray:
+    """Per group (already pooled): precision, recall, 1 (BLUE's example-based rules for empty sets)."""
+    rows = []
+    for gold_set, pred_set in zip(gold, pred):
+        gold_set, pred_set = set(gold_set), set(pred_set)
+        if not gold_set and not pred_set:
+            rows.append((1.0, 1.0, 1.0))
+            continue
+        hits = len(gold_set & pred_set)
+        rows.append((hits / len(pred_set) if pred_set else 0.0, hits / len(gold_set) if gold_set else 0.0, 1.0))
+    return np.asarray(rows, dtype=float).reshape(-1, 3)
+
+
+def _hoc_score(sums: np.ndarray) -> np.ndarray:
+    precision, recall = _safe_ratio(sums[..., 0], sums[..., 2]), _safe_ratio(sums[..., 1], sums[..., 2])
+    return _safe_ratio(2 * precision * recall, precision + recall)
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """How a metric splits into per-unit statistics: ``unit`` is "uid" (one example) or "group" (pooled)."""
+
+    unit: str
+    stats: Callable[[TaskSpec, Sequence, Sequence], np.ndarray]
+    score: Callable[[np.ndarray], np.ndarray]
+
+
+DECOMPOSITIONS: dict[str, Decomposition] = {
+    "accuracy": Decomposition("uid", _accuracy_stats, _accuracy_score),
+    "micro_f1": Decomposition("uid", _micro_stats, _micro_score),
+    "macro_f1": Decomposition("uid", _macro_stats, _macro_score),
+    "entity_f1": Decomposition("uid", _entity_stats, _entity_score),
+    "pearson": Decomposition("uid", _pearson_stats, _pearson_score),
+    "hoc_f1": Decomposition("group", _hoc_stats, _hoc_score),
+}
+
+
+@dataclass(frozen=True)
+class UnitData:
+    """One system's test predictions for one task, reduced to resampling units."""
+
+    keys: tuple[str, ...]
+    gold: tuple
+    pred: tuple
+    groups: tuple | None = None  # per-example groups, kept only for the generic (non-decomposed) path
+
+
+def _pool_groups(records: list[dict]) -> UnitData:
+    pooled: dict[str, tuple[set, set]] = {}
+    for record in records:
+        gold_set, pred_set = pooled.setdefault(str(record["group"]), (set(), set()))
+        gold_set.update(record["gold"])
+        pred_set.update(record["pred"])
+    return UnitData(tuple(pooled), tuple(g for g, _ in pooled.values()), tuple(p for _, p in pooled.values()))
+
+
+def unit_data(records: list[dict], unit: str) -> UnitData:
+    """Predictions as resampling units: examples keyed by uid, or label sets pooled per group."""
+    if unit == "group":
+        if any("group" not in record for record in records):
+            raise ValueError("records lack the 'group' field that this metric resamples by")
+        return _pool_groups(records)
+    groups = tuple(record.get("group") for record in records)
+    return UnitData(tuple(str(record["uid"]) for record in records), tuple(record["gold"] for record in records),
+                    tuple(record["pred"] for record in records), groups if all(g is not None for g in groups) else None)
+
+
+def unit_statistics(task: TaskSpec, metric: str, records: list[dict]) -> tuple[tuple[str, ...], np.ndarray]:
+    """Resampling unit keys and their statistics (rows) for ``metric`` of ``task``."""
+    decomposition = DECOMPOSITIONS[metric]
+    units = unit_data(records, decomposition.unit)
+    return units.keys, decomposition.stats(task, units.gold, units.pred)
+
+
+def decomposed_score(task: TaskSpec, metric: str, records: list[dict]) -> float:
+    """``metric`` on the full sample of ``records`` through its decomposition (equals transfer.metrics)."""
+    _, stats = unit_statistics(task, metric, records)
+    return float(DECOMPOSITIONS[metric].score(stats.sum(axis=0)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Paired bootstrap
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Observed seed-averaged delta (from predictions), its replicates, p-value and percentile interval."""
+
+    delta: float
+    replicates: np.ndarray
+    p_value: float
+    ci_low: float
+    ci_high: float
+    n_units: int
+
+
+def resample_counts(rng: np.random.Generator, n_units: int, n_rep: int) -> np.ndarray:
+    """(n_rep, n_units) multiplicities of each unit in n_rep bootstrap resamples of size n_units."""
+    draws = rng.integers(0, n_units, size=(n_rep, n_units))
+    offsets = (np.arange(n_rep) * n_units)[:, None]
+    return np.bincount((draws + offsets).ravel(), minlength=n_rep * n_units).reshape(n_rep, n_units).astype(float)
+
+
+def _paired_replicates(stats: np.ndarray, score: Callable, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """stats: (units, seeds, 2, k), system 0 = pair run, 1 = single run; returns (n_boot,) seed-mean deltas."""
+    n_units, n_seeds, _, k = stats.shape
+    flat = stats.reshape(n_units, -1)
+    out = np.empty(n_boot)
+    chunk = max(1, _CHUNK_CELLS // max(n_units, 1))
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        sums = (resample_counts(rng, n_units, stop - start) @ flat).reshape(-1, n_seeds, 2, k)
+        scores = score(sums)
+        out[start:stop] = (scores[..., 0] - scores[..., 1]).mean(axis=1)
+    return out
+
+
+def _generic_replicates(task: TaskSpec, metric: str, systems: list[tuple[UnitData, UnitData]], n_boot: int,
+                        rng: np.random.Generator) -> np.ndarray:
+    """Slow path for a metric without a decomposition: transfer.metrics on every resample."""
+    from transfer.metrics import compute_metric  # lazy: only for metrics DECOMPOSITIONS lacks
+
+    logger.warning("metric %s has no per-unit decomposition; bootstrapping with transfer.metrics (slow)", metric)
+    n_units = len(systems[0][0].keys)
+    out = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = rng.integers(0, n_units, size=n_units)
+        deltas = []
+        for pair, single in systems:
+            scored = [compute_metric(metric, task, [u.gold[i] for i in idx], [u.pred[i] for i in idx],
+                                     [u.groups[i] for i in idx] if u.groups else None) for u in (pair, single)]
+            deltas.append(scored[0] - scored[1])
+        out[b] = np.mean(deltas)
+    return out
+
+
+def bootstrap_p_value(observed: float, replicates: np.ndarray) -> float:
+    """Two-sided p: share of centred replicates at least as far from 0 as the observed delta (+1 correction)."""
+    extreme = np.abs(replicates - observed) >= abs(observed) - 1e-12
+    return float((1 + np.count_nonzero(extreme)) / (len(replicates) + 1))
+
+
+def _align(units: list[UnitData]) -> tuple[list[UnitData], int]:
+    """Restrict every system to the units all of them share, in one order; returns (aligned, units dropped)."""
+    common = set(units[0].keys).intersection(*(u.keys for u in units[1:]))
+    order = [key for key in units[0].keys if key in common]
+    dropped = max(len(u.keys) for u in units) - len(order)
+    aligned = []
+    for u in units:
+        position = {key: i for i, key in enumerate(u.keys)}
+        idx = [position[key] for key in order]
+        aligned.append(UnitData(tuple(order), tuple(u.gold[i] for i in idx), tuple(u.pred[i] for i in idx),
+                                tuple(u.groups[i] for i in idx) if u.groups else None))
+    return aligned, dropped
+
+
+def bootstrap_edge(task: TaskSpec, metric: str, systems: list[tuple[list[dict], list[dict]]], n_boot: int,
+                   rng: np.random.Generator, alpha: float = DEFAULT_ALPHA) -> BootstrapResult:
+    """Paired bootstrap of the seed-averaged delta; ``systems`` holds (pair records, single records) per seed."""
+    decomposition = DECOMPOSITIONS.get(metric)
+    unit = decomposition.unit if decomposition else "uid"
+    units = [unit_data(records, unit) for pair_single in systems for records in pair_single]
+    aligned, dropped = _align(units)
+    if dropped:
+        logger.warning("%s: %d test unit(s) are not shared by every run and seed; they are left out", task.name, dropped)
+    n_units = len(aligned[0].keys)
+    if n_units == 0:
+        raise ValueError(f"{task.name}: the runs share no test example (uids differ)")
+    paired = [(aligned[i], aligned[i + 1]) for i in range(0, len(aligned), 2)]
+    if decomposition is None:
+        replicates = _generic_replicates(task, metric, paired, n_boot, rng)
+        from transfer.metrics import compute_metric
+
+        observed = float(np.mean([compute_metric(metric, task, p.gold, p.pred, p.groups)
+                                  - compute_metric(metric, task, s.gold, s.pred, s.groups) for p, s in paired]))
+    else:
+        stats = np.stack([np.stack([decomposition.stats(task, u.gold, u.pred) for u in pair_single], axis=1)
+                          for pair_single in paired], axis=1)  # (units, seeds, 2, k)
+        full = decomposition.score(stats.sum(axis=0))
+        observed = float((full[:, 0] - full[:, 1]).mean())
+        replicates = _paired_replicates(stats, decomposition.score, n_boot, rng)
+    low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
+    return BootstrapResult(observed, replicates, bootstrap_p_value(observed, replicates), float(low), float(high), n_units)
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm step-down adjusted p-values; NaN entries stay NaN and do not count as tests."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full_like(p, np.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    m = len(tested)
+    order = tested[np.argsort(p[tested], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def edge_colour(delta: float, p_holm: float, alpha: float = DEFAULT_ALPHA, min_delta: float = DEFAULT_MIN_DELTA) -> str:
+    """green: significant gain above min_delta; red: significant loss below -min_delta; grey: neither; missing: untested."""
+    if delta is None or p_holm is None or math.isnan(delta) or math.isnan(p_holm):
+        return "missing"
+    if p_holm < alpha and delta > min_delta:
+        return "green"
+    if p_holm < alpha and delta < -min_delta:
+        return "red"
+    return "grey"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading the store
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Setting:
+    """Runs comparable with each other: same domain, model and profile name."""
+
+    domain: str
+    model: str
+    profile: str
+
+    def slug(self, unique_domain: bool = True) -> str:
+        text = self.domain if unique_domain else f"{self.domain}_{self.profile}_{Path(self.model).name}"
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "domain"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run folder as the analysis needs it."""
+
+    run_id: str
+    folder: Path
+    stage: str
+    tasks: tuple[str, ...]
+    seed: int
+    setting: Setting
+    status: str
+    parent: str | None
+    scores: dict = field(default_factory=dict)  # task -> stored test score (done runs only)
+
+    def predictions_file(self, task: str) -> Path:
+        return self.folder / "predictions" / f"{task}.jsonl"
+
+
+def _run_domain(spec: dict, table: TaskTable) -> str:
+    if spec.get("domain"):
+        return str(spec["domain"])
+    try:
+        return table.domain_of(list(spec["tasks"])).name
+    except (KeyError, ValueError):
+        return "unknown"
+
+
+def _stored_scores(folder: Path) -> dict:
+    metrics_file = folder / "metrics.json"
+    if not metrics_file.is_file():
+        return {}
+    tasks = read_json(metrics_file).get("tasks", {})
+    return {name: info.get("test_score") for name, info in tasks.items() if info.get("test_score") is not None}
+
+
+def load_runs(store: ResultsStore, table: TaskTable) -> list[RunInfo]:
+    """Every run folder with a readable spec (done runs carry their stored test scores)."""
+    runs = []
+    for record in store.records():
+        spec = record.spec
+        try:
+            setting = Setting(_run_domain(spec, table), str(spec["model"]), str(spec["profile"]["name"]))
+            status = record.status or "unknown"
+            scores = _stored_scores(record.folder) if status == "done" else {}
+            runs.append(RunInfo(record.run_id, record.folder, spec["stage"], tuple(spec["tasks"]), int(spec["seed"]),
+                                setting, status, spec.get("parent"), scores))
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning("run %s: unreadable spec or metrics (%s); skipped", record.run_id, exc)
+    return runs
+
+
+def _task_order(names: set[str], domain: str, table: TaskTable) -> tuple[str, ...]:
+    listed = list(table.domains[domain].tasks) if domain in table.domains else []
+    return tuple([n for n in listed if n in names] + sorted(names - set(listed)))
+
+
+CONDITION_KINDS = ("single", "pair", "all", "finetune")
+
+
+@dataclass
+class DomainRuns:
+    """The runs of one setting, indexed by condition: ``runs[kind][(condition, seed)]`` for done runs with scores.
+
+    kinds: "single" (condition = task), "pair" (frozenset of the two tasks), "all" (condition = "all": the mtl
+    run of every task of the setting), "finetune" (task). ``not_done`` holds the status of runs not (yet) usable.
+    """
+
+    setting: Setting
+    tasks: tuple[str, ...]
+    seeds: tuple[int, ...]
+    runs: dict = field(default_factory=lambda: {kind: {} for kind in CONDITION_KINDS})
+    not_done: dict = field(default_factory=dict)  # (kind, condition, seed) -> status
+    notes: list = field(default_factory=list)
+
+    def get(self, kind: str, condition, seed: int) -> RunInfo | None:
+        return self.runs[kind].get((condition, seed))
+
+
+def _condition(run: RunInfo, tasks: tuple[str, ...], all_task_ids: set[str], known_ids: set[str]) -> list:
+    """The (kind, condition) pairs a run stands for (a 2-task domain's mtl run is both "all" and "pair")."""
+    if run.stage == "single":
+        return [("single", run.tasks[0])]
+    if run.stage == "finetune":
+        parent = Path(run.parent).name if run.parent else ""
+        # Fine-tuned from the all-task run, or from a run this store does not hold (we cannot tell): keep.
+        return [("finetune", run.tasks[0])] if parent in all_task_ids or parent not in known_ids else []
+    found = []
+    if run.stage == "mtl" and set(run.tasks) == set(tasks):
+        found.append(("all", "all"))
+    if run.stage == "mtl" and len(run.tasks) == 2:
+        found.append(("pair", frozenset(run.tasks)))
+    return found
+
+
+def _add_run(index: DomainRuns, kind: str, condition, run: RunInfo) -> None:
+    key = (condition, run.seed)
+    if run.status != "done" or not all(t in run.scores for t in run.tasks):
+        index.not_done[(kind, condition, run.seed)] = run.status if run.status != "done" else "no test score"
+        return
+    held = index.runs[kind]
+    if key in held:
+        older, newer = sorted([held[key], run], key=lambda r: (r.folder / "metrics.json").stat().st_mtime)
+        index.notes.append(f"two done runs for {_condition_label(kind, condition)} seed {run.seed}: "
+                           f"{older.run_id} and {newer.run_id}; using the newer")
+        run = newer
+    held[key] = run
+
+
+def index_runs(setting: Setting, runs: list[RunInfo], table: TaskTable) -> DomainRuns:
+    """Index one setting's runs; tasks = every task any of its runs trained, in the task table's order."""
+    tasks = _task_order({t for r in runs for t in r.tasks}, setting.domain, table)
+    index = DomainRuns(setting, tasks, tuple(sorted({r.seed for r in runs})))
+    all_task_ids = {r.run_id for r in runs if r.stage == "mtl" and set(r.tasks) == set(tasks)}
+    known_ids = {r.run_id for r in runs}
+    for run in runs:
+        found = _condition(run, tasks, all_task_ids, known_ids)
+        if not found:
+            logger.info("run %s (%s %s) is not a single, pair, all-task or finetune run of %s; not used",
+                        run.run_id, run.stage, "+".join(run.tasks), setting.domain)
+        for kind, condition in found:
+            _add_run(index, kind, condition, run)
+    return index
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Missing runs, model tables and edge deltas
+# ---------------------------------------------------------------------------------------------------------------
+
+def _condition_label(kind: str, condition) -> str:
+    if kind == "pair":
+        return "mtl pair " + "+".join(sorted(condition))
+    if kind == "all":
+        return "mtl all tasks"
+    return f"{kind} {condition}"
+
+
+def _wanted(index: DomainRuns) -> list[tuple[str, object]]:
+    pairs = [frozenset((a, b)) for i, a in enumerate(index.tasks) for b in index.tasks[i + 1:]]
+    wanted = [("single", t) for t in index.tasks] + [("pair", p) for p in pairs]
+    if len(index.tasks) > 2:
+        wanted.append(("all", "all"))
+    return wanted + [("finetune", t) for t in index.tasks]
+
+
+def missing_runs(index: DomainRuns) -> list[str]:
+    """One line per condition with seeds that have no done run, and why (not in store, running, failed)."""
+    lines = []
+    no_finetune = not index.runs["finetune"]
+    for kind, condition in _wanted(index):
+        if kind == "finetune" and no_finetune:
+            continue
+        gaps = [f"{seed} ({index.not_done.get((kind, condition, seed), 'not in store')})"
+                for seed in index.seeds if index.get(kind, condition, seed) is None]
+        if gaps:
+            lines.append(f"{_condition_label(kind, condition)}: seed{'s' if len(gaps) > 1 else ''} {', '.join(gaps)}")
+    if no_finetune and index.tasks:
+        lines.append("finetune: no finetune runs in the store (MT-Fine-Tune is n/a)")
+    return lines
+
+
+def _seed_scores(index: DomainRuns, model_type: str, task: str) -> dict[int, float]:
+    kind, condition = {"single": ("single", task), "mt-refinement": ("all", "all"),
+                       "mt-finetune": ("finetune", task)}[model_type]
+    if kind == "all" and len(index.tasks) == 1:
+        return {}
+    out = {}
+    for seed in index.seeds:
+        run = index.get(kind, condition, seed)
+        if run is not None and task in run.scores:
+            out[seed] = float(run.scores[task])
+    return out
+
+
+def model_scores(index: DomainRuns) -> pd.DataFrame:
+    """Paper Tables 2/3 in long form: model_type, task (plus "Avg"), mean, std, n_seeds, seeds.
+
+    mean/std are over seeds (std with ddof=1, NaN for one seed). The average over tasks is given only when
+    every task has a score, so a missing run never shifts the average silently.
+    """
+    rows = []
+    for model_type in MODEL_TYPES:
+        per_task = []
+        for task in index.tasks:
+            scores = _seed_scores(index, model_type, task)
+            values = np.array(list(scores.values()), dtype=float)
+            per_task.append({"model_type": model_type, "task": task,
+                             "mean": float(values.mean()) if len(values) else math.nan,
+                             "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
+                             "n_seeds": len(values), "seeds": " ".join(map(str, scores))})
+        means = [row["mean"] for row in per_task]
+        complete = bool(means) and not np.isnan(means).any()
+        rows += per_task + [{"model_type": model_type, "task": "Avg",
+                             "mean": float(np.mean(means)) if complete else math.nan, "std": math.nan,
+                             "n_seeds": min(row["n_seeds"] for row in per_task) if complete else 0, "seeds": ""}]
+    return pd.DataFrame(rows, columns=["model_type", "task", "mean", "std", "n_seeds", "seeds"])
+
+
+EDGE_COLUMNS = ["source", "target", "metric", "delta", "delta_std", "ci_low", "ci_high", "p", "p_holm", "colour",
+                "n_seeds", "seeds", "single_score", "pair_score", "n_units", "note"]
+
+
+def _edge_seeds(index: DomainRuns, source: str, target: str) -> tuple[list[int], list[str]]:
+    seeds, lacking = [], []
+    for seed in index.seeds:
+        have_single = index.get("single", target, seed) is not None
+        have_pair = index.get("pair", frozenset((source, target)), seed) is not None
+        if have_single and have_pair:
+            seeds.append(seed)
+        else:
+            lacking.append(f"seed {seed}: no " + " and no ".join(
+                what for what, ok in (("single run", have_single), ("pair run", have_pair)) if not ok))
+    return seeds, lacking
+
+
+def _edge_rng(seed: int, setting: Setting, source: str, target: str) -> np.random.Generator:
+    """One stream per edge, independent of which domains or edges are analysed alongside it."""
+    tag = zlib.crc32(f"{setting.domain}|{setting.model}|{setting.profile}|{source}|{target}".encode())
+    return np.random.default_rng(np.random.SeedSequence([seed, tag]))
+
+
+class PredictionCache:
+    """Reads each predictions file once."""
+
+    def __init__(self) -> None:
+        self._records: dict[Path, list[dict] | None] = {}
+
+    def get(self, path: Path) -> list[dict] | None:
+        if path not in self._records:
+            self._records[path] = read_predictions(path) if path.is_file() else None
+        return self._records[path]
+
+
+def _blank_edge(source: str, target: str, metric: str, seeds: list[int], notes: list[str]) -> dict:
+    row = {"source": source, "target": target, "metric": metric, "n_seeds": len(seeds),
+           "seeds": " ".join(map(str, seeds)), "note": "; ".join(notes)}
+    row.update({key: math.nan for key in ("delta", "delta_std", "ci_low", "ci_high", "p", "single_score",
+                                          "pair_score", "n_units")})
+    return row
+
+
+def _test_edge(index: DomainRuns, task: TaskSpec, source: str, runs: list[tuple[RunInfo, RunInfo]], n_boot: int,
+               alpha: float, seed: int, cache: PredictionCache) -> tuple[dict, list[str]]:
+    """Bootstrap the seeds whose predictions are all present; returns (fields to update, notes)."""
+    target = task.name
+    systems, used = [], []
+    for pair_run, single_run in runs:
+        records = (cache.get(pair_run.predictions_file(target)), cache.get(single_run.predictions_file(target)))
+        if all(records):
+            systems.append(records)
+            used.append((pair_run, single_run))
+    if not systems:
+        return {}, ["predictions missing: not tested"]
+    notes = [] if len(used) == len(runs) else [f"test on seeds {' '.join(str(p.seed) for p, _ in used)} only "
+                                               "(predictions missing for the others)"]
+    try:
+        result = bootstrap_edge(task, task.metric, systems, n_boot, _edge_rng(seed, index.setting, source, target),
+                                alpha)
+    except (KeyError, ValueError, TypeError) as exc:
+        logger.warning("%s->%s: bootstrap failed: %s", source, target, exc)
+        return {}, [f"not tested: {exc}"]
+    stored = float(np.mean([p.scores[target] - s.scores[target] for p, s in used]))
+    if abs(result.delta - stored) > SCORE_TOLERANCE:
+        logger.warning("%s->%s: delta recomputed from predictions (%.6f) differs from the stored scores' (%.6f)",
+                       source, target, result.delta, stored)
+        notes.append(f"predictions give delta {result.delta:+.4f}, stored scores {stored:+.4f}")
+    return {"ci_low": result.ci_low, "ci_high": result.ci_high, "p": result.p_value, "n_units": result.n_units}, notes
+
+
+def _edge_row(index: DomainRuns, task: TaskSpec, source: str, n_boot: int, alpha: float, seed: int,
+              cache: PredictionCache) -> dict:
+    target = task.name
+    seeds, lacking = _edge_seeds(index, source, target)
+    row = _blank_edge(source, target, task.metric, seeds, lacking)
+    if not seeds:
+        return row
+    runs = [(index.get("pair", frozenset((source, target)), s), index.get("single", target, s)) for s in seeds]
+    single = np.array([s.scores[target] for _, s in runs], dtype=float)
+    deltas = np.array([p.scores[target] for p, _ in runs], dtype=float) - single
+    row.update(delta=float(deltas.mean()), delta_std=float(deltas.std(ddof=1)) if len(seeds) > 1 else math.nan,
+               single_score=float(single.mean()), pair_score=float(single.mean() + deltas.mean()))
+    tested, notes = _test_edge(index, task, source, runs, n_boot, alpha, seed, cache)
+    row.update(tested)
+    row["note"] = "; ".join(filter(None, [row["note"], *notes]))
+    return row
+
+
+def edge_table(index: DomainRuns, table: TaskTable, n_boot: int = DEFAULT_N_BOOT, alpha: float = DEFAULT_ALPHA,
+               min_delta: float = DEFAULT_MIN_DELTA, seed: int = DEFAULT_SEED) -> pd.DataFrame:
+    """Every ordered pair s->t of the setting's tasks: delta, spread, bootstrap CI, p, Holm p and colour."""
+    cache = PredictionCache()
+    rows = [_edge_row(index, table.task(target), source, n_boot, alpha, seed, cache)
+            for target in index.tasks for source in index.tasks if source != target]
+    frame = pd.DataFrame(rows, columns=[c for c in EDGE_COLUMNS if c not in ("p_holm", "colour")])
+    frame["p_holm"] = holm(frame["p"].to_numpy(dtype=float)) if len(frame) else []
+    frame["colour"] = [edge_colour(d, p, alpha, min_delta) for d, p in zip(frame["delta"], frame["p_holm"])]
+    return frame[EDGE_COLUMNS]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Whole store
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class DomainAnalysis:
+    """Everything the figures and tables of one setting need."""
+
+    setting: Setting
+    slug: str
+    tasks: tuple[str, ...]
+    seeds: tuple[int, ...]
+    models: pd.DataFrame
+    edges: pd.DataFrame
+    missing: list[str]
+    notes: list[str]
+    alpha: float
+    min_delta: float
+    n_boot: int
+
+
+def settings_in_store(runs: list[RunInfo]) -> dict[Setting, list[RunInfo]]:
+    grouped: dict[Setting, list[RunInfo]] = {}
+    for run in runs:
+        grouped.setdefault(run.setting, []).append(run)
+    return dict(sorted(grouped.items(), key=lambda item: (item[0].domain, item[0].model, item[0].profile)))
+
+
+def analyse_store(root: str | Path, table: TaskTable, domains: Sequence[str] | None = None,
+                  n_boot: int = DEFAULT_N_BOOT, alpha: float = DEFAULT_ALPHA, min_delta: float = DEFAULT_MIN_DELTA,
+                  seed: int = DEFAULT_SEED, models: Sequence[str] | None = None,
+                  profiles: Sequence[str] | None = None) -> list[DomainAnalysis]:
+    """Analyse every setting of the store (optionally only some domains, models or profiles)."""
+    runs = [r for r in load_runs(ResultsStore(root), table)
+            if (not domains or r.setting.domain in domains) and (not models or r.setting.model in models)
+            and (not profiles or r.setting.profile in profiles)]
+    runs = [r for r in runs if all(t in table.tasks for t in r.tasks) or _skip_unknown(r)]
+    grouped = settings_in_store(runs)
+    per_domain = {}
+    for setting in grouped:
+        per_domain[setting.domain] = per_domain.get(setting.domain, 0) + 1
+    out = []
+    for setting, setting_runs in grouped.items():
+        index = index_runs(setting, setting_runs, table)
+        logger.info("analysing %s (%d runs, tasks %s)", setting, len(setting_runs), ", ".join(index.tasks))
+        out.append(DomainAnalysis(setting, setting.slug(per_domain[setting.domain] == 1), index.tasks, index.seeds,
+                                  model_scores(index), edge_table(index, table, n_boot, alpha, min_delta, seed),
+                                  missing_runs(index), list(index.notes), alpha, min_delta, n_boot))
+    return out
+
+
+def _skip_unknown(run: RunInfo) -> bool:
+    logger.warning("run %s trains task(s) not in the task table (%s); skipped (pass --task-file)",
+                   run.run_id, "+".join(run.tasks))
+    return False

@@ -1,0 +1,511 @@
+"""Run a grid's plan: device slots and worker subprocesses here, or tasks on a Dask cluster.
+
+Both backends follow one protocol on the results store: a run is *claimed* (atomic create of its ``claim``
+file) by the process that decides to run it, the worker subprocess takes the claim over, records done or
+failed, and releases it. So two grids on one store never run a spec twice, a run left ``running`` by a dead
+process is restarted, and a finished run is never redone (unless forced).
+
+* Local: one slot per GPU (or ``--jobs-per-device`` slots per GPU, or CPU slots sharing the cores); each run
+  is ``python -m transfer.worker`` with ``CUDA_VISIBLE_DEVICES`` set to its slot's GPU before torch loads.
+* Dask: one task per run (``resources={"GPU": 1}`` when workers have GPUs); the task claims the run on the
+  worker host and starts the same worker subprocess there, whose GPU is the Dask worker's own.
+
+Ready runs start longest first (estimated training examples); a finetune run starts once its refinement
+run is done, and is recorded failed (``skipped``) when that run failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from transfer.store import ResultsStore, read_json
+from transfer.worker import EXIT_INTERRUPTED, EXIT_NOT_CLAIMED
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transfer.grid import PlannedRun
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.25  # how often the local loop looks at its subprocesses
+HELD_RETRY_S = 2.0  # how soon a run held by another process is looked at again
+LOG_TAIL_LINES = 40
+TERMINAL = ("done", "failed", "skipped")
+
+
+# ----------------------------------------------------------------------------------------------- device slots
+
+@dataclass(frozen=True)
+class Slot:
+    """One place a run can execute: a GPU (CUDA_VISIBLE_DEVICES value) or a share of the CPU cores."""
+
+    name: str
+    gpu: str | None
+    threads: int
+
+    @property
+    def kind(self) -> str:
+        return "cpu" if self.gpu is None else "gpu"
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.gpu is None else "cuda"
+
+    def env(self, base: dict | None = None) -> dict:
+        """The worker's environment: one GPU (none on CPU slots) and the slot's thread count."""
+        env = dict(os.environ if base is None else base)
+        env["CUDA_VISIBLE_DEVICES"] = self.gpu or ""
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = str(self.threads)
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return env
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use, found without initialising CUDA (so nothing breaks a later fork).
+
+    ``CUDA_VISIBLE_DEVICES`` when set (empty: none), else the GPUs ``nvidia-smi -L`` lists, else none.
+    """
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
+
+
+def parse_devices(text: str) -> str | list[str]:
+    """argparse type of ``--devices``: ``auto``, ``cpu`` or a comma-separated list of GPU ids."""
+    text = text.strip()
+    if text in ("auto", "cpu"):
+        return text
+    ids = [d.strip() for d in text.split(",")]
+    if not all(ids):
+        raise ValueError(f"--devices takes auto, cpu or GPU ids like 0,1; got {text!r}")
+    return ids
+
+
+def device_slots(devices: str | list[str], jobs_per_device: int = 1, cores: int | None = None) -> list[Slot]:
+    """Slots for ``--devices`` (auto/cpu/ids); GPU slots interleave devices so runs spread over GPUs first."""
+    if jobs_per_device < 1:
+        raise ValueError(f"--jobs-per-device must be at least 1, got {jobs_per_device}")
+    gpus = visible_gpus() if devices == "auto" else ([] if devices == "cpu" else list(devices))
+    cores = cores or usable_cores()
+    count = len(gpus) * jobs_per_device if gpus else jobs_per_device
+    threads = max(1, cores // count)
+    if not gpus:
+        return [Slot("cpu" if count == 1 else f"cpu.{k}", None, threads) for k in range(count)]
+    suffix = (lambda k: "") if jobs_per_device == 1 else (lambda k: f".{k}")
+    return [Slot(f"gpu{gpu}{suffix(k)}", gpu, threads) for k in range(jobs_per_device) for gpu in gpus]
+
+
+# ----------------------------------------------------------------------------------------------- run states
+
+@dataclass
+class GridRun:
+    """What this grid knows of one planned run."""
+
+    planned: "PlannedRun"
+    state: str = "pending"  # pending | running | done | failed | skipped
+    cached: bool = False  # done before this grid started
+    force: bool = False  # a done run to run again (--force, or its encoder is missing)
+    not_before: float = 0.0
+    slot: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.planned.run_id
+
+
+@dataclass
+class Board:
+    """The plan's runs and their states; says which may start next."""
+
+    runs: dict[str, GridRun] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_plan(cls, plan: list["PlannedRun"]) -> "Board":
+        return cls({p.run_id: GridRun(p) for p in plan})
+
+    def count(self, state: str) -> int:
+        return sum(1 for run in self.runs.values() if run.state == state)
+
+    def of_state(self, state: str) -> list[GridRun]:
+        return [run for run in self.runs.values() if run.state == state]
+
+    def finished(self) -> bool:
+        return all(run.state in TERMINAL for run in self.runs.values())
+
+    def succeeded(self) -> bool:
+        return all(run.state == "done" for run in self.runs.values())
+
+    def parent_state(self, run: GridRun) -> str:
+        parent = run.planned.spec.parent
+        return self.runs[parent].state if parent in self.runs else "done"
+
+    def ready(self, now: float) -> list[GridRun]:
+        """Pending runs whose parent is done, longest first."""
+        ready = [run for run in self.of_state("pending")
+                 if run.not_before <= now and self.parent_state(run) == "done"]
+        return sorted(ready, key=lambda run: (-run.planned.estimated_examples, run.run_id))
+
+    def orphans(self) -> list[GridRun]:
+        """Pending runs whose parent failed (or was itself skipped)."""
+        return [run for run in self.of_state("pending") if self.parent_state(run) in ("failed", "skipped")]
+
+    def mark(self, run: GridRun, state: str, error: str | None = None) -> None:
+        run.state, run.error = state, error
+        if state in TERMINAL:
+            run.finished = time.time()
+
+
+def survey(board: Board, store: ResultsStore, force: bool, retry_failed: bool) -> None:
+    """Sort out, before anything starts, runs the store already has as done (skipped) or failed (reported)."""
+    for run in board.runs.values():
+        info = _status_info(store, run.run_id)
+        status = info.get("status")
+        if status == "done" and store.is_done(run.run_id) and _encoder_ok(store, run.planned) and not force:
+            run.cached = True
+            board.mark(run, "done")
+        elif status == "done":
+            run.force = True
+        elif status == "failed" and not retry_failed and not info.get("skipped"):
+            board.mark(run, "failed", f"failed in an earlier grid (use --retry-failed): {info.get('error', '?')}")
+
+
+def _status_info(store: ResultsStore, run_id: str) -> dict:
+    try:
+        return read_json(store.folder(run_id) / "status.json")
+    except (OSError, ValueError):
+        return {}
+
+
+def _encoder_ok(store: ResultsStore, planned: "PlannedRun") -> bool:
+    return not planned.spec.save_encoder or (store.folder(planned.run_id) / "encoder").is_dir()
+
+
+# ----------------------------------------------------------------------------------------------- claim protocol
+
+def claim_run(store: ResultsStore, run_id: str, spec: dict, owner: str, *, force: bool = False,
+              retry_failed: bool = False, needs_encoder: bool = False) -> tuple[str, str | None]:
+    """Decide a run's fate at its turn: ``claimed``, ``done``, ``failed`` (not retried) or ``held`` elsewhere."""
+    info = _status_info(store, run_id)
+    status = info.get("status")
+    encoder_ok = not needs_encoder or (store.folder(run_id) / "encoder").is_dir()
+    if status == "done" and store.is_done(run_id) and encoder_ok and not force:
+        return "done", None
+    if status == "failed" and not retry_failed and not info.get("skipped"):
+        return "failed", info.get("error")
+    if store.try_claim(run_id, spec, owner, force=status == "done"):
+        return "claimed", None
+    if store.is_done(run_id) and encoder_ok:
+        return "done", None  # another process finished it meanwhile
+    return "held", None
+
+
+def record_skipped(store: ResultsStore, run: GridRun, owner: str, reason: str) -> None:
+    """Record a run that cannot start (its parent failed) as failed with ``skipped`` set."""
+    if store.try_claim(run.run_id, run.planned.spec.to_dict(), owner):
+        store.set_status(run.run_id, "failed", error=reason, skipped=True)
+        store.release(run.run_id, owner=owner)
+
+
+def worker_command(store: ResultsStore, run_id: str, owner: str, device: str, threads: int | None,
+                   data_dir: str | None, task_files: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "transfer.worker", "--results", str(store.root.resolve()), "--run-id", run_id,
+           "--owner", owner, "--device", device]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    if data_dir:
+        cmd += ["--data-dir", str(Path(data_dir).resolve())]
+    for task_file in task_files:
+        cmd += ["--task-file", str(Path(task_file).resolve())]
+    return cmd
+
+
+def _package_env(env: dict) -> dict:
+    """Make the worker import this very copy of ``transfer`` (a checkout that is not installed, too)."""
+    root = str(Path(__file__).resolve().parents[1])
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in paths if p != root]])
+    return env
+
+
+def start_worker(store: ResultsStore, run_id: str, owner: str, cmd: list[str], env: dict,
+                 slot_name: str) -> subprocess.Popen:
+    """Start a worker subprocess; its stdout/stderr go to the run's log.txt (after a header line)."""
+    log_path = store.folder(run_id) / "log.txt"
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {socket.gethostname()} slot {slot_name}: "
+                  f"{' '.join(cmd)}\n")
+        return subprocess.Popen(cmd, env=_package_env(env), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return "".join(deque(handle, maxlen=lines))
+    except OSError:
+        return ""
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -returncode == signal.SIGKILL else ""
+        return f"worker killed by signal {name}{hint}"
+    return f"worker exited with code {returncode} without recording a result"
+
+
+def settle_run(store: ResultsStore, run_id: str, owner: str, returncode: int) -> tuple[str, str | None]:
+    """After a worker exits: ``done``, ``failed`` (recorded here when the worker could not), ``held`` or
+    ``interrupted`` (left ``running`` for the next grid). Releases ``owner``'s claim."""
+    info = _status_info(store, run_id)
+    status = info.get("status")
+    try:
+        if returncode == EXIT_NOT_CLAIMED:
+            return "held", None
+        if status == "done" and store.is_done(run_id):
+            return "done", None
+        if returncode == EXIT_INTERRUPTED or returncode in (-signal.SIGINT, -signal.SIGTERM):
+            return "interrupted", "interrupted (left 'running'; the next grid restarts it)"
+        if status == "failed":
+            return "failed", info.get("error")
+        reason = describe_exit(returncode)
+        claim = store.claim_info(run_id)
+        if claim is None or claim.get("owner") == owner:  # nobody else has taken the run over meanwhile
+            store.set_status(run_id, "failed", error=reason, returncode=returncode,
+                             log_tail=log_tail(store.folder(run_id) / "log.txt"))
+        return "failed", reason
+    finally:
+        store.release(run_id, owner=owner)
+
+
+def new_owner(kind: str) -> str:
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+# ----------------------------------------------------------------------------------------------- local backend
+
+@dataclass
+class GridOptions:
+    """How runs are executed (not what they are: that is the plan)."""
+
+    force: bool = False
+    retry_failed: bool = False
+    data_dir: str | None = None
+    task_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Running:
+    run: GridRun
+    slot: Slot
+    process: subprocess.Popen
+
+
+class LocalScheduler:
+    """Runs a plan on this machine's device slots, one worker subprocess per run."""
+
+    def __init__(self, store: ResultsStore, slots: list[Slot], options: GridOptions, view=None):
+        self.store, self.slots, self.options = store, list(slots), options
+        self.view = view
+        self.owner = new_owner("grid")
+        self.free = list(slots)
+        self.running: dict[str, _Running] = {}
+
+    def run(self, board: Board) -> Board:
+        survey(board, self.store, self.options.force, self.options.retry_failed)
+        try:
+            while not board.finished():
+                self._skip_orphans(board)
+                self._start_ready(board)
+                self._collect(board)
+                if self.view is not None:
+                    self.view.update(board)
+                if not board.finished():
+                    time.sleep(POLL_S)
+        except BaseException:
+            self._stop_all(board)
+            raise
+        return board
+
+    def _skip_orphans(self, board: Board) -> None:
+        for run in board.orphans():
+            reason = f"not started: its refinement run {run.planned.spec.parent} did not finish"
+            record_skipped(self.store, run, self.owner, reason)
+            board.mark(run, "skipped", reason)
+            logger.warning("skipped %s: %s", run.run_id, reason)
+
+    def _start_ready(self, board: Board) -> None:
+        for run in board.ready(time.monotonic()):
+            if not self.free:
+                return
+            outcome, error = claim_run(self.store, run.run_id, run.planned.spec.to_dict(), self.owner,
+                                       force=run.force, retry_failed=self.options.retry_failed,
+                                       needs_encoder=run.planned.spec.save_encoder)
+            if outcome == "claimed":
+                self._launch(run, self.free.pop(0))
+            elif outcome == "held":
+                run.not_before = time.monotonic() + HELD_RETRY_S
+            else:
+                board.mark(run, outcome, error)
+
+    def _launch(self, run: GridRun, slot: Slot) -> None:
+        cmd = worker_command(self.store, run.run_id, self.owner, slot.device, slot.threads,
+                             self.options.data_dir, self.options.task_files)
+        process = start_worker(self.store, run.run_id, self.owner, cmd, slot.env(), slot.name)
+        run.state, run.slot, run.started, run.force = "running", slot.name, time.time(), False
+        self.running[run.run_id] = _Running(run, slot, process)
+        logger.info("started %s (%s) on %s, pid %d", run.run_id, run.planned.stage, slot.name, process.pid)
+
+    def _collect(self, board: Board) -> None:
+        for run_id, entry in list(self.running.items()):
+            returncode = entry.process.poll()
+            if returncode is None:
+                continue
+            del self.running[run_id]
+            self.free.append(entry.slot)
+            self.free.sort(key=self.slots.index)
+            outcome, error = settle_run(self.store, run_id, self.owner, returncode)
+            _apply_outcome(board, entry.run, outcome, error)
+
+    def _stop_all(self, board: Board) -> None:
+        """Interrupted: stop the workers (they leave their runs 'running' for the next grid) and release."""
+        for entry in self.running.values():
+            if entry.process.poll() is None:
+                entry.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for run_id, entry in self.running.items():
+            try:
+                entry.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                entry.process.kill()
+                entry.process.wait()
+            self.store.release(run_id, owner=self.owner)
+        self.running.clear()
+
+
+def _apply_outcome(board: Board, run: GridRun, outcome: str, error: str | None) -> None:
+    seconds = time.time() - (run.started or time.time())
+    if outcome == "held":
+        run.state, run.not_before = "pending", time.monotonic() + HELD_RETRY_S
+    elif outcome == "done":
+        board.mark(run, "done")
+        logger.info("done %s in %.1fs", run.run_id, seconds)
+    else:  # failed or interrupted: reported, and the grid goes on
+        board.mark(run, "failed", error)
+        logger.warning("FAILED %s after %.1fs: %s", run.run_id, seconds, error)
+
+
+# ----------------------------------------------------------------------------------------------- Dask backend
+
+def run_on_dask_worker(request: dict) -> dict:
+    """A Dask task: claim one run on this worker's host, run it in a worker subprocess, settle it.
+
+    The subprocess inherits the Dask worker's environment, so its GPU is the one the Dask worker sees.
+    """
+    store = ResultsStore(request["results"])
+    owner = new_owner("dask")
+    run_id = request["run_id"]
+    outcome, error = claim_run(store, run_id, request["spec"], owner, force=request["force"],
+                               retry_failed=request["retry_failed"], needs_encoder=request["spec"]["save_encoder"])
+    if outcome != "claimed":
+        return {"run_id": run_id, "outcome": outcome, "error": error}
+    threads = max(1, usable_cores() // _dask_worker_threads())
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = worker_command(store, run_id, owner, "auto", threads, request["data_dir"], request["task_files"])
+    returncode = start_worker(store, run_id, owner, cmd, env, f"dask@{socket.gethostname()}").wait()
+    outcome, error = settle_run(store, run_id, owner, returncode)
+    return {"run_id": run_id, "outcome": outcome, "error": error, "host": socket.gethostname()}
+
+
+def _dask_worker_threads() -> int:
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        return int(getattr(getattr(worker, "state", worker), "nthreads", 1)) or 1
+    except (ImportError, ValueError, AttributeError):
+        return 1
+
+
+class DaskScheduler:
+    """Runs a plan on a Dask distributed cluster: one task per run, children submitted when parents finish."""
+
+    def __init__(self, store: ResultsStore, client, options: GridOptions, worker_gpus: bool = False, view=None):
+        self.store, self.client, self.options = store, client, options
+        self.worker_gpus, self.view = worker_gpus, view
+        self.owner = new_owner("dask-client")
+        self.futures: dict = {}
+
+    def run(self, board: Board) -> Board:
+        from distributed import wait
+
+        survey(board, self.store, self.options.force, self.options.retry_failed)
+        try:
+            while not board.finished():
+                self._skip_orphans(board)
+                for run in board.ready(time.monotonic()):
+                    self._submit(run)
+                if self.futures:
+                    done, _ = wait(list(self.futures), timeout=POLL_S * 4, return_when="FIRST_COMPLETED")
+                    for future in done:
+                        self._collect(board, future)
+                elif not board.finished():
+                    time.sleep(POLL_S)
+                if self.view is not None:
+                    self.view.update(board)
+        except BaseException:
+            self.client.cancel(list(self.futures))
+            raise
+        return board
+
+    _skip_orphans = LocalScheduler._skip_orphans
+
+    def _submit(self, run: GridRun) -> None:
+        request = {"results": str(self.store.root.resolve()), "run_id": run.run_id,
+                   "spec": run.planned.spec.to_dict(), "force": run.force, "retry_failed": self.options.retry_failed,
+                   "data_dir": str(Path(self.options.data_dir).resolve()) if self.options.data_dir else None,
+                   "task_files": [str(Path(f).resolve()) for f in self.options.task_files]}
+        future = self.client.submit(run_on_dask_worker, request, key=f"transfer-{run.run_id}-{uuid.uuid4().hex[:6]}",
+                                    pure=False, priority=run.planned.estimated_examples,
+                                    resources={"GPU": 1} if self.worker_gpus else None)
+        run.state, run.slot, run.started, run.force = "running", "dask", time.time(), False
+        self.futures[future] = run
+        logger.info("submitted %s (%s) to the Dask cluster", run.run_id, run.planned.stage)
+
+    def _collect(self, board: Board, future) -> None:
+        run = self.futures.pop(future)
+        try:
+            reply = future.result()
+        except Exception as exc:  # noqa: BLE001 - a lost Dask worker fails this run, not the grid
+            _apply_outcome(board, run, "failed", f"Dask task failed: {type(exc).__name__}: {exc}")
+            return
+        if reply.get("host"):
+            run.slot = f"dask@{reply['host']}"
+        _apply_outcome(board, run, reply["outcome"], reply.get("error"))
