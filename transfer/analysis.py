@@ -307,7 +307,16 @@ def _align(units: list[UnitData]) -> tuple[list[UnitData], int]:
         idx = [position[key] for key in order]
         aligned.append(UnitData(tuple(order), tuple(u.gold[i] for i in idx), tuple(u.pred[i] for i in idx),
                                 tuple(u.groups[i] for i in idx) if u.groups else None))
+    for u in aligned[1:]:
+        differ = next((key for key, a, b in zip(order, aligned[0].gold, u.gold) if _canonical(a) != _canonical(b)), None)
+        if differ is not None:
+            raise ValueError(f"gold labels of test unit {differ!r} differ between runs: were they scored on the "
+                             "same test set?")
     return aligned, dropped
+
+
+def _canonical(gold):
+    return tuple(sorted(gold)) if isinstance(gold, (set, frozenset)) else gold
 
 
 def bootstrap_edge(task: TaskSpec, metric: str, systems: list[tuple[list[dict], list[dict]]], n_boot: int,

@@ -131,7 +131,6 @@ class GridRun:
     not_before: float = 0.0
     slot: str | None = None
     started: float | None = None
-    finished: float | None = None
     error: str | None = None
 
     @property
@@ -144,7 +143,6 @@ class Board:
     """The plan's runs and their states; says which may start next."""
 
     runs: dict[str, GridRun] = field(default_factory=dict)
-    started: float = field(default_factory=time.time)
 
     @classmethod
     def from_plan(cls, plan: list["PlannedRun"]) -> "Board":
@@ -178,8 +176,6 @@ class Board:
 
     def mark(self, run: GridRun, state: str, error: str | None = None) -> None:
         run.state, run.error = state, error
-        if state in TERMINAL:
-            run.finished = time.time()
 
 
 def survey(board: Board, store: ResultsStore, force: bool, retry_failed: bool) -> None:
@@ -228,9 +224,21 @@ def claim_run(store: ResultsStore, run_id: str, spec: dict, owner: str, *, force
 
 def record_skipped(store: ResultsStore, run: GridRun, owner: str, reason: str) -> None:
     """Record a run that cannot start (its parent failed) as failed with ``skipped`` set."""
+    info = _status_info(store, run.run_id)
+    if info.get("skipped") and info.get("error") == reason:
+        return  # recorded by an earlier grid
     if store.try_claim(run.run_id, run.planned.spec.to_dict(), owner):
         store.set_status(run.run_id, "failed", error=reason, skipped=True)
         store.release(run.run_id, owner=owner)
+
+
+def skip_orphans(board: Board, store: ResultsStore, owner: str) -> None:
+    """Finetune runs whose refinement run failed: recorded as skipped, never started."""
+    for run in board.orphans():
+        reason = f"not started: its refinement run {run.planned.spec.parent} did not finish"
+        record_skipped(store, run, owner, reason)
+        board.mark(run, "skipped", reason)
+        logger.warning("skipped %s: %s", run.run_id, reason)
 
 
 def worker_command(store: ResultsStore, run_id: str, owner: str, device: str, threads: int | None,
@@ -342,7 +350,7 @@ class LocalScheduler:
         survey(board, self.store, self.options.force, self.options.retry_failed)
         try:
             while not board.finished():
-                self._skip_orphans(board)
+                skip_orphans(board, self.store, self.owner)
                 self._start_ready(board)
                 self._collect(board)
                 if self.view is not None:
@@ -353,13 +361,6 @@ class LocalScheduler:
             self._stop_all(board)
             raise
         return board
-
-    def _skip_orphans(self, board: Board) -> None:
-        for run in board.orphans():
-            reason = f"not started: its refinement run {run.planned.spec.parent} did not finish"
-            record_skipped(self.store, run, self.owner, reason)
-            board.mark(run, "skipped", reason)
-            logger.warning("skipped %s: %s", run.run_id, reason)
 
     def _start_ready(self, board: Board) -> None:
         for run in board.ready(time.monotonic()):
@@ -464,28 +465,22 @@ class DaskScheduler:
         self.futures: dict = {}
 
     def run(self, board: Board) -> Board:
-        from distributed import wait
-
         survey(board, self.store, self.options.force, self.options.retry_failed)
         try:
             while not board.finished():
-                self._skip_orphans(board)
+                skip_orphans(board, self.store, self.owner)
                 for run in board.ready(time.monotonic()):
                     self._submit(run)
-                if self.futures:
-                    done, _ = wait(list(self.futures), timeout=POLL_S * 4, return_when="FIRST_COMPLETED")
-                    for future in done:
-                        self._collect(board, future)
-                elif not board.finished():
-                    time.sleep(POLL_S)
+                for future in [f for f in self.futures if f.done()]:
+                    self._collect(board, future)
                 if self.view is not None:
                     self.view.update(board)
+                if not board.finished():
+                    time.sleep(POLL_S)
         except BaseException:
             self.client.cancel(list(self.futures))
             raise
         return board
-
-    _skip_orphans = LocalScheduler._skip_orphans
 
     def _submit(self, run: GridRun) -> None:
         request = {"results": str(self.store.root.resolve()), "run_id": run.run_id,

@@ -219,13 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     if not _claim(store, args.run_id, args.owner):
         print(f"run {args.run_id} is done or claimed by another process; nothing to do")
         return EXIT_NOT_CLAIMED
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_interrupted)
-    if args.threads:
-        import torch
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if in_main_thread else None
+    try:
+        if args.threads:
+            import torch
 
-        torch.set_num_threads(args.threads)
-    return execute(store, args.run_id, data_dir=args.data_dir, device=args.device, task_files=args.task_file)
+            torch.set_num_threads(args.threads)
+        return execute(store, args.run_id, data_dir=args.data_dir, device=args.device, task_files=args.task_file)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

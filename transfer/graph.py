@@ -1,0 +1,136 @@
+"""Transfer edges, figures and tables from a results store.
+
+    python -m transfer.graph results/ [--out figures/] [--domain biomedical ...]
+
+For every domain (and model/profile) in the store: the delta of every ordered task pair s->t with a paired
+bootstrap test and Holm correction, the directed transfer graph, the delta heatmap, the bar chart of single
+task vs MT-Refinement vs MT-Fine-Tune, the paper-style tables (Markdown, CSV, LaTeX) and the graph as GraphML.
+Also rebuilds RESULTS_DIR/scores.csv. Reads only the store; never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from transfer.analysis import (DEFAULT_ALPHA, DEFAULT_MIN_DELTA, DEFAULT_N_BOOT, DEFAULT_SEED, DomainAnalysis,
+                               analyse_store, load_runs)
+from transfer.store import ResultsStore
+from transfer.tasks import load_task_table
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("png", "svg", "pdf")
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m transfer.graph", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", type=Path, help="the results store (e.g. results/)")
+    parser.add_argument("--out", type=Path, default=Path("figures"), help="folder for figures and tables")
+    parser.add_argument("--domain", nargs="+", default=None, metavar="D",
+                        help="only these domains (default: every domain in the store)")
+    parser.add_argument("--model", nargs="+", default=None, help="only runs of these models (default: all)")
+    parser.add_argument("--profile", nargs="+", default=None, help="only runs of these profiles (default: all)")
+    parser.add_argument("--alpha", type=_probability, default=DEFAULT_ALPHA,
+                        help="significance level for the Holm-adjusted p-values (and 1 - CI level)")
+    parser.add_argument("--min-delta", type=_non_negative, default=DEFAULT_MIN_DELTA,
+                        help="an edge is green/red only if |delta| exceeds this (in metric units, e.g. 0.005)")
+    parser.add_argument("--n-boot", type=_positive_int, default=DEFAULT_N_BOOT,
+                        help="bootstrap resamples per edge (the smallest possible p is 1/(n_boot+1))")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the bootstrap random generator")
+    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=["png", "svg"],
+                        help="figure formats (PNG at 200 dpi)")
+    parser.add_argument("--task-file", action="append", default=[], help="extra task table (TOML) to load")
+    parser.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
+                        help="draw the figures (--no-figures: tables only)")
+    parser.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False,
+                        help="only warnings in the log")
+    return parser
+
+
+def _summary(analysis: DomainAnalysis) -> list[str]:
+    counts = analysis.edges["colour"].value_counts().to_dict() if len(analysis.edges) else {}
+    calls = ", ".join(f"{counts.get(c, 0)} {c}" for c in ("green", "red", "grey", "missing"))
+    lines = [f"{analysis.setting.domain} (model {analysis.setting.model}, profile {analysis.setting.profile}, "
+             f"seeds {' '.join(map(str, analysis.seeds))}): {len(analysis.tasks)} task(s), "
+             f"{len(analysis.edges)} edges: {calls}"]
+    for _, row in analysis.edges[analysis.edges["colour"].isin(["green", "red"])].iterrows():
+        lines.append(f"  {row['colour']:>5}  {row['source']} -> {row['target']}  delta {row['delta']:+.4f}  "
+                     f"p_holm {row['p_holm']:.4f}")
+    if analysis.missing:
+        lines.append("  missing:")
+        lines += [f"    - {item}" for item in analysis.missing]
+    lines += [f"  note: {item}" for item in analysis.notes]
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    """Analyse, write everything, print the summary; returns the exit status."""
+    from transfer import plots, tables
+
+    table = load_task_table(args.task_file)
+    store = ResultsStore(args.results_dir)
+    if not store.runs_dir.is_dir():
+        print(f"error: {args.results_dir} has no runs/ folder: nothing stored yet (run python -m transfer.grid), "
+              "or not a results store", file=sys.stderr)
+        return 2
+    present = sorted({r.setting.domain for r in load_runs(store, table)})
+    unknown = sorted(set(args.domain or []) - set(present))
+    if unknown:
+        print(f"error: domain(s) {', '.join(unknown)} not in the store; present: {', '.join(present) or 'none'}",
+              file=sys.stderr)
+        return 2
+    written = [store.write_scores_table()]
+    analyses = analyse_store(args.results_dir, table, args.domain, args.n_boot, args.alpha, args.min_delta,
+                             args.seed, args.model, args.profile)
+    for analysis in analyses:
+        written += tables.write_tables(analysis, args.out)
+        if args.figures:
+            written += plots.write_figures(analysis, args.out, tuple(args.formats))
+    print(f"transfer.graph: {args.results_dir} -> {args.out} (alpha {args.alpha:g}, min-delta {args.min_delta:g}, "
+          f"{args.n_boot} bootstrap resamples, seed {args.seed})")
+    if not analyses:
+        print("no runs matched: nothing to analyse")
+    for analysis in analyses:
+        print("\n".join(_summary(analysis)))
+    print("files written:")
+    print("\n".join(f"  {path}" for path in written))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    import matplotlib
+
+    matplotlib.use("Agg")  # a script: no display needed (the figures use Agg canvases anyway)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
