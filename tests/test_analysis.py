@@ -461,3 +461,18 @@ def test_missing_predictions_leave_the_edge_untested(tmp_path):
 def test_empty_store_gives_no_analysis(tmp_path):
     (tmp_path / "runs").mkdir()
     assert analyse_store(tmp_path, TABLE) == []
+
+
+def test_extra_task_keeps_the_largest_mtl_run_as_refinement(tmp_path):
+    root = build_store(tmp_path)
+    extra = {"mednli": pair_predictions("mednli", 13, "noise", salt="x"),
+             "i2b2-2010-re": single_predictions("i2b2-2010-re", 13)}
+    write_run(root, ("i2b2-2010-re", "mednli"), "mtl", 13, extra)
+    (analysis,) = analyse_store(root, TABLE, n_boot=100)
+    assert analysis.tasks == ("clinicalsts", "shareclefe", "i2b2-2010-re", "mednli")
+    models = analysis.models.set_index(["model_type", "task"])
+    assert models.loc[("mt-refinement", "mednli"), "mean"] == pytest.approx(stored_score(root, "mtl", TASKS3, 13, "mednli"))
+    assert math.isnan(models.loc[("mt-refinement", "i2b2-2010-re"), "mean"])
+    assert any("MT-Refinement is the mtl run of clinicalsts, shareclefe, mednli" in n for n in analysis.notes)
+    assert "single i2b2-2010-re: seed 13 (not in store)" in analysis.missing
+    assert _edge(analysis, "i2b2-2010-re", "mednli")["colour"] in ("grey", "green", "red")

@@ -97,6 +97,15 @@ def test_plan_grid_fingerprints_and_estimates(tiny_data_dir):
     assert by_stage["finetune"].estimated_examples == cap * profile.finetune_epochs
 
 
+def test_tasks_of_several_domains_keep_the_task_table_order():
+    table = load_task_table()
+    tasks = grid.ordered_tasks(table, None, ["mednli", "chemprot"])
+    assert tasks == ("chemprot", "mednli")
+    runs = grid.dedupe(grid.expand_specs(tasks, ("single", "pair"), (1,), profile=load_profile("test"),
+                                         model="minilm", domain=None))
+    assert len(runs) == 3 and all(spec.domain is None for _, spec in runs)
+
+
 def test_cli_rejects_finetune_without_all_and_missing_tasks(tmp_path, tiny_data_dir):
     with pytest.raises(SystemExit) as exc:
         grid.main(_args(tmp_path, tiny_data_dir, "--tasks", *TWO, "--stages", "finetune", "--dry-run"))

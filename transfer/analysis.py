@@ -454,7 +454,7 @@ class DomainRuns:
     """The runs of one setting, indexed by condition: ``runs[kind][(condition, seed)]`` for done runs with scores.
 
     kinds: "single" (condition = task), "pair" (frozenset of the two tasks), "all" (condition = "all": the mtl
-    run of every task of the setting), "finetune" (task). ``not_done`` holds the status of runs not (yet) usable.
+    run of every task of the setting, see ``_all_task_set``), "finetune" (task). ``not_done`` holds the status of runs not (yet) usable.
     """
 
     setting: Setting
@@ -468,7 +468,17 @@ class DomainRuns:
         return self.runs[kind].get((condition, seed))
 
 
-def _condition(run: RunInfo, tasks: tuple[str, ...], all_task_ids: set[str], known_ids: set[str]) -> list:
+def _all_task_set(runs: list[RunInfo], tasks: tuple[str, ...]) -> frozenset:
+    """Tasks of the MT-Refinement run: every task of the setting if such an mtl run exists, else the largest
+    mtl task set with more than two tasks (e.g. the domain's run when extra pairs were added later)."""
+    sets = [frozenset(r.tasks) for r in runs if r.stage == "mtl"]
+    if frozenset(tasks) in sets:
+        return frozenset(tasks)
+    larger = [s for s in sets if len(s) > 2]
+    return max(larger, key=lambda s: (len(s), sets.count(s), sorted(s))) if larger else frozenset(tasks)
+
+
+def _condition(run: RunInfo, all_tasks: frozenset, all_task_ids: set[str], known_ids: set[str]) -> list:
     """The (kind, condition) pairs a run stands for (a 2-task domain's mtl run is both "all" and "pair")."""
     if run.stage == "single":
         return [("single", run.tasks[0])]
@@ -477,7 +487,7 @@ def _condition(run: RunInfo, tasks: tuple[str, ...], all_task_ids: set[str], kno
         # Fine-tuned from the all-task run, or from a run this store does not hold (we cannot tell): keep.
         return [("finetune", run.tasks[0])] if parent in all_task_ids or parent not in known_ids else []
     found = []
-    if run.stage == "mtl" and set(run.tasks) == set(tasks):
+    if run.stage == "mtl" and frozenset(run.tasks) == all_tasks:
         found.append(("all", "all"))
     if run.stage == "mtl" and len(run.tasks) == 2:
         found.append(("pair", frozenset(run.tasks)))
@@ -502,10 +512,14 @@ def index_runs(setting: Setting, runs: list[RunInfo], table: TaskTable) -> Domai
     """Index one setting's runs; tasks = every task any of its runs trained, in the task table's order."""
     tasks = _task_order({t for r in runs for t in r.tasks}, setting.domain, table)
     index = DomainRuns(setting, tasks, tuple(sorted({r.seed for r in runs})))
-    all_task_ids = {r.run_id for r in runs if r.stage == "mtl" and set(r.tasks) == set(tasks)}
+    all_tasks = _all_task_set(runs, tasks)
+    if all_tasks != frozenset(tasks):
+        index.notes.append(f"MT-Refinement is the mtl run of {', '.join(t for t in tasks if t in all_tasks)} "
+                           f"(no mtl run trains all {len(tasks)} tasks)")
+    all_task_ids = {r.run_id for r in runs if r.stage == "mtl" and frozenset(r.tasks) == all_tasks}
     known_ids = {r.run_id for r in runs}
     for run in runs:
-        found = _condition(run, tasks, all_task_ids, known_ids)
+        found = _condition(run, all_tasks, all_task_ids, known_ids)
         if not found:
             logger.info("run %s (%s %s) is not a single, pair, all-task or finetune run of %s; not used",
                         run.run_id, run.stage, "+".join(run.tasks), setting.domain)

@@ -15,14 +15,19 @@ import logging
 import sys
 from pathlib import Path
 
-from transfer.analysis import (DEFAULT_ALPHA, DEFAULT_MIN_DELTA, DEFAULT_N_BOOT, DEFAULT_SEED, DomainAnalysis,
-                               analyse_store, load_runs)
+from transfer.analysis import (COLOURS, DEFAULT_ALPHA, DEFAULT_MIN_DELTA, DEFAULT_N_BOOT, DEFAULT_SEED,
+                               DomainAnalysis, analyse_store, load_runs)
 from transfer.store import ResultsStore
 from transfer.tasks import load_task_table
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("png", "svg", "pdf")
+EPILOG = ("Edge s->t: delta = test score of t in the {s,t} mtl run minus t's single-task run, mean over seeds. "
+          "Test: paired bootstrap over test examples (sentences for NER, abstracts for HoC), the same resample "
+          "for both runs and every seed, the task's own metric recomputed on each; two-sided p, Holm-adjusted "
+          "over the edges of a domain. green: delta > min-delta and Holm p < alpha; red: delta < -min-delta "
+          "and Holm p < alpha; grey: otherwise; missing: runs or predictions absent.")
 
 
 def _probability(text: str) -> float:
@@ -48,13 +53,14 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m transfer.graph", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     epilog=EPILOG, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("results_dir", metavar="RESULTS_DIR", type=Path, help="the results store (e.g. results/)")
     parser.add_argument("--out", type=Path, default=Path("figures"), help="folder for figures and tables")
     parser.add_argument("--domain", nargs="+", default=None, metavar="D",
-                        help="only these domains (default: every domain in the store)")
-    parser.add_argument("--model", nargs="+", default=None, help="only runs of these models (default: all)")
-    parser.add_argument("--profile", nargs="+", default=None, help="only runs of these profiles (default: all)")
+                        help="analyse only these domains; None: every domain in the store")
+    parser.add_argument("--model", nargs="+", default=None, help="analyse only runs of these models; None: all")
+    parser.add_argument("--profile", nargs="+", default=None,
+                        help="analyse only runs of these profile names; None: all")
     parser.add_argument("--alpha", type=_probability, default=DEFAULT_ALPHA,
                         help="significance level for the Holm-adjusted p-values (and 1 - CI level)")
     parser.add_argument("--min-delta", type=_non_negative, default=DEFAULT_MIN_DELTA,
@@ -74,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _summary(analysis: DomainAnalysis) -> list[str]:
     counts = analysis.edges["colour"].value_counts().to_dict() if len(analysis.edges) else {}
-    calls = ", ".join(f"{counts.get(c, 0)} {c}" for c in ("green", "red", "grey", "missing"))
+    calls = ", ".join(f"{counts.get(c, 0)} {c}" for c in COLOURS)
     lines = [f"{analysis.setting.domain} (model {analysis.setting.model}, profile {analysis.setting.profile}, "
              f"seeds {' '.join(map(str, analysis.seeds))}): {len(analysis.tasks)} task(s), "
              f"{len(analysis.edges)} edges: {calls}"]

@@ -50,9 +50,9 @@ class PlannedRun:
         object.__setattr__(self, "run_id", self.spec.run_id)
 
 
-def ordered_tasks(table: TaskTable, domain: str, tasks: list[str] | None) -> tuple[str, ...]:
-    """The grid's tasks in the domain's order (so the same set always gives the same run ids)."""
-    listed = table.domain(domain).tasks
+def ordered_tasks(table: TaskTable, domain: str | None, tasks: list[str] | None) -> tuple[str, ...]:
+    """The grid's tasks in the domain's order, else the task table's (so a set always gives the same run ids)."""
+    listed = table.domain(domain).tasks if domain else tuple(table.tasks)
     if not tasks:
         return tuple(listed)
     position = {name: i for i, name in enumerate(listed)}
@@ -60,7 +60,7 @@ def ordered_tasks(table: TaskTable, domain: str, tasks: list[str] | None) -> tup
 
 
 def expand_specs(tasks: tuple[str, ...], stages: tuple[str, ...], seeds: tuple[int, ...], *, profile: Profile,
-                 model: str, domain: str, fingerprints: tuple[tuple[str, str], ...] = (),
+                 model: str, domain: str | None, fingerprints: tuple[tuple[str, str], ...] = (),
                  code_version: str = transfer.__version__) -> list[tuple[str, RunSpec]]:
     """(grid stage, spec) of every run, seed by seed: singles, pairs, the all-task run, finetunes."""
     def spec(run_tasks: tuple[str, ...], stage: str, seed: int, **extra) -> RunSpec:
@@ -135,7 +135,7 @@ def train_counts(table: TaskTable, paths: dict[str, dict[str, Path]], fingerprin
     return counts
 
 
-def plan_grid(table: TaskTable, domain: str, tasks: tuple[str, ...], stages: tuple[str, ...],
+def plan_grid(table: TaskTable, domain: str | None, tasks: tuple[str, ...], stages: tuple[str, ...],
               seeds: tuple[int, ...], profile: Profile, model: str, data_dir: str | None = None,
               write_cache: bool = True) -> list[PlannedRun]:
     """Every run of the grid with its data fingerprints and estimated size."""
@@ -287,6 +287,13 @@ def _duration(seconds: float) -> str:
 
 # ----------------------------------------------------------------------------------------------- CLI
 
+def _devices(text: str):
+    try:
+        return parse_devices(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -303,7 +310,7 @@ def build_parser(table: TaskTable) -> argparse.ArgumentParser:
     what.add_argument("--tasks", nargs="+", choices=sorted(table.tasks), metavar="TASK", default=None,
                       help=f"these tasks instead of the whole domain; known: {', '.join(sorted(table.tasks))}")
     what.add_argument("--stages", nargs="+", choices=GRID_STAGES, default=list(GRID_STAGES), help=STAGE_HELP)
-    what.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the profile's seeds)")
+    what.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds to run (None: the profile's seeds)")
     what.add_argument("--profile", default="quick", help="profile name in experiments/ or a .toml path")
     what.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a profile value, e.g. --set epochs=3 --set max_train_examples=none")
@@ -315,7 +322,7 @@ def build_parser(table: TaskTable) -> argparse.ArgumentParser:
     where.add_argument("--results", default="results", help="results store folder (one folder per run)")
     where.add_argument("--backend", choices=BACKENDS, default="local",
                        help="local: worker subprocesses on this machine's device slots; dask: a Dask cluster")
-    where.add_argument("--devices", type=parse_devices, default="auto",
+    where.add_argument("--devices", type=_devices, default="auto",
                        help="local slots: auto (every visible GPU, else the CPU), cpu, or GPU ids like 0,1")
     where.add_argument("--jobs-per-device", type=_positive_int, default=1,
                        help="runs at once per GPU (on the CPU: CPU slots sharing the cores)")
@@ -338,7 +345,7 @@ def build_parser(table: TaskTable) -> argparse.ArgumentParser:
 class GridRequest:
     """The parsed command: what to plan."""
 
-    domain: str
+    domain: str | None
     tasks: tuple[str, ...]
     stages: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -353,7 +360,8 @@ def resolve_request(args: argparse.Namespace, table: TaskTable, parser: argparse
     stages = tuple(s for s in GRID_STAGES if s in args.stages)
     if "finetune" in stages and "all" not in stages:
         parser.error("--stages finetune needs all (the refinement run it starts from; skipped when already done)")
-    domain = table.domain_of(args.tasks, args.domain).name if args.tasks else args.domain
+    home = table.domain_of(args.tasks, args.domain) if args.tasks else table.domain(args.domain)
+    domain = home.name if home else None  # None: tasks of several domains, each read from its own
     tasks = ordered_tasks(table, domain, args.tasks)
     if len(tasks) < 2 and set(stages) - {"single"}:
         parser.error(f"stages {', '.join(s for s in stages if s != 'single')} need at least two tasks")

@@ -19,8 +19,6 @@ from transfer.store import write_text_atomic
 logger = logging.getLogger(__name__)
 
 NA = "n/a"
-EDGE_HEADERS = {"source": "s", "target": "t", "delta": "Δ", "delta_std": "sd(seeds)", "ci_low": "CI low",
-                "ci_high": "CI high", "p": "p", "p_holm": "p (Holm)", "colour": "colour", "n_seeds": "seeds"}
 METRIC_NAMES = {"entity_f1": "entity F1", "micro_f1": "micro-F1", "macro_f1": "macro-F1", "accuracy": "accuracy",
                 "pearson": "Pearson r", "hoc_f1": "HoC F1"}
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transfer import metrics
+from transfer import __version__, metrics
 from transfer.config import DEFAULT_MODEL, STAGES, RunSpec, load_profile
 from transfer.features import SplitData, collate, file_fingerprint, load_split, make_batches, sample_examples
 from transfer.kinds import kind_ops
@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.quiet else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    _quiet_transformers()
+    quiet_transformers()
     profile = profile_with_overrides(args.profile, args.overrides)
     paths = locate_tasks(table, args.tasks, args.domain, args.data_dir)
     parent = _parent_id(args.parent) if args.parent else None
@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = RunSpec(tasks=tuple(args.tasks), stage=args.stage, profile=profile,
                    seed=profile.seeds[0] if args.seed is None else args.seed, model=args.model,
                    domain=_domain_name(table, args.tasks, args.domain), parent=parent,
-                   data_fingerprints=data_fingerprints(paths), save_encoder=save_encoder)
+                   data_fingerprints=data_fingerprints(paths), code_version=__version__, save_encoder=save_encoder)
     out = Path(args.out or Path("runs") / spec.run_id)
     from transfer.progress import LogReporter, RichReporter
 
@@ -526,7 +526,7 @@ def _domain_name(table: TaskTable, tasks: list[str], domain: str | None) -> str 
     return found.name if found else None
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """Our own progress bar is enough; hide transformers' weight-loading bars and info lines."""
     from transformers.utils import logging as hf_logging
 

@@ -114,9 +114,9 @@ def resolve_train_fn():
     """``transfer.train.train``, or the function named by ``$TRANSFER_TRAIN_FN`` (``module:function``)."""
     target = os.environ.get(TRAIN_FN_ENV)
     if not target:
-        from transfer.train import _quiet_transformers, train
+        from transfer.train import quiet_transformers, train
 
-        _quiet_transformers()
+        quiet_transformers()
         return train
     module, _, name = target.partition(":")
     if not module or not name:
