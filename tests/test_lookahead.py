@@ -116,3 +116,21 @@ def test_tracking_leaves_the_training_trajectory_unchanged(tiny_model_dir, tiny_
     matrix = np.array(affinity["matrix"])
     assert matrix.shape == (2, 2) and np.isfinite(matrix).all()
     assert "affinity" not in a
+
+
+def test_affinity_stage_plans_one_tracked_all_task_run(tiny_data_dir, tmp_path, capsys):
+    from transfer import affinity, grid
+
+    profile = load_profile("test")
+    runs = grid.expand_specs(TASKS, ("all", "affinity"), (1,), profile=profile, model="m", domain="biomedical",
+                             affinity_every=7, affinity_batches=2)
+    (_, plain), (stage, tracked) = runs
+    assert stage == "affinity" and tracked.tasks == plain.tasks and tracked.stage == "mtl"
+    assert (tracked.affinity_every, tracked.affinity_batches, plain.affinity_every) == (7, 2, 0)
+    assert tracked.run_id != plain.run_id
+    code = affinity.main(["--domain", "biomedical", "--data-dir", str(tiny_data_dir), "--profile", "test",
+                          "--results", str(tmp_path / "store"), "--dry-run"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "affinity" in out and "1 runs" in out
+    assert not (tmp_path / "store").exists()

@@ -29,9 +29,12 @@ from transfer.tasks import DataNotFoundError, TaskConfigError, TaskTable, load_t
 
 logger = logging.getLogger(__name__)
 
-GRID_STAGES = ("single", "pair", "all", "finetune")
+GRID_STAGES = ("single", "pair", "all", "finetune")  # the default plan
+ALL_STAGES = (*GRID_STAGES, "affinity")
 STAGE_HELP = ("single: one run per task; pair: one multi-task run per unordered task pair; all: the all-task "
-              "refinement run; finetune: one run per task from the all-task run's encoder (needs all)")
+              "refinement run; finetune: one run per task from the all-task run's encoder (needs all); "
+              "affinity: an all-task run that also records look-ahead task affinity (a cheap preview of the "
+              "pairwise grid; not in the default plan, see python -m transfer.affinity)")
 BACKENDS = ("local", "dask")
 
 
@@ -61,7 +64,8 @@ def ordered_tasks(table: TaskTable, domain: str | None, tasks: list[str] | None)
 
 def expand_specs(tasks: tuple[str, ...], stages: tuple[str, ...], seeds: tuple[int, ...], *, profile: Profile,
                  model: str, domain: str | None, fingerprints: tuple[tuple[str, str], ...] = (),
-                 code_version: str = transfer.__version__) -> list[tuple[str, RunSpec]]:
+                 code_version: str = transfer.__version__, affinity_every: int = 20,
+                 affinity_batches: int = 1) -> list[tuple[str, RunSpec]]:
     """(grid stage, spec) of every run, seed by seed: singles, pairs, the all-task run, finetunes."""
     def spec(run_tasks: tuple[str, ...], stage: str, seed: int, **extra) -> RunSpec:
         own = tuple(fp for fp in fingerprints if fp[0].rpartition("/")[0] in run_tasks)
@@ -81,6 +85,9 @@ def expand_specs(tasks: tuple[str, ...], stages: tuple[str, ...], seeds: tuple[i
             runs.append(("all", refinement))
             if "finetune" in stages:
                 runs += [("finetune", spec((name,), "finetune", seed, parent=refinement.run_id)) for name in tasks]
+        if "affinity" in stages:
+            runs.append(("affinity", spec(tasks, "mtl", seed, affinity_every=affinity_every,
+                                          affinity_batches=affinity_batches)))
     return runs
 
 
@@ -137,7 +144,7 @@ def train_counts(table: TaskTable, paths: dict[str, dict[str, Path]], fingerprin
 
 def plan_grid(table: TaskTable, domain: str | None, tasks: tuple[str, ...], stages: tuple[str, ...],
               seeds: tuple[int, ...], profile: Profile, model: str, data_dir: str | None = None,
-              write_cache: bool = True) -> list[PlannedRun]:
+              write_cache: bool = True, affinity_every: int = 20, affinity_batches: int = 1) -> list[PlannedRun]:
     """Every run of the grid with its data fingerprints and estimated size."""
     from transfer.train import data_fingerprints
 
@@ -145,7 +152,8 @@ def plan_grid(table: TaskTable, domain: str | None, tasks: tuple[str, ...], stag
     fingerprints = data_fingerprints(paths)
     counts = train_counts(table, paths, dict(fingerprints), counts_cache_file(), write_cache)
     runs = dedupe(expand_specs(tasks, stages, seeds, profile=profile, model=model, domain=domain,
-                               fingerprints=fingerprints))
+                               fingerprints=fingerprints, affinity_every=affinity_every,
+                               affinity_batches=affinity_batches))
     return [PlannedRun(spec, stage, estimate_examples(spec, counts)) for stage, spec in runs]
 
 
@@ -309,7 +317,11 @@ def build_parser(table: TaskTable) -> argparse.ArgumentParser:
                       help="domain whose tasks make the grid (and whose data folder is read)")
     what.add_argument("--tasks", nargs="+", choices=sorted(table.tasks), metavar="TASK", default=None,
                       help=f"these tasks instead of the whole domain; known: {', '.join(sorted(table.tasks))}")
-    what.add_argument("--stages", nargs="+", choices=GRID_STAGES, default=list(GRID_STAGES), help=STAGE_HELP)
+    what.add_argument("--stages", nargs="+", choices=ALL_STAGES, default=list(GRID_STAGES), help=STAGE_HELP)
+    what.add_argument("--affinity-every", type=_positive_int, default=20,
+                      help="affinity stage: take a look-ahead affinity measurement every this many training steps")
+    what.add_argument("--affinity-batches", type=_positive_int, default=1,
+                      help="affinity stage: probe batches per task and measurement")
     what.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds to run (None: the profile's seeds)")
     what.add_argument("--profile", default="quick", help="profile name in experiments/ or a .toml path")
     what.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -357,7 +369,7 @@ def resolve_request(args: argparse.Namespace, table: TaskTable, parser: argparse
 
     if not args.domain and not args.tasks:
         parser.error("say what to run: --domain (every task of it) or --tasks")
-    stages = tuple(s for s in GRID_STAGES if s in args.stages)
+    stages = tuple(s for s in ALL_STAGES if s in args.stages)
     if "finetune" in stages and "all" not in stages:
         parser.error("--stages finetune needs all (the refinement run it starts from; skipped when already done)")
     home = table.domain_of(args.tasks, args.domain) if args.tasks else table.domain(args.domain)
@@ -427,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         request = resolve_request(args, table, parser)
         plan = plan_grid(table, request.domain, request.tasks, request.stages, request.seeds, request.profile,
-                         args.model, args.data_dir, write_cache=not args.dry_run)
+                         args.model, args.data_dir, write_cache=not args.dry_run,
+                         affinity_every=args.affinity_every, affinity_batches=args.affinity_batches)
     except (ConfigError, TaskConfigError, DataNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

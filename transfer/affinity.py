@@ -1,0 +1,32 @@
+"""Cheap transfer preview: one all-task run that records look-ahead task affinity.
+
+    python -m transfer.affinity --domain biomedical [grid options]
+
+is ``python -m transfer.grid --stages affinity``: the all-task multi-task run of the domain, with
+``transfer.lookahead.AffinityTracker`` measuring Z(s->t) = 1 - L_t(after a step on s) / L_t(before) every
+``--affinity-every`` steps. It is stored in the results store like any run (its own run id, ``metrics.json`` gains
+an ``affinity`` block), and ``python -m transfer.graph`` draws it next to the measured pairwise grid and reports
+how well it predicts it (Spearman correlation, sign agreement, wall-time ratio). Every grid option applies
+(``--profile``, ``--seeds``, ``--results``, ``--devices``, ``--backend dask`` ...).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from transfer import grid
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--stages" in args:
+        print("error: transfer.affinity plans only the affinity run; use python -m transfer.grid --stages ... "
+              "to combine stages", file=sys.stderr)
+        return 2
+    if "-h" in args or "--help" in args:
+        print(__doc__.strip() + "\n")
+    return grid.main(["--stages", "affinity", *args])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
