@@ -251,6 +251,19 @@ class ResultsStore:
         return target
 
 
+def write_result(result: dict, folder: Path) -> list[Path]:
+    """A run's outputs: ``metrics.json`` (all but predictions) and ``predictions/<task>.jsonl`` (test set, best dev epoch)."""
+    folder = Path(folder)
+    written = []
+    for name, records in result["predictions"].items():
+        target = folder / "predictions" / f"{name}.jsonl"
+        write_text_atomic(target, "".join(json.dumps(r) + "\n" for r in records or []))
+        written.append(target)
+    write_json_atomic(folder / "metrics.json", {k: v for k, v in result.items() if k != "predictions"})
+    written.append(folder / "metrics.json")
+    return written
+
+
 def read_predictions(path: Path) -> list[dict]:
     """Per-example records (uid, gold, pred[, group]) of one task of one run."""
     with open(path, encoding="utf-8") as handle:

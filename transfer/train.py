@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -31,6 +30,7 @@ from transfer.kinds import kind_ops
 from transfer.lookahead import AffinityTracker
 from transfer.model import MultiTaskModel, load_tokenizer
 from transfer.progress import Reporter
+from transfer.store import write_json_atomic, write_result
 from transfer.tasks import TaskTable, load_task_table, locate_tasks
 
 logger = logging.getLogger(__name__)
@@ -405,30 +405,6 @@ class _Loop:
 
 # ----------------------------------------------------------------------------------------------- outputs
 
-def write_json_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_result(result: dict, folder: Path) -> list[Path]:
-    """``metrics.json`` (everything but predictions) and ``predictions/<task>.jsonl`` (test, best dev epoch)."""
-    folder = Path(folder)
-    written = []
-    for name, records in result["predictions"].items():
-        target = folder / "predictions" / f"{name}.jsonl"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records or []), encoding="utf-8")
-        os.replace(tmp, target)
-        written.append(target)
-    metrics_only = {k: v for k, v in result.items() if k != "predictions"}
-    write_json_atomic(metrics_only, folder / "metrics.json")
-    written.append(folder / "metrics.json")
-    return written
-
-
 # ----------------------------------------------------------------------------------------------- CLI
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -515,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     reporter = LogReporter() if args.quiet else RichReporter()
     result = train(spec, data_dir=args.data_dir, device=args.device, reporter=reporter, table=table,
                    parent_dir=Path(args.parent) if args.parent else None, encoder_dir=out / "encoder")
-    write_json_atomic(spec.to_dict(), out / "spec.json")
+    write_json_atomic(out / "spec.json", spec.to_dict())
     written = write_result(result, out)
     print(f"results written to {out}/ ({', '.join(p.name for p in written)})")
     return 0

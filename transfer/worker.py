@@ -33,7 +33,7 @@ from pathlib import Path
 
 from transfer.config import run_spec_from_dict
 from transfer.progress import LogReporter
-from transfer.store import ResultsStore, read_json, write_json_atomic
+from transfer.store import ResultsStore, read_json, write_json_atomic, write_result
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,6 @@ def execute(store: ResultsStore, run_id: str, *, data_dir: str | None = None, de
             result = train_fn(spec, data_dir=data_dir, device=device, reporter=ProgressFileReporter(folder),
                               table=load_task_table(task_files), parent_dir=parent_dir,
                               encoder_dir=folder / "encoder")
-            from transfer.train import write_result
 
             write_result(result, folder)
         store.set_status(run_id, "done", seconds=round(time.time() - started, 3), pid=os.getpid(),
