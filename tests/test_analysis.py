@@ -1,206 +1,26 @@
-"""Tests for transfer.analysis: metric decompositions, paired bootstrap, Holm, edge calls, missing runs.
+"""Tests for transfer.analysis: metric decompositions, paired bootstrap, Holm, edge calls, missing runs, and
+the look-ahead affinity preview against the measured grid.
 
-Stores are built in tmp_path by ``build_store`` (also used by test_graph.py): spec.json, status.json,
-metrics.json (scored with transfer.metrics) and predictions/<task>.jsonl, laid out like real runs.
+Stores are built in tmp_path by ``store_builder.build_store`` (also used by test_graph.py): spec.json,
+status.json, metrics.json (scored with transfer.metrics) and predictions/<task>.jsonl, laid out like real runs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from store_builder import (TABLE, TASKS3, _records, _wrong_label, build_store, pair_predictions,
+                           single_predictions, stored_score, write_affinity_run, write_run)
 from transfer import metrics
 from transfer.analysis import (DECOMPOSITIONS, analyse_store, bootstrap_edge, bootstrap_p_value, decomposed_score,
-                               edge_colour, entity_spans, holm, resample_counts, unit_statistics)
-from transfer.tasks import load_task_table
-
-TABLE = load_task_table()
-DOMAIN = "clinical-public"
-TASKS3 = ("clinicalsts", "shareclefe", "mednli")  # regression, tagging, classification (accuracy)
-TASKS4 = ("clinicalsts", "shareclefe", "i2b2-2010-re", "mednli")
-N_TEST = {"classification": 400, "tagging": 200, "regression": 300, "multilabel": 300}
-GROUP_SIZE = 5  # multilabel (HoC): sentences per abstract
-
-# (source, target) -> how the pair run's predictions of target differ from the single run's
-EFFECTS3 = {
-    ("mednli", "shareclefe"): "better",
-    ("clinicalsts", "shareclefe"): "noise",
-    ("clinicalsts", "mednli"): "worse",
-    ("shareclefe", "mednli"): "borderline",
-    ("shareclefe", "clinicalsts"): "better",
-    ("mednli", "clinicalsts"): "noise",
-}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Store builder
-# ---------------------------------------------------------------------------------------------------------------
-
-def _rng(*parts) -> np.random.Generator:
-    return np.random.default_rng(int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16))
-
-
-def _tag_sentence(rng: np.random.Generator) -> list[str]:
-    tags = ["O"] * int(rng.integers(8, 20))
-    i = int(rng.integers(0, 3))
-    while i < len(tags) - 1:
-        length = int(rng.integers(1, 4))
-        tags[i:i + length] = ["B"] + ["I"] * (length - 1)
-        i += length + int(rng.integers(2, 8))
-    return tags[:len(tags)]
-
-
-def gold_labels(task_name: str) -> list:
-    """The fixed test set of a task (the same for every run and seed)."""
-    task = TABLE.task(task_name)
-    rng = _rng("gold", task_name)
-    n = N_TEST[task.kind]
-    if task.kind == "classification":
-        return [str(x) for x in rng.choice(task.labels, size=n)]
-    if task.kind == "regression":
-        return [round(float(x), 3) for x in rng.uniform(0, 5, size=n)]
-    if task.kind == "multilabel":
-        return [sorted(str(x) for x in rng.choice(task.labels, size=int(rng.integers(0, 3)), replace=False))
-                for _ in range(n)]
-    return [_tag_sentence(rng) for _ in range(n)]
-
-
-def _wrong_label(task, gold, rng):
-    """A wrong prediction for one example: another class, all-O tags, or another label set."""
-    if task.kind == "tagging":
-        return ["O"] * len(gold)
-    if task.kind == "multilabel":
-        return sorted({str(rng.choice(task.labels))} ^ set(gold))
-    return str(rng.choice([label for label in task.labels if label != gold]))
-
-
-def single_predictions(task_name: str, seed: int) -> list:
-    """A decent baseline: ~70% accuracy, ~70% of entities found, regression error sd 1.0."""
-    task, gold, rng = TABLE.task(task_name), gold_labels(task_name), _rng("single", task_name, seed)
-    if task.kind == "classification":
-        return [g if rng.random() < 0.7 else _wrong_label(task, g, rng) for g in gold]
-    if task.kind == "regression":
-        return [round(g + float(rng.normal(0, 1.0)), 4) for g in gold]
-    return [list(g) if rng.random() < 0.7 else _wrong_label(task, g, rng) for g in gold]
-
-
-def _flip(pred: list, gold: list, task, rng, to_right: int, to_wrong: int) -> list:
-    pred = list(pred)
-    wrong = [i for i, (g, p) in enumerate(zip(gold, pred)) if g != p]
-    right = [i for i, (g, p) in enumerate(zip(gold, pred)) if g == p]
-    for i in rng.choice(wrong, size=to_right, replace=False):
-        pred[i] = list(gold[i]) if isinstance(gold[i], list) else gold[i]
-    for i in rng.choice(right, size=to_wrong, replace=False):
-        pred[i] = _wrong_label(task, gold[i], rng)
-    return pred
-
-
-def pair_predictions(task_name: str, seed: int, effect: str, salt: str = "") -> list:
-    """The target's predictions in a pair run: the single run's, changed by ``effect``."""
-    task, gold = TABLE.task(task_name), gold_labels(task_name)
-    base, rng = single_predictions(task_name, seed), _rng("pair", task_name, seed, effect, salt)
-    if task.kind == "regression":
-        errors = np.asarray(base) - np.asarray(gold)
-        scale = {"better": 0.5, "worse": 1.6, "noise": 1.0, "borderline": 0.93}[effect]
-        new = [round(g + e * scale, 4) for g, e in zip(gold, errors)]
-        if effect == "noise":
-            new[0] += 0.2  # one example differs: a tiny delta, nowhere near significance
-        return new
-    flips = {"better": (40, 2), "worse": (2, 40), "noise": (6, 5), "borderline": (28, 13)}[effect]
-    if task.kind in ("tagging", "multilabel"):
-        flips = {"better": (35, 2), "worse": (2, 35), "noise": (4, 3), "borderline": (14, 6)}[effect]
-    return _flip(base, gold, task, rng, *flips)
-
-
-def _groups(task_name: str) -> list[str] | None:
-    if TABLE.task(task_name).kind != "multilabel":
-        return None
-    return [f"abstract-{i // GROUP_SIZE}" for i in range(N_TEST["multilabel"])]
-
-
-def _records(task_name: str, preds: list) -> list[dict]:
-    groups = _groups(task_name)
-    return [{"uid": f"{task_name}-test-{i}", "gold": g, "pred": p, **({"group": groups[i]} if groups else {})}
-            for i, (g, p) in enumerate(zip(gold_labels(task_name), preds))]
-
-
-def _task_metrics(task_name: str, preds: list) -> dict:
-    task = TABLE.task(task_name)
-    test = metrics.score_task(task, gold_labels(task_name), preds, _groups(task_name))
-    return {"metric": task.metric, "best_epoch": 2, "dev_score": test[task.metric], "test_score": test[task.metric],
-            "dev": test, "test": test, "examples": {"train": 100, "dev": 50, "test": len(preds)}}
-
-
-def write_run(root: Path, tasks: tuple[str, ...], stage: str, seed: int, predictions: dict[str, list],
-              status: str = "done", parent: str | None = None, domain: str = DOMAIN, profile: str = "quick",
-              model: str = "minilm", with_predictions: bool = True) -> str:
-    """One run folder as transfer.train and transfer.store write it; returns the run id."""
-    spec = {"tasks": list(tasks), "stage": stage, "seed": seed, "model": model, "domain": domain, "parent": parent,
-            "profile": {"name": profile, "learning_rate": 1e-4, "epochs": 3, "seeds": [seed]},
-            "data_fingerprints": [], "code_version": "test", "save_encoder": False, "extra": []}
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    run_id = f"{stage}-{'+'.join(tasks)}-s{seed}-{digest}"
-    folder = root / "runs" / run_id
-    (folder / "predictions").mkdir(parents=True)
-    (folder / "spec.json").write_text(json.dumps({**spec, "run_id": run_id}, indent=2))
-    (folder / "status.json").write_text(json.dumps({"status": status, "owner": "test", "time": 0.0}))
-    if status != "done":
-        return run_id
-    result = {"run_id": run_id, "tasks": {t: _task_metrics(t, predictions[t]) for t in tasks},
-              "train": {"train_seconds": 1.0, "wall_seconds": 2.0}}
-    (folder / "metrics.json").write_text(json.dumps(result, indent=2))
-    if with_predictions:
-        for t in tasks:
-            lines = "".join(json.dumps(r) + "\n" for r in _records(t, predictions[t]))
-            (folder / "predictions" / f"{t}.jsonl").write_text(lines)
-    return run_id
-
-
-def build_store(root: Path, tasks: tuple[str, ...] = TASKS3, seeds: tuple[int, ...] = (13,),
-                effects: dict | None = None, skip: set | None = None, failed: set | None = None,
-                domain: str = DOMAIN) -> Path:
-    """Single, pair, all-task mtl and finetune runs of ``tasks`` for every seed.
-
-    ``skip``/``failed``: run keys left out / recorded as failed: ("single", task, seed), ("pair", a, b, seed)
-    with a, b in task order, ("all", seed), ("finetune", task, seed).
-    """
-    effects = effects if effects is not None else EFFECTS3
-    skip, failed = skip or set(), failed or set()
-
-    def add(key, run_tasks, stage, seed, preds, parent=None):
-        if key in skip:
-            return None
-        return write_run(root, run_tasks, stage, seed, preds, "failed" if key in failed else "done", parent, domain)
-
-    for seed in seeds:
-        for t in tasks:
-            add(("single", t, seed), (t,), "single", seed, {t: single_predictions(t, seed)})
-        parent = None
-        for i, a in enumerate(tasks):
-            for b in tasks[i + 1:]:
-                preds = {b: pair_predictions(b, seed, effects.get((a, b), "noise")),
-                         a: pair_predictions(a, seed, effects.get((b, a), "noise"))}
-                parent = add(("pair", a, b, seed), (a, b), "mtl", seed, preds)
-        if len(tasks) > 2:  # with two tasks the pair run is the all-task run
-            all_preds = {t: pair_predictions(t, seed, "noise", salt="all") for t in tasks}
-            parent = add(("all", seed), tasks, "mtl", seed, all_preds)
-        for t in tasks:
-            add(("finetune", t, seed), (t,), "finetune", seed, {t: pair_predictions(t, seed, "better", salt="ft")},
-                parent=parent or "mtl-missing-parent")
-    return root
-
-
-def stored_score(root: Path, stage: str, tasks: tuple[str, ...], seed: int, task: str) -> float:
-    for folder in (root / "runs").iterdir():
-        spec = json.loads((folder / "spec.json").read_text())
-        if spec["stage"] == stage and tuple(spec["tasks"]) == tasks and spec["seed"] == seed:
-            return json.loads((folder / "metrics.json").read_text())["tasks"][task]["test_score"]
-    raise KeyError((stage, tasks, seed))
+                               edge_colour, entity_spans, exact_spearman_p, holm, resample_counts, spearman,
+                               unit_statistics)
 
 
 @pytest.fixture(scope="module")
@@ -476,3 +296,199 @@ def test_extra_task_keeps_the_largest_mtl_run_as_refinement(tmp_path):
     assert any("MT-Refinement is the mtl run of clinicalsts, shareclefe, mednli" in n for n in analysis.notes)
     assert "single i2b2-2010-re: seed 13 (not in store)" in analysis.missing
     assert _edge(analysis, "i2b2-2010-re", "mednli")["colour"] in ("grey", "green", "red")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Affinity runs: never a grid condition; the look-ahead preview against the measured edges
+# ---------------------------------------------------------------------------------------------------------------
+
+# The measured deltas of build_store's 3-task store, in ascending order (checked by _delta_order below):
+# clinicalsts->mednli -0.095 (red), clinicalsts->shareclefe exactly 0 (grey), mednli->clinicalsts +0.0004 (grey),
+# shareclefe->mednli +0.0375 (grey: Holm), mednli->shareclefe +0.108 (green), shareclefe->clinicalsts +0.112 (green)
+DELTA_ORDER = [("clinicalsts", "mednli"), ("clinicalsts", "shareclefe"), ("mednli", "clinicalsts"),
+               ("shareclefe", "mednli"), ("mednli", "shareclefe"), ("shareclefe", "clinicalsts")]
+Z_AGREE = dict(zip(DELTA_ORDER, [-3e-3, -1e-3, 1e-3, 2e-3, 4e-3, 5e-3]))  # same ranks as the deltas
+Z_REVERSED = dict(zip(DELTA_ORDER, [5e-3, 4e-3, 2e-3, 1e-3, -1e-3, -3e-3]))  # ranks reversed
+
+
+def _delta_order(root: Path) -> list[tuple[str, str]]:
+    deltas = {}
+    for source, target in DELTA_ORDER:
+        pair = tuple(t for t in TASKS3 if t in (source, target))
+        deltas[(source, target)] = (stored_score(root, "mtl", pair, 13, target)
+                                    - stored_score(root, "single", (target,), 13, target))
+    return sorted(deltas, key=deltas.get)
+
+
+def _comparable(analysis) -> tuple:
+    """What the grid analysis reports, to compare with and without affinity runs in the store."""
+    return (analysis.tasks, analysis.seeds, analysis.models.to_csv(), analysis.edges.to_csv(), analysis.missing,
+            analysis.notes)
+
+
+@pytest.fixture(scope="module")
+def affinity_store(tmp_path_factory):
+    """(store with the 3-task grid, the grid's analysis without any affinity run)."""
+    root = build_store(tmp_path_factory.mktemp("affinity-store"))
+    assert _delta_order(root) == DELTA_ORDER
+    (plain,) = analyse_store(root, TABLE, n_boot=1000)  # as analysis3: shareclefe->mednli is grey after Holm
+    return root, plain
+
+
+def test_affinity_run_changes_nothing_in_the_grid_analysis(affinity_store):
+    root, plain = affinity_store
+    # Its predictions differ from the all-task run's: if it stood in for MT-Refinement, the model table would move.
+    write_affinity_run(root, TASKS3, 13, Z_AGREE)
+    write_affinity_run(root, TASKS3, 99, Z_AGREE)  # a seed the grid does not have: no "missing seed 99" reports
+    (analysis,) = analyse_store(root, TABLE, n_boot=1000)
+    assert _comparable(analysis) == _comparable(plain)
+    assert not any("two done runs" in note for note in analysis.notes)
+    assert analysis.affinity is not None and analysis.affinity.seeds == (13, 99)
+
+
+def test_two_task_affinity_run_is_neither_the_pair_nor_the_all_task_run(tmp_path):
+    tasks = ("shareclefe", "mednli")
+    root = build_store(tmp_path, tasks=tasks, effects={}, skip={("pair", "shareclefe", "mednli", 13)})
+    write_affinity_run(root, tasks, 13, {("shareclefe", "mednli"): 0.01, ("mednli", "shareclefe"): -0.01})
+    (analysis,) = analyse_store(root, TABLE, n_boot=100)
+    assert "mtl pair mednli+shareclefe: seed 13 (not in store)" in analysis.missing
+    assert (analysis.edges["colour"] == "missing").all() and analysis.edges["delta"].isna().all()
+    models = analysis.models.set_index(["model_type", "task"])
+    assert models.loc[("mt-refinement", "mednli"), "n_seeds"] == 0
+    preview = analysis.affinity
+    assert preview is not None and preview.validation["n_edges"] == 0  # Z but no measured delta: n/a
+    assert math.isnan(preview.validation["spearman_rho"]) and math.isnan(preview.validation["sign_agreement"])
+    assert any("validation n/a" in note for note in analysis.affinity_notes)
+
+
+def test_finetune_from_an_affinity_run_is_not_mt_finetune(tmp_path):
+    root = build_store(tmp_path, skip={("finetune", t, 13) for t in TASKS3})
+    tracked = write_affinity_run(root, TASKS3, 13, Z_AGREE)
+    write_run(root, ("mednli",), "finetune", 13, {"mednli": pair_predictions("mednli", 13, "better", salt="ft")},
+              parent=f"results/runs/{tracked}")
+    (analysis,) = analyse_store(root, TABLE, n_boot=100)
+    models = analysis.models.set_index(["model_type", "task"])
+    assert models.loc[("mt-finetune", "mednli"), "n_seeds"] == 0
+
+
+def test_affinity_every_zero_or_absent_is_a_plain_run(tmp_path):
+    root = build_store(tmp_path, skip={("all", 13)})
+    preds = {t: pair_predictions(t, 13, "noise", salt="all") for t in TASKS3}
+    write_run(root, TASKS3, "mtl", 13, preds, affinity_every=0)  # written by the new grid: key present, 0
+    (analysis,) = analyse_store(root, TABLE, n_boot=100)
+    assert analysis.affinity is None and analysis.affinity_notes == []
+    models = analysis.models.set_index(["model_type", "task"])
+    assert models.loc[("mt-refinement", "mednli"), "n_seeds"] == 1
+
+
+def test_preview_agreeing_in_rank_gives_rho_one(affinity_store):
+    root, _ = affinity_store
+    (analysis,) = analyse_store(root, TABLE, n_boot=1000)  # holds the Z_AGREE runs of seeds 13 and 99
+    significant = analysis.edges[analysis.edges["colour"].isin(["green", "red"])]
+    assert set(zip(significant["source"], significant["target"])) == {
+        ("clinicalsts", "mednli"), ("mednli", "shareclefe"), ("shareclefe", "clinicalsts")}
+    v = analysis.affinity.validation
+    assert v["n_edges"] == 6 and v["spearman_rho"] == pytest.approx(1.0)
+    assert v["p_method"] == "exact permutation" and v["spearman_p"] == pytest.approx(2 / 720)  # 2 of 6! orders
+    # sign(Z) vs sign(delta): - -, - 0 (delta exactly 0: disagrees), + +, + +, + +, + +
+    assert (v["n_sign_agree"], v["sign_agreement"]) == (5, pytest.approx(5 / 6))
+    # significant: clinicalsts->mednli (red, Z < 0), mednli->shareclefe and shareclefe->clinicalsts (green, Z > 0)
+    assert (v["n_significant"], v["n_sign_agree_significant"], v["sign_agreement_significant"]) == (3, 3, 1.0)
+    edges = analysis.affinity.edges.set_index(["source", "target"])
+    assert edges.loc[("clinicalsts", "shareclefe"), "sign_agree"] == False  # noqa: E712 (not None: a real "no")
+    assert edges.loc[("mednli", "shareclefe"), "z"] == pytest.approx(4e-3)  # mean of two runs with equal Z
+    assert edges.loc[("mednli", "shareclefe"), "z_std"] == pytest.approx(0.0)
+
+
+def test_preview_reversed_in_rank_gives_rho_minus_one(tmp_path):
+    root = build_store(tmp_path)
+    write_affinity_run(root, TASKS3, 13, Z_REVERSED, wall_seconds=330.0, tracker_seconds=25.0)
+    (analysis,) = analyse_store(root, TABLE, n_boot=1000)
+    v = analysis.affinity.validation
+    assert v["spearman_rho"] == pytest.approx(-1.0) and v["spearman_p"] == pytest.approx(2 / 720)
+    # Z signs + + + + - - against delta signs - 0 + + + +: only mednli->clinicalsts and shareclefe->mednli agree
+    assert (v["n_sign_agree"], v["sign_agreement"]) == (2, pytest.approx(2 / 6))
+    assert (v["n_sign_agree_significant"], v["n_significant"], v["sign_agreement_significant"]) == (0, 3, 0.0)
+    # wall times (store_builder.WALL_SECONDS): 3 singles x 100 s + 3 pairs x 200 s = 900 s of grid; the plain
+    # all-task run took 300 s, the affinity run 330 s (of which its tracker 25 s)
+    assert (v["preview_wall_s"], v["grid_wall_s"], v["n_grid_runs"]) == (330.0, 900.0, 6)
+    assert v["time_ratio"] == pytest.approx(330 / 900)
+    assert v["plain_all_wall_s"] == 300.0 and v["tracking_overhead"] == pytest.approx(1.1)
+    assert v["tracker_s"] == 25.0
+
+
+def test_preview_averages_seeds_and_sums_their_cost(tmp_path):
+    root = build_store(tmp_path, seeds=(13, 42))
+    write_affinity_run(root, TASKS3, 13, Z_AGREE, wall_seconds=300.0, tracker_seconds=20.0)
+    write_affinity_run(root, TASKS3, 42, {k: 3 * z for k, z in Z_AGREE.items()}, wall_seconds=360.0,
+                       tracker_seconds=30.0)
+    (analysis,) = analyse_store(root, TABLE, n_boot=100)
+    preview = analysis.affinity
+    edges = preview.edges.set_index(["source", "target"])
+    assert edges.loc[("mednli", "shareclefe"), "z"] == pytest.approx(2 * 4e-3)
+    assert edges.loc[("mednli", "shareclefe"), "z_std"] == pytest.approx(np.std([4e-3, 12e-3], ddof=1))
+    assert edges.loc[("mednli", "shareclefe"), "n_affinity_runs"] == 2
+    v = preview.validation
+    assert (v["preview_wall_s"], v["grid_wall_s"], v["tracker_s"]) == (660.0, 1800.0, 50.0)
+    assert v["time_ratio"] == pytest.approx(660 / 1800) and v["tracking_overhead"] == pytest.approx(660 / 600)
+
+
+def test_constant_z_gives_nan_rho_without_crashing(tmp_path):
+    root = build_store(tmp_path)
+    write_affinity_run(root, TASKS3, 13, {})  # every off-diagonal Z is 0
+    (analysis,) = analyse_store(root, TABLE, n_boot=100)
+    v = analysis.affinity.validation
+    assert v["n_edges"] == 6 and math.isnan(v["spearman_rho"]) and math.isnan(v["spearman_p"])
+    assert v["p_method"] == "n/a (constant values)"
+    assert v["n_sign_agree"] == 1  # only clinicalsts->shareclefe: Z = 0 = delta
+
+
+def test_unusable_affinity_runs_are_noted_not_used(tmp_path):
+    root = build_store(tmp_path)
+    running = write_affinity_run(root, TASKS3, 13, Z_AGREE, status="running")
+    empty = write_affinity_run(root, TASKS3, 42, Z_AGREE, matrix=False)
+    (analysis,) = analyse_store(root, TABLE, n_boot=100)
+    assert analysis.affinity is None
+    notes = "\n".join(analysis.affinity_notes)
+    assert f"{running} (seed 13) is running" in notes and f"{empty} (seed 42) recorded no affinity matrix" in notes
+    assert analysis.missing == []  # neither counts as a missing all-task run nor adds seed 42
+
+
+def test_store_with_only_an_affinity_run(tmp_path):
+    write_affinity_run(tmp_path, TASKS3, 13, Z_AGREE)
+    (analysis,) = analyse_store(tmp_path, TABLE, n_boot=100)
+    assert not analysis.has_grid and analysis.tasks == TASKS3 and analysis.missing == []
+    assert analysis.affinity.validation["n_edges"] == 0 and analysis.affinity.has_grid is False
+    assert math.isnan(analysis.affinity.validation["time_ratio"])
+
+
+def test_spearman_helpers():
+    assert exact_spearman_p([1, 2, 3], [10, 20, 30]) == pytest.approx(2 / 6)
+    assert exact_spearman_p([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(
+        np.mean([abs(r) >= 0.8 - 1e-12 for r in _all_spearman([1, 2, 3, 4], [1, 3, 2, 4])]))
+    rho, p, method = spearman(np.arange(12.0), np.arange(12.0) ** 2)
+    assert rho == pytest.approx(1.0) and method == "t approximation"
+    from scipy.stats import spearmanr
+
+    x, y = np.random.default_rng(0).normal(size=(2, 15))
+    rho, p, _ = spearman(x, y)
+    assert (rho, p) == (pytest.approx(spearmanr(x, y).statistic), pytest.approx(spearmanr(x, y).pvalue))
+    assert spearman([1.0, 2.0], [1.0, 2.0])[2] == "n/a (fewer than 3 edges)"
+    assert math.isnan(spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])[0])
+
+
+def _all_spearman(x, y) -> list[float]:
+    import itertools
+
+    from scipy.stats import spearmanr
+
+    return [spearmanr(x, [y[i] for i in order]).statistic for order in itertools.permutations(range(len(y)))]
+
+
+def test_analysis_modules_never_import_torch():
+    code = ("import sys\n"
+            "import transfer.analysis, transfer.tables, transfer.plots, transfer.graph\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -26,7 +26,7 @@ bench_train = _load("bench_train")
 bench_threads = _load("bench_threads")
 
 TRAIN_KEYS = {"examples_per_s", "real_tokens_per_s", "padded_tokens_per_s", "pad_fraction", "real_tokens_per_s_vs_a",
-              "real_tokens_per_s_vs_b", "peak_memory_mb", "mfu", "executed_util", "timed_seconds", "timed_steps",
+              "real_tokens_per_s_vs_b", "peak_memory_mb", "train_peak_memory_mb", "mfu", "executed_util", "timed_seconds", "timed_steps",
               "all_steps_seconds", "precision", "label"}
 EVAL_KEYS = {"examples_per_s", "real_tokens_per_s", "real_tokens_per_s_vs_a", "mfu", "seconds", "examples"}
 

@@ -12,13 +12,19 @@ import networkx as nx
 import pandas as pd
 import pytest
 
-from test_analysis import TASKS3, build_store, stored_score
+from store_builder import TASKS3, build_store, stored_score, write_affinity_run
 from transfer.graph import main
 
 SLUG = "clinical-public"
 TABLE_FILES = [f"models_{SLUG}.md", f"models_{SLUG}.csv", f"models_{SLUG}.tex", f"edges_{SLUG}.md",
                f"edges_{SLUG}.csv", f"edges_{SLUG}.tex", f"transfer_graph_{SLUG}.graphml"]
 FIGURE_STEMS = [f"transfer_graph_{SLUG}", f"delta_heatmap_{SLUG}", f"model_scores_{SLUG}"]
+AFFINITY_FILES = [f"affinity_{SLUG}.md", f"affinity_{SLUG}.csv", f"affinity_{SLUG}.tex", "affinity_validation.md",
+                  "affinity_validation.csv"]
+AFFINITY_STEMS = [f"affinity_{SLUG}", f"affinity_graph_{SLUG}"]
+# Z of the 3-task store's edges with the measured deltas' ranks (see test_analysis.DELTA_ORDER)
+Z_AGREE = {("clinicalsts", "mednli"): -3e-3, ("clinicalsts", "shareclefe"): -1e-3, ("mednli", "clinicalsts"): 1e-3,
+           ("shareclefe", "mednli"): 2e-3, ("mednli", "shareclefe"): 4e-3, ("shareclefe", "clinicalsts"): 5e-3}
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +45,16 @@ def partial_run(tmp_path_factory):
                        failed={("pair", "clinicalsts", "shareclefe", 42)})
     out = tmp_path_factory.mktemp("partial-figures")
     capture = _run_cli([str(root), "--out", str(out), "--n-boot", "200", "--formats", "png", "--quiet"])
+    return root, out, *capture
+
+
+@pytest.fixture(scope="module")
+def affinity_cli(tmp_path_factory):
+    """The CLI on the complete 3-task store plus an affinity run: (store, out folder, printed output, status)."""
+    root = build_store(tmp_path_factory.mktemp("affinity-store"))
+    write_affinity_run(root, TASKS3, 13, Z_AGREE, wall_seconds=330.0, tracker_seconds=25.0)
+    out = tmp_path_factory.mktemp("affinity-figures")
+    capture = _run_cli([str(root), "--out", str(out), "--n-boot", "1000", "--formats", "png", "svg", "--quiet"])
     return root, out, *capture
 
 
@@ -158,13 +174,15 @@ def test_help_states_defaults(capsys):
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     for expected in ["--alpha", "(default: 0.05)", "--min-delta", "(default: 0.0)", "--n-boot", "(default: 1000)",
-                     "--seed", "--formats", "(default: ['png', 'svg'])", "--out", "--domain"]:
+                     "--seed", "--formats", "(default: ['png', 'svg'])", "--out", "--domain", "affinity_<slug>",
+                     "affinity_graph_<slug>", "affinity_validation.{md,csv}", "Spearman rho", "sign agreement"]:
         assert expected in text
 
 
-def test_graph_cli_never_imports_torch(full_run, tmp_path):
-    """House rule: analysis and plotting read only the store; a whole CLI run leaves torch unimported."""
-    root = full_run[0]
+def test_graph_cli_never_imports_torch(affinity_cli, tmp_path):
+    """House rule: analysis and plotting read only the store; a whole CLI run (affinity outputs included) leaves
+    torch unimported."""
+    root = affinity_cli[0]
     code = ("import json, sys\n"
             "from transfer.graph import main\n"
             f"status = main([{str(root)!r}, '--out', {str(tmp_path)!r}, '--n-boot', '50', '--formats', 'png', "
@@ -173,3 +191,83 @@ def test_graph_cli_never_imports_torch(full_run, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1], check=True)
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [0, []]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Affinity preview outputs
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_affinity_outputs_are_written_and_listed(affinity_cli):
+    _, out, printed, status = affinity_cli
+    assert status == 0
+    expected = [out / name for name in AFFINITY_FILES]
+    expected += [out / f"{stem}.{fmt}" for stem in AFFINITY_STEMS for fmt in ("png", "svg")]
+    for path in expected:
+        assert path.is_file() and path.stat().st_size > 0, path
+        assert str(path) in printed
+    assert (out / f"affinity_{SLUG}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_affinity_summary_line(affinity_cli):
+    _, _, printed, _ = affinity_cli
+    line = next(line for line in printed.splitlines() if "affinity preview" in line)
+    assert "Spearman rho +1.000 (n 6, p 0.00278)" in line
+    assert "sign agreement 5/6 = 0.83 (significant 3/3)" in line
+    assert "time ratio 0.367 (preview 330 s / grid 900 s)" in line
+
+
+def test_affinity_run_leaves_the_grid_outputs_unchanged(full_run, affinity_cli):
+    _, plain_out, plain_printed, _ = full_run
+    _, out, printed, _ = affinity_cli
+    for name in TABLE_FILES:
+        assert (out / name).read_text() == (plain_out / name).read_text(), name
+    first = [line for line in printed.splitlines() if line.startswith("clinical-public")]
+    assert first == [line for line in plain_printed.splitlines() if line.startswith("clinical-public")]
+
+
+def test_affinity_tables_match_the_analysis(affinity_cli):
+    root, out, _, _ = affinity_cli
+    edges = pd.read_csv(out / f"affinity_{SLUG}.csv")
+    assert len(edges) == 6 and set(edges.columns) >= {"source", "target", "z", "delta", "colour", "sign_agree"}
+    for _, row in edges.iterrows():
+        assert row["z"] == pytest.approx(Z_AGREE[(row["source"], row["target"])])
+        pair = tuple(t for t in TASKS3 if t in (row["source"], row["target"]))
+        expected = (stored_score(root, "mtl", pair, 13, row["target"])
+                    - stored_score(root, "single", (row["target"],), 13, row["target"]))
+        assert row["delta"] == pytest.approx(expected, abs=1e-9)
+    validation = pd.read_csv(out / "affinity_validation.csv")
+    assert len(validation) == 1
+    row = validation.iloc[0]
+    assert row["domain"] == "clinical-public" and row["n_edges"] == 6
+    assert row["spearman_rho"] == pytest.approx(1.0) and row["sign_agreement"] == pytest.approx(5 / 6)
+    assert row["time_ratio"] == pytest.approx(330 / 900) and row["tracking_overhead"] == pytest.approx(1.1)
+    markdown = (out / f"affinity_{SLUG}.md").read_text()
+    assert "| Spearman ρ (Z vs Δ) | +1.000 |" in markdown and "| time ratio, preview / grid | 0.367 |" in markdown
+    assert "| sign agreement, significant (green/red) edges | 3/3 = 1.000 |" in markdown
+    assert "| clinicalsts | shareclefe | -1.000e-03 | +0.0000 | grey | no (Δ = 0) |" in markdown
+    latex = (out / f"affinity_{SLUG}.tex").read_text()
+    assert r"\begin{tabular}" in latex and r"$-3.000 \times 10^{-3}$" in latex and "ρ" not in latex
+    combined = (out / "affinity_validation.md").read_text()
+    assert ("| clinical-public | minilm | quick | 6 | +1.000 | 0.003 | 5/6 = 0.833 | 3/3 = 1.000 | 330 s | 900 s "
+            "| 0.367 |") in combined
+
+
+def test_no_affinity_run_no_affinity_outputs(full_run):
+    _, out, printed, _ = full_run
+    assert not list(out.glob("affinity*"))
+    assert "affinity preview: none (no affinity run in the store" in printed
+
+
+def test_affinity_only_store_draws_the_preview_alone(tmp_path):
+    root = tmp_path / "store"
+    write_affinity_run(root, TASKS3, 13, Z_AGREE)
+    out = tmp_path / "out"
+    printed, status = _run_cli([str(root), "--out", str(out), "--n-boot", "100", "--formats", "png", "--quiet"])
+    assert status == 0
+    assert "no grid runs" in printed and "validation n/a (no measured edge)" in printed
+    names = sorted(path.name for path in out.iterdir())
+    assert names == sorted([f"affinity_{SLUG}.md", f"affinity_{SLUG}.csv", f"affinity_{SLUG}.tex",
+                            f"affinity_{SLUG}.png", f"affinity_graph_{SLUG}.png", "affinity_validation.md",
+                            "affinity_validation.csv"])
+    validation = pd.read_csv(out / "affinity_validation.csv")
+    assert validation.iloc[0]["n_edges"] == 0 and math.isnan(validation.iloc[0]["spearman_rho"])

@@ -7,6 +7,9 @@ Vocabulary
     edge s->t the effect of training source task s together with target task t on t's test score:
               delta = score of t in the {s, t} mtl run minus score of t in t's single-task run (same seed),
               averaged over the seeds that have both runs.
+    affinity run  an all-task mtl run whose spec has ``affinity_every > 0`` (transfer.affinity): it records the
+              look-ahead affinity Z(s->t) and is never used as a grid run (not MT-Refinement, not a pair run,
+              not a finetune parent); ``affinity_preview`` sets its Z against the measured deltas.
 
 Significance (``bootstrap_edge``): a paired bootstrap over test *units* (examples; sentences for tagging;
 groups/abstracts for HoC). Both systems and every seed are resampled with the *same* unit indices in each
@@ -22,9 +25,11 @@ scores thousands of replicates at once; ``DECOMPOSITIONS`` lists them and the te
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -403,6 +408,13 @@ class RunInfo:
     status: str
     parent: str | None
     scores: dict = field(default_factory=dict)  # task -> stored test score (done runs only)
+    wall_seconds: float | None = None  # metrics.json train.wall_seconds (done runs only)
+    affinity_every: int = 0  # > 0: an affinity run (look-ahead affinity tracked); never a grid condition
+    affinity: dict | None = None  # metrics.json "affinity" block of a done affinity run
+
+    @property
+    def is_affinity(self) -> bool:
+        return self.affinity_every > 0
 
     def predictions_file(self, task: str) -> Path:
         return self.folder / "predictions" / f"{task}.jsonl"
@@ -417,12 +429,21 @@ def _run_domain(spec: dict, table: TaskTable) -> str:
         return "unknown"
 
 
-def _stored_scores(folder: Path) -> dict:
+def _stored_metrics(folder: Path) -> tuple[dict, float | None, dict | None]:
+    """(task -> stored test score, train.wall_seconds, the "affinity" block) of a run's metrics.json."""
     metrics_file = folder / "metrics.json"
     if not metrics_file.is_file():
-        return {}
-    tasks = read_json(metrics_file).get("tasks", {})
-    return {name: info.get("test_score") for name, info in tasks.items() if info.get("test_score") is not None}
+        return {}, None, None
+    metrics = read_json(metrics_file)
+    tasks = metrics.get("tasks", {})
+    scores = {name: info.get("test_score") for name, info in tasks.items() if info.get("test_score") is not None}
+    wall = (metrics.get("train") or {}).get("wall_seconds")
+    return scores, None if wall is None else float(wall), metrics.get("affinity")
+
+
+def _affinity_every(spec: dict) -> int:
+    """The spec's look-ahead affinity interval; 0 for plain runs and for specs older than the key."""
+    return int(spec.get("affinity_every") or 0)
 
 
 def load_runs(store: ResultsStore, table: TaskTable) -> list[RunInfo]:
@@ -433,9 +454,11 @@ def load_runs(store: ResultsStore, table: TaskTable) -> list[RunInfo]:
         try:
             setting = Setting(_run_domain(spec, table), str(spec["model"]), str(spec["profile"]["name"]))
             status = record.status or "unknown"
-            scores = _stored_scores(record.folder) if status == "done" else {}
+            scores, wall, affinity = _stored_metrics(record.folder) if status == "done" else ({}, None, None)
+            every = _affinity_every(spec)
             runs.append(RunInfo(record.run_id, record.folder, spec["stage"], tuple(spec["tasks"]), int(spec["seed"]),
-                                setting, status, spec.get("parent"), scores))
+                                setting, status, spec.get("parent"), scores, wall, every,
+                                affinity if every > 0 else None))
         except (KeyError, TypeError, ValueError) as exc:
             logger.warning("run %s: unreadable spec or metrics (%s); skipped", record.run_id, exc)
     return runs
@@ -509,7 +532,14 @@ def _add_run(index: DomainRuns, kind: str, condition, run: RunInfo) -> None:
 
 
 def index_runs(setting: Setting, runs: list[RunInfo], table: TaskTable) -> DomainRuns:
-    """Index one setting's runs; tasks = every task any of its runs trained, in the task table's order."""
+    """Index one setting's runs; tasks = every task any of its runs trained, in the task table's order.
+
+    Affinity runs (``affinity_every > 0``) are left out: an all-task run that tracks look-ahead affinity is
+    neither the MT-Refinement run nor (in a two-task domain) the pair run, and a finetune run started from one
+    is not MT-Fine-Tune. Their tasks and seeds do not widen the setting either.
+    """
+    known_ids = {r.run_id for r in runs}  # affinity runs included: a finetune from one is recognised, and dropped
+    runs = [r for r in runs if not r.is_affinity]
     tasks = _task_order({t for r in runs for t in r.tasks}, setting.domain, table)
     index = DomainRuns(setting, tasks, tuple(sorted({r.seed for r in runs})))
     all_tasks = _all_task_set(runs, tasks)
@@ -517,7 +547,6 @@ def index_runs(setting: Setting, runs: list[RunInfo], table: TaskTable) -> Domai
         index.notes.append(f"MT-Refinement is the mtl run of {', '.join(t for t in tasks if t in all_tasks)} "
                            f"(no mtl run trains all {len(tasks)} tasks)")
     all_task_ids = {r.run_id for r in runs if r.stage == "mtl" and frozenset(r.tasks) == all_tasks}
-    known_ids = {r.run_id for r in runs}
     for run in runs:
         found = _condition(run, all_tasks, all_task_ids, known_ids)
         if not found:
@@ -721,6 +750,9 @@ class DomainAnalysis:
     alpha: float
     min_delta: float
     n_boot: int
+    has_grid: bool = True  # False: the setting holds only affinity runs (no single/pair/all/finetune run)
+    affinity: AffinityPreview | None = None  # the look-ahead preview, where a done affinity run exists
+    affinity_notes: list = field(default_factory=list)  # why there is no preview, or what it left out
 
 
 def settings_in_store(runs: list[RunInfo]) -> dict[Setting, list[RunInfo]]:
@@ -745,11 +777,18 @@ def analyse_store(root: str | Path, table: TaskTable, domains: Sequence[str] | N
         per_domain[setting.domain] = per_domain.get(setting.domain, 0) + 1
     out = []
     for setting, setting_runs in grouped.items():
-        index = index_runs(setting, setting_runs, table)
+        index = index_runs(setting, setting_runs, table)  # leaves the affinity runs out
+        tracked = [r for r in setting_runs if r.is_affinity]
+        has_grid = len(tracked) < len(setting_runs)
+        if not has_grid:  # affinity runs only: no grid to analyse, the preview keeps its own tasks
+            index.tasks = _task_order({t for r in tracked for t in r.tasks}, setting.domain, table)
+            index.notes.append("no single, pair, all-task or finetune run in the store: affinity preview only")
         logger.info("analysing %s (%d runs, tasks %s)", setting, len(setting_runs), ", ".join(index.tasks))
+        edges = edge_table(index, table, n_boot, alpha, min_delta, seed)
+        preview, preview_notes = affinity_preview(index, tracked, edges, table)
         out.append(DomainAnalysis(setting, setting.slug(per_domain[setting.domain] == 1), index.tasks, index.seeds,
-                                  model_scores(index), edge_table(index, table, n_boot, alpha, min_delta, seed),
-                                  missing_runs(index), list(index.notes), alpha, min_delta, n_boot))
+                                  model_scores(index), edges, missing_runs(index) if has_grid else [],
+                                  list(index.notes), alpha, min_delta, n_boot, has_grid, preview, preview_notes))
     return out
 
 
@@ -757,3 +796,212 @@ def _skip_unknown(run: RunInfo) -> bool:
     logger.warning("run %s trains task(s) not in the task table (%s); skipped (pass --task-file)",
                    run.run_id, "+".join(run.tasks))
     return False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Look-ahead affinity preview (transfer.lookahead) against the measured grid
+# ---------------------------------------------------------------------------------------------------------------
+
+AFFINITY_EDGE_COLUMNS = ["source", "target", "z", "z_std", "n_affinity_runs", "delta", "colour", "sign_agree"]
+VALIDATION_COLUMNS = ["n_edges", "spearman_rho", "spearman_p", "p_method", "n_sign_agree", "sign_agreement",
+                      "n_significant", "n_sign_agree_significant", "sign_agreement_significant", "affinity_runs",
+                      "affinity_seeds", "preview_wall_s", "grid_wall_s", "n_grid_runs", "time_ratio",
+                      "plain_all_wall_s", "tracking_overhead", "tracker_s"]
+EXACT_P_MAX_N = 8  # up to this many edges the Spearman p-value is exact (all n! pairings); above, spearmanr's
+MIN_SPEARMAN_N = 3  # fewer edges give rho = +-1 whatever the data: reported as n/a
+
+
+@dataclass
+class AffinityPreview:
+    """Look-ahead affinity of one setting (mean over its affinity runs) next to the measured edges.
+
+    ``tasks`` orders the matrices: the grid's tasks in table order, plus any task only the affinity run has.
+    ``z[i, j]`` = Z(tasks[i] -> tasks[j]) (rows: source, columns: target), NaN where no run measured it;
+    ``z_std`` its sample sd over the affinity runs (NaN for one run). ``edges``: every ordered pair s != t
+    (AFFINITY_EDGE_COLUMNS); ``validation``: VALIDATION_COLUMNS (see ``validate_affinity``).
+    """
+
+    tasks: tuple[str, ...]
+    z: np.ndarray
+    z_std: np.ndarray
+    run_ids: tuple[str, ...]
+    seeds: tuple[int, ...]
+    every: tuple[int, ...]
+    num_batches: tuple[int, ...]
+    edges: pd.DataFrame
+    validation: dict
+    notes: list = field(default_factory=list)
+
+    @property
+    def has_grid(self) -> bool:
+        """Whether any edge has both Z and a measured delta (else the validation is n/a)."""
+        return self.validation["n_edges"] > 0
+
+
+def exact_spearman_p(x: Sequence[float], y: Sequence[float]) -> float:
+    """Two-sided exact permutation p of Spearman's rho: the share of all n! pairings of the ranks whose |rho| is
+    at least the observed |rho| (ties get average ranks). For small n only (n! rows)."""
+    rx, ry = _ranks(x), _ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    permuted = ry[np.array(list(itertools.permutations(range(len(ry)))))]
+    rhos = permuted @ rx / (np.linalg.norm(rx) * np.linalg.norm(ry))
+    observed = float(rx @ ry / (np.linalg.norm(rx) * np.linalg.norm(ry)))
+    return float(np.mean(np.abs(rhos) >= abs(observed) - 1e-12))
+
+
+def _ranks(values: Sequence[float]) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return rankdata(np.asarray(values, dtype=float)).astype(float)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, str]:
+    """(rho, two-sided p, how p was computed) of Spearman's rank correlation; (nan, nan, "n/a (why)") when undefined.
+
+    rho comes from ``scipy.stats.spearmanr``. It is undefined for a constant vector and reported as n/a for
+    fewer than MIN_SPEARMAN_N points (two points always give +-1). p is exact (``exact_spearman_p``) for up to
+    EXACT_P_MAX_N points, where spearmanr's t approximation is poor (it gives p = 0 for three points in
+    order); above that it is spearmanr's.
+    """
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < MIN_SPEARMAN_N:
+        return math.nan, math.nan, f"n/a (fewer than {MIN_SPEARMAN_N} edges)"
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan, math.nan, "n/a (constant values)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConstantInputWarning and friends: NaN is reported as n/a
+        result = spearmanr(x, y)
+    rho, p = float(result.statistic), float(result.pvalue)
+    if math.isnan(rho):
+        return math.nan, math.nan, "n/a (undefined)"
+    if len(x) <= EXACT_P_MAX_N:
+        return rho, exact_spearman_p(x, y), "exact permutation"
+    return rho, p, "t approximation"
+
+
+def _share(hits: int, total: int) -> float:
+    return hits / total if total else math.nan
+
+
+def _total(values: list) -> float:
+    """Sum, NaN if any value is unknown (a partial sum would understate a cost) or if there is none."""
+    if not values or any(v is None or math.isnan(v) for v in values):
+        return math.nan
+    return float(sum(values))
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator and not math.isnan(denominator) else math.nan
+
+
+def validate_affinity(edges: pd.DataFrame, used: list[RunInfo], index: DomainRuns) -> dict:
+    """Agreement of Z with the measured deltas, and what each cost.
+
+    Edges: the ordered pairs s != t with both a mean Z and a measured delta (whether tested or not).
+    spearman_rho/p: ``spearman`` of Z against delta over those edges. sign_agreement: share of them where
+    sign(Z) == sign(delta) (numpy's sign: 0 only for exactly 0); sign_agreement_significant: the same over
+    the green/red edges. preview_wall_s: train.wall_seconds summed over the affinity runs used; grid_wall_s:
+    summed over the setting's done single and pair runs (every seed; what the deltas are computed from);
+    time_ratio = preview_wall_s / grid_wall_s. tracking_overhead = wall of the affinity runs / wall of the plain
+    all-task runs of the same seeds and tasks (seeds that have both). tracker_s: the trackers' own
+    affinity.seconds, summed. A cost is NaN if any of its runs lacks its wall time.
+    """
+    both = edges[edges["z"].notna() & edges["delta"].notna()]
+    agree = np.sign(both["z"].to_numpy(float)) == np.sign(both["delta"].to_numpy(float))
+    significant = both["colour"].isin(["green", "red"]).to_numpy()
+    rho, p, method = spearman(both["z"], both["delta"])
+    grid = {r.run_id: r for kind in ("single", "pair") for r in index.runs[kind].values()}
+    matched = [(r, index.get("all", "all", r.seed)) for r in used]
+    matched = [(r, plain) for r, plain in matched if plain is not None and frozenset(plain.tasks) == frozenset(r.tasks)]
+    preview_wall, grid_wall = _total([r.wall_seconds for r in used]), _total([r.wall_seconds for r in grid.values()])
+    return {
+        "n_edges": len(both), "spearman_rho": rho, "spearman_p": p, "p_method": method,
+        "n_sign_agree": int(agree.sum()), "sign_agreement": _share(int(agree.sum()), len(both)),
+        "n_significant": int(significant.sum()), "n_sign_agree_significant": int(agree[significant].sum()),
+        "sign_agreement_significant": _share(int(agree[significant].sum()), int(significant.sum())),
+        "affinity_runs": len(used), "affinity_seeds": " ".join(str(r.seed) for r in used),
+        "preview_wall_s": preview_wall, "grid_wall_s": grid_wall, "n_grid_runs": len(grid),
+        "time_ratio": _ratio(preview_wall, grid_wall),
+        "plain_all_wall_s": _total([plain.wall_seconds for _, plain in matched]),
+        "tracking_overhead": _ratio(_total([r.wall_seconds for r, _ in matched]),
+                                    _total([plain.wall_seconds for _, plain in matched])),
+        "tracker_s": _total([float((r.affinity or {}).get("seconds", math.nan)) for r in used]),
+    }
+
+
+def _affinity_block(run: RunInfo) -> tuple[list[str], np.ndarray] | None:
+    """(tasks, matrix) of a done affinity run, None if it recorded no usable matrix."""
+    block = run.affinity or {}
+    names, matrix = block.get("tasks"), block.get("matrix")
+    if not names or matrix is None:
+        return None
+    try:
+        values = np.asarray(matrix, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return (list(names), values) if values.shape == (len(names), len(names)) else None
+
+
+def _usable_affinity_runs(runs: list[RunInfo]) -> tuple[list[RunInfo], list[str]]:
+    """Done affinity runs with a matrix, one per seed (the newest); notes on the others."""
+    notes, by_seed = [], {}
+    for run in sorted(runs, key=lambda r: r.run_id):
+        if run.status != "done":
+            notes.append(f"affinity run {run.run_id} (seed {run.seed}) is {run.status}: not used")
+        elif _affinity_block(run) is None:
+            notes.append(f"affinity run {run.run_id} (seed {run.seed}) recorded no affinity matrix (no measurement: "
+                         "fewer training steps than affinity_every?): not used")
+        elif run.seed in by_seed:
+            older, newer = sorted([by_seed[run.seed], run], key=lambda r: (r.folder / "metrics.json").stat().st_mtime)
+            notes.append(f"two done affinity runs for seed {run.seed}: {older.run_id} and {newer.run_id}; using the "
+                         "newer")
+            by_seed[run.seed] = newer
+        else:
+            by_seed[run.seed] = run
+    return [by_seed[s] for s in sorted(by_seed)], notes
+
+
+def affinity_preview(index: DomainRuns, runs: list[RunInfo], edges: pd.DataFrame,
+                     table: TaskTable) -> tuple[AffinityPreview | None, list[str]]:
+    """The setting's look-ahead preview: Z averaged over its usable affinity runs, per edge next to the measured
+    delta and colour, and ``validate_affinity``; (None, notes) without a done affinity run."""
+    used, notes = _usable_affinity_runs(runs)
+    if not used:
+        return None, notes
+    tasks = _task_order(set(index.tasks) | {t for r in used for t in r.tasks}, index.setting.domain, table)
+    position = {task: i for i, task in enumerate(tasks)}
+    stack = np.full((len(used), len(tasks), len(tasks)), np.nan)
+    for k, run in enumerate(used):
+        names, values = _affinity_block(run)
+        idx = [position[name] for name in names]
+        stack[k][np.ix_(idx, idx)] = values
+    counts = np.isfinite(stack).sum(axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells (pairs no run measured) stay NaN
+        z = np.nanmean(stack, axis=0)
+        z_std = np.where(counts > 1, np.nanstd(stack, axis=0, ddof=1), np.nan)
+    measured = {(row["source"], row["target"]): row for _, row in edges.iterrows()}
+    rows = []
+    for i, source in enumerate(tasks):
+        for j, target in enumerate(tasks):
+            if i == j:
+                continue
+            edge = measured.get((source, target))
+            delta = math.nan if edge is None else float(edge["delta"])
+            agree = None if math.isnan(z[i, j]) or math.isnan(delta) else bool(np.sign(z[i, j]) == np.sign(delta))
+            rows.append({"source": source, "target": target, "z": float(z[i, j]), "z_std": float(z_std[i, j]),
+                         "n_affinity_runs": int(counts[i, j]), "delta": delta,
+                         "colour": "missing" if edge is None else edge["colour"], "sign_agree": agree})
+    frame = pd.DataFrame(rows, columns=AFFINITY_EDGE_COLUMNS)
+    validation = validate_affinity(frame, used, index)
+    if validation["n_edges"] == 0:
+        notes.append("no measured pairwise edge to compare with: validation n/a (preview only)")
+    elif validation["n_edges"] < len(frame):
+        notes.append(f"{validation['n_edges']} of {len(frame)} edges have both Z and a measured delta")
+    blocks = [r.affinity or {} for r in used]
+    preview = AffinityPreview(tasks, z, z_std, tuple(r.run_id for r in used), tuple(r.seed for r in used),
+                              tuple(int(b.get("every", r.affinity_every)) for b, r in zip(blocks, used)),
+                              tuple(int(b.get("num_batches", 0)) for b in blocks), frame, validation, notes)
+    return preview, notes

@@ -5,6 +5,11 @@
 For every domain (and model/profile) in the store: the delta of every ordered task pair s->t with a paired
 bootstrap test and Holm correction, the directed transfer graph, the delta heatmap, the bar chart of single
 task vs MT-Refinement vs MT-Fine-Tune, the paper-style tables (Markdown, CSV, LaTeX) and the graph as GraphML.
+Where the store holds an affinity run (python -m transfer.affinity: an all-task run that records look-ahead task
+affinity Z), also the preview next to the measured grid: affinity_<slug>.{md,csv,tex} (Z and delta per edge,
+Spearman rho, sign agreement, wall-time ratio), affinity_<slug> figure (delta and Z heatmaps side by side),
+affinity_graph_<slug> figure (preview graph coloured by the sign of Z), and affinity_validation.{md,csv} across
+domains. Affinity runs never stand in for the all-task or pair runs of the grid.
 Also rebuilds RESULTS_DIR/scores.csv. Reads only the store; never imports torch.
 """
 
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -27,7 +33,13 @@ EPILOG = ("Edge s->t: delta = test score of t in the {s,t} mtl run minus t's sin
           "Test: paired bootstrap over test examples (sentences for NER, abstracts for HoC), the same resample "
           "for both runs and every seed, the task's own metric recomputed on each; two-sided p, Holm-adjusted "
           "over the edges of a domain. green: delta > min-delta and Holm p < alpha; red: delta < -min-delta "
-          "and Holm p < alpha; grey: otherwise; missing: runs or predictions absent.")
+          "and Holm p < alpha; grey: otherwise; missing: runs or predictions absent. "
+          "Affinity preview (domains with an affinity run, python -m transfer.affinity): "
+          "Z(s->t) = 1 - L_t(after one look-ahead step on s) / L_t(before), compared with the measured deltas "
+          "in affinity_<slug>.{md,csv,tex}, the figures affinity_<slug> (delta and Z heatmaps) and "
+          "affinity_graph_<slug> (preview graph, coloured by the sign of Z, no test), and "
+          "affinity_validation.{md,csv} (per domain: Spearman rho and p, sign agreement on all and on "
+          "significant edges, preview wall time / single+pair grid wall time).")
 
 
 def _probability(text: str) -> float:
@@ -78,7 +90,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _number(value, spec: str) -> str:
+    return "n/a" if value is None or math.isnan(value) else format(value, spec)
+
+
+def _affinity_line(analysis: DomainAnalysis) -> str:
+    """One line: how well the look-ahead preview predicts the measured edges, and at what cost."""
+    preview = analysis.affinity
+    if preview is None:
+        why = "; ".join(analysis.affinity_notes) or "no affinity run in the store (python -m transfer.affinity)"
+        return f"  affinity preview: none ({why})"
+    v = preview.validation
+    head = f"  affinity preview (seed{'s' if len(preview.seeds) > 1 else ''} {' '.join(map(str, preview.seeds))}):"
+    if v["n_edges"] == 0:
+        agreement = " validation n/a (no measured edge)"
+    else:
+        if math.isnan(v["spearman_rho"]):  # p_method says why: "n/a (fewer than 3 edges)", "n/a (constant values)"
+            rho = f"n/a (n {v['n_edges']}: {v['p_method'].removeprefix('n/a (').rstrip(')')})"
+        else:
+            p = "" if math.isnan(v["spearman_p"]) else f", p {_number(v['spearman_p'], '.3g')}"
+            rho = f"{v['spearman_rho']:+.3f} (n {v['n_edges']}{p})"
+        agreement = (f" Spearman rho {rho}, sign agreement "
+                     f"{v['n_sign_agree']}/{v['n_edges']} = {_number(v['sign_agreement'], '.2f')} "
+                     + (f"(significant {v['n_sign_agree_significant']}/{v['n_significant']})" if v["n_significant"]
+                        else "(no significant edge)"))
+    seconds = {key: "n/a" if math.isnan(v[key]) else f"{v[key]:.0f} s" for key in ("preview_wall_s", "grid_wall_s")}
+    return (f"{head}{agreement}, time ratio {_number(v['time_ratio'], '.3f')} (preview {seconds['preview_wall_s']} / "
+            f"grid {seconds['grid_wall_s']})")
+
+
+def _affinity_notes(analysis: DomainAnalysis) -> list[str]:
+    return [f"  affinity note: {item}" for item in analysis.affinity_notes] if analysis.affinity is not None else []
+
+
 def _summary(analysis: DomainAnalysis) -> list[str]:
+    if not analysis.has_grid:
+        return [f"{analysis.setting.domain} (model {analysis.setting.model}, profile {analysis.setting.profile}): "
+                f"no grid runs, {len(analysis.tasks)} task(s) in the affinity run(s)", _affinity_line(analysis),
+                *_affinity_notes(analysis)]
     counts = analysis.edges["colour"].value_counts().to_dict() if len(analysis.edges) else {}
     calls = ", ".join(f"{counts.get(c, 0)} {c}" for c in COLOURS)
     lines = [f"{analysis.setting.domain} (model {analysis.setting.model}, profile {analysis.setting.profile}, "
@@ -87,11 +136,12 @@ def _summary(analysis: DomainAnalysis) -> list[str]:
     for _, row in analysis.edges[analysis.edges["colour"].isin(["green", "red"])].iterrows():
         lines.append(f"  {row['colour']:>5}  {row['source']} -> {row['target']}  delta {row['delta']:+.4f}  "
                      f"p_holm {row['p_holm']:.4f}")
+    lines.append(_affinity_line(analysis))
     if analysis.missing:
         lines.append("  missing:")
         lines += [f"    - {item}" for item in analysis.missing]
     lines += [f"  note: {item}" for item in analysis.notes]
-    return lines
+    return lines + _affinity_notes(analysis)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,9 +164,14 @@ def run(args: argparse.Namespace) -> int:
     analyses = analyse_store(args.results_dir, table, args.domain, args.n_boot, args.alpha, args.min_delta,
                              args.seed, args.model, args.profile)
     for analysis in analyses:
-        written += tables.write_tables(analysis, args.out)
+        if analysis.has_grid:
+            written += tables.write_tables(analysis, args.out)
+        written += tables.write_affinity_tables(analysis, args.out)
         if args.figures:
-            written += plots.write_figures(analysis, args.out, tuple(args.formats))
+            if analysis.has_grid:
+                written += plots.write_figures(analysis, args.out, tuple(args.formats))
+            written += plots.write_affinity_figures(analysis, args.out, tuple(args.formats))
+    written += tables.write_affinity_validation(analyses, args.out)
     print(f"transfer.graph: {args.results_dir} -> {args.out} (alpha {args.alpha:g}, min-delta {args.min_delta:g}, "
           f"{args.n_boot} bootstrap resamples, seed {args.seed})")
     if not analyses:

@@ -1,5 +1,7 @@
 """Figures of one analysed setting: the directed transfer graph, the source x target delta heatmap and the bar
-chart of single-task vs MT-Refinement vs MT-Fine-Tune scores.
+chart of single-task vs MT-Refinement vs MT-Fine-Tune scores; where the setting has a look-ahead affinity preview,
+the delta and Z heatmaps side by side and the preview graph (same drawing code, edges coloured by the sign of Z,
+width by |Z|, no significance).
 
 Figures are ``matplotlib.figure.Figure`` objects rendered by the Agg canvas (no pyplot state, no display), the
 graph comes from networkx (``transfer.tables.transfer_digraph``, circular layout). Colours keep the paper's
@@ -12,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from transfer.analysis import MODEL_LABELS, MODEL_TYPES, DomainAnalysis
-from transfer.tables import METRIC_NAMES, models_wide, setting_caption, transfer_digraph
+from transfer.analysis import MODEL_LABELS, MODEL_TYPES, AffinityPreview, DomainAnalysis
+from transfer.tables import (METRIC_NAMES, affinity_caption, affinity_digraph, affinity_validation_text, models_wide,
+                             setting_caption, transfer_digraph)
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +119,29 @@ def fmt_delta(value: float) -> str:
     return "0.000" if float(text) == 0 else text.replace("-", "\u2212")
 
 
+_SUPERSCRIPT = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
+
+
+def power_of_ten(exponent: int) -> str:
+    """10 to the ``exponent`` with superscript digits, e.g. 10⁻³."""
+    return "10" + str(exponent).translate(_SUPERSCRIPT)
+
+
+def z_exponent(z: np.ndarray) -> int:
+    """Power of ten the figures show Z in: floor(log10(max |Z| off the diagonal)) when that is below 0.1 (so the
+    largest shows as 1.00 to 9.99), else 0 (Z as it is)."""
+    z = np.asarray(z, dtype=float)
+    off = np.abs(z[~np.eye(z.shape[0], dtype=bool)]) if z.ndim == 2 and z.size else np.abs(z.ravel())
+    largest = float(off[np.isfinite(off)].max()) if np.isfinite(off).any() else 0.0
+    return math.floor(math.log10(largest)) if 0 < largest < 0.1 else 0
+
+
+def fmt_z(value: float, exponent: int) -> str:
+    """Z in units of 10^exponent: signed, 2 decimals, typographic minus; one that rounds to zero shows 0.00."""
+    text = f"{value / 10.0 ** exponent:+.2f}"
+    return "0.00" if float(text) == 0 else text.replace("-", "\u2212")
+
+
 def _edge_label(row) -> str:
     if row["colour"] == "missing":
         return "n/a" if _nan(row["delta"]) else f"{fmt_delta(row['delta'])}?"
@@ -173,26 +200,35 @@ def _place_labels(ax, edges: list[dict], nodes: dict, renderer) -> list[np.ndarr
     return positions
 
 
-def _graph_legend(ax, analysis: DomainAnalysis) -> None:
+def _legend_handles(styles: dict, labels: dict[str, str], widths: dict[str, float] | None = None) -> list:
+    """One line handle per style key in ``labels`` (in that order), drawn like the edges (``widths``: overrides)."""
     from matplotlib.lines import Line2D
 
-    alpha, floor = f"{analysis.alpha:g}", f"{analysis.min_delta:g}"
-    handles = [
-        Line2D([], [], color=GREEN, lw=2.6, label=f"s helps t (Δ > {floor}, Holm p < {alpha})"),
-        Line2D([], [], color=RED, lw=2.6, label=f"s hurts t (Δ < {'-' if analysis.min_delta else ''}{floor}, "
-                                               f"Holm p < {alpha})"),
-        Line2D([], [], color=GREY, lw=1.5, label="no significant effect"),
-        Line2D([], [], color=MISSING, lw=1.3, ls=(0, (4, 3)), label="missing runs / not tested"),
-    ]
+    widths = widths or {}
+    return [Line2D([], [], color=styles[key][0], lw=widths.get(key, styles[key][1]), ls=styles[key][2], label=text)
+            for key, text in labels.items()]
+
+
+def _graph_legend(ax, handles: list) -> None:
     ax.legend(handles=handles, loc="upper center", ncol=2, frameon=False, fontsize=9,
               bbox_to_anchor=(0.5, 0.0), handlelength=2.6, columnspacing=1.6)
 
 
-def _draw_nodes(ax, analysis: DomainAnalysis, pos: dict) -> dict:
+def _measured_legend(analysis: DomainAnalysis) -> list:
+    alpha, floor = f"{analysis.alpha:g}", f"{analysis.min_delta:g}"
+    return _legend_handles(EDGE_STYLE, {
+        "green": f"s helps t (Δ > {floor}, Holm p < {alpha})",
+        "red": f"s hurts t (Δ < {'-' if analysis.min_delta else ''}{floor}, Holm p < {alpha})",
+        "grey": "no significant effect",
+        "missing": "missing runs / not tested",
+    }, widths={"grey": 1.5})
+
+
+def _draw_nodes(ax, tasks: tuple[str, ...], pos: dict) -> dict:
     from matplotlib.patches import Circle
 
     patches = {}
-    for task in analysis.tasks:
+    for task in tasks:
         circle = Circle(pos[task], NODE_RADIUS, facecolor="#f4f4f4", edgecolor="#333333", lw=1.4, zorder=3)
         ax.add_patch(circle)
         ax.text(*pos[task], wrap_task(task), ha="center", va="center", fontsize=10, fontweight="bold",
@@ -207,14 +243,15 @@ def _edge_rad(length: float, shortest: float) -> float:
     return EDGE_RAD * (shortest / length) ** 2
 
 
-def _draw_edges(ax, graph, pos: dict, patches: dict) -> list[dict]:
+def _draw_edges(ax, graph, pos: dict, patches: dict, styles: dict, label_of: Callable[[dict], str]) -> list[dict]:
     from matplotlib.patches import FancyArrowPatch
 
     lengths = {(s, t): float(np.linalg.norm(pos[t] - pos[s])) for s, t in graph.edges}
     shortest = min(lengths.values(), default=1.0)
     drawn = []
     for source, target, data in graph.edges(data=True):
-        colour, width, style, text_colour = EDGE_STYLE[data["colour"]]
+        colour, width, style, text_colour = styles[data["colour"]]
+        width = data.get("width", width)  # an edge may carry its own width (the preview: |Z|)
         rad = _edge_rad(lengths[(source, target)], shortest)
         arrow = FancyArrowPatch(pos[source], pos[target], connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>",
                                 mutation_scale=16 + 2 * width, lw=width, color=colour, linestyle=style,
@@ -223,7 +260,7 @@ def _draw_edges(ax, graph, pos: dict, patches: dict) -> list[dict]:
         ax.add_patch(arrow)
         a, b = pos[source], pos[target]
         drawn.append({"a": a, "b": b, "c": _control_point(a, b, rad), "text_colour": text_colour,
-                      "edge_colour": colour, "text": _edge_label({**data})})
+                      "edge_colour": colour, "text": label_of({**data})})
     return drawn
 
 
@@ -241,43 +278,52 @@ def _graph_axes(figure, pos: dict):
     return ax
 
 
-def plot_transfer_graph(analysis: DomainAnalysis):
-    """The directed transfer graph: two arcs per task pair, coloured by the edge's call, labelled with Δ."""
-    graph = transfer_digraph(analysis)
-    pos = _layout(analysis.tasks)
-    size = 7.0 + 0.75 * max(0, len(analysis.tasks) - 4)  # more tasks: more edges and labels to fit
+def draw_graph(tasks: tuple[str, ...], graph, styles: dict, label_of: Callable[[dict], str], title: str,
+               caption: str, handles: list):
+    """A directed task graph in the transfer-graph layout: nodes on a circle, two arcs per task pair styled by
+    ``styles[edge["colour"]]`` (line colour, width, line style, label colour), labels placed clear of each other."""
+    pos = _layout(tasks)
+    size = 7.0 + 0.75 * max(0, len(tasks) - 4)  # more tasks: more edges and labels to fit
     figure = _new_figure(size, size + 0.4)
     ax = _graph_axes(figure, pos)
-    patches = _draw_nodes(ax, analysis, pos)
-    edges = _draw_edges(ax, graph, pos, patches)
+    patches = _draw_nodes(ax, tasks, pos)
+    edges = _draw_edges(ax, graph, pos, patches, styles, label_of)
     renderer = figure.canvas.get_renderer()
     for edge, xy in zip(edges, _place_labels(ax, edges, pos, renderer)):
         ax.text(*xy, edge["text"], fontsize=LABEL_FONT, ha="center", va="center", color=edge["text_colour"],
                 fontweight="bold", zorder=5,
                 bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": edge["edge_colour"], "lw": 0.8})
-    if len(analysis.tasks) < 2:
+    if len(tasks) < 2:
         ax.text(0, -0.6, "one task only: no pairs", ha="center", fontsize=10, color="#555555")
-    ax.set_title(f"Pairwise transfer s → t, {analysis.setting.domain}", fontsize=13, pad=40)
-    ax.text(0.5, 1.02, f"{setting_caption(analysis)}\nlabel: Δ = score of t trained with s − t alone "
-            f"(mean over seeds); * Holm-adjusted paired bootstrap p < {analysis.alpha:g}",
-            transform=ax.transAxes, ha="center", va="bottom", fontsize=8.5, color="#444444")
-    _graph_legend(ax, analysis)
+    ax.set_title(title, fontsize=13, pad=14 + 13 * (caption.count("\n") + 1))  # room for the caption lines
+    ax.text(0.5, 1.02, caption, transform=ax.transAxes, ha="center", va="bottom", fontsize=8.5, color="#444444")
+    _graph_legend(ax, handles)
     return figure
+
+
+def plot_transfer_graph(analysis: DomainAnalysis):
+    """The directed transfer graph: two arcs per task pair, coloured by the edge's call, labelled with Δ."""
+    caption = (f"{setting_caption(analysis)}\nlabel: Δ = score of t trained with s − t alone "
+               f"(mean over seeds); * Holm-adjusted paired bootstrap p < {analysis.alpha:g}")
+    return draw_graph(analysis.tasks, transfer_digraph(analysis), EDGE_STYLE, _edge_label,
+                      f"Pairwise transfer s → t, {analysis.setting.domain}", caption, _measured_legend(analysis))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Heatmap
 # ---------------------------------------------------------------------------------------------------------------
 
-def delta_matrix(analysis: DomainAnalysis) -> tuple[np.ndarray, np.ndarray]:
-    """(delta, significant) matrices, rows = source, columns = target; NaN/False where missing or diagonal."""
-    index = {task: i for i, task in enumerate(analysis.tasks)}
+def delta_matrix(analysis: DomainAnalysis, tasks: tuple[str, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(delta, significant) matrices, rows = source, columns = target (in ``tasks`` order, default the analysis's);
+    NaN/False where missing or diagonal."""
+    index = {task: i for i, task in enumerate(analysis.tasks if tasks is None else tasks)}
     n = len(index)
     delta, significant = np.full((n, n), np.nan), np.zeros((n, n), dtype=bool)
     for _, row in analysis.edges.iterrows():
-        i, j = index[row["source"]], index[row["target"]]
-        delta[i, j] = row["delta"]
-        significant[i, j] = row["colour"] in ("green", "red")
+        if row["source"] in index and row["target"] in index:
+            i, j = index[row["source"]], index[row["target"]]
+            delta[i, j] = row["delta"]
+            significant[i, j] = row["colour"] in ("green", "red")
     return delta, significant
 
 
@@ -291,44 +337,44 @@ def _cell_text_colour(value: float, limit: float) -> str:
     return "white" if abs(value) > 0.62 * limit else "#1a1a1a"
 
 
-def _heatmap_cells(ax, delta: np.ndarray, significant: np.ndarray, limit: float, untested: np.ndarray) -> None:
+def _heatmap_cells(ax, values: np.ndarray, texts: list[list[str]], bold: np.ndarray, limit: float) -> None:
+    """Cell labels: grey "—" on the diagonal, hatched "n/a" where NaN, else ``texts`` (bold where ``bold``)."""
     from matplotlib.patches import Rectangle
 
-    n = delta.shape[0]
+    n = values.shape[0]
     for i in range(n):
         for j in range(n):
             if i == j:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#e6e6e6", lw=0))
                 ax.text(j, i, "—", ha="center", va="center", color="#777777", fontsize=11)
-            elif np.isnan(delta[i, j]):
+            elif np.isnan(values[i, j]):
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="white", edgecolor="#9a9a9a",
                                        hatch="////", lw=0.0))
                 ax.text(j, i, "n/a", ha="center", va="center", fontsize=10, color="#444444",
                         bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none"})
             else:
-                mark = "*" if significant[i, j] else ("?" if untested[i, j] else "")
-                ax.text(j, i, f"{fmt_delta(delta[i, j])}{mark}", ha="center", va="center", fontsize=10,
-                        fontweight="bold" if significant[i, j] else "normal",
-                        color=_cell_text_colour(delta[i, j], limit))
+                ax.text(j, i, texts[i][j], ha="center", va="center", fontsize=10,
+                        fontweight="bold" if bold[i, j] else "normal", color=_cell_text_colour(values[i, j], limit))
 
 
-def plot_delta_heatmap(analysis: DomainAnalysis):
-    """Source x target matrix of Δ on a symmetric diverging scale; * marks Holm-significant cells."""
-    delta, significant = delta_matrix(analysis)
-    untested = np.zeros_like(significant)
-    for _, row in analysis.edges.iterrows():
-        if row["colour"] == "missing" and not _nan(row["delta"]):
-            untested[analysis.tasks.index(row["source"]), analysis.tasks.index(row["target"])] = True
-    n = max(len(analysis.tasks), 1)
-    limit = float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 0.01
-    limit = max(limit, 0.005)
-    figure = _new_figure(1.45 * n + 3.2, 1.25 * n + 2.4)
-    ax = figure.add_subplot(1, 1, 1)
-    image = ax.imshow(np.ma.masked_invalid(delta), cmap=_diverging_cmap(), vmin=-limit, vmax=limit)
-    _heatmap_cells(ax, delta, significant, limit, untested)
-    labels = [wrap_task(t, 12) for t in analysis.tasks]
-    ax.set_xticks(range(n), labels, fontsize=9.5)
-    ax.set_yticks(range(n), labels, fontsize=9.5)
+def _symmetric_limit(values: np.ndarray, floor: float) -> float:
+    """Half-range of a diverging scale centred on 0: the largest |value| off the diagonal, at least ``floor``."""
+    off = values[~np.eye(values.shape[0], dtype=bool)] if values.size else values
+    finite = np.abs(off[np.isfinite(off)])
+    return max(float(finite.max()) if finite.size else 0.0, floor)
+
+
+def _matrix_panel(figure, ax, values: np.ndarray, texts: list[list[str]], bold: np.ndarray, limit: float,
+                  tasks: tuple[str, ...], colorbar_label: str, title: str):
+    """One source x target heatmap on the symmetric diverging scale [-limit, limit], with its own colour bar."""
+    n = max(len(tasks), 1)
+    shown = np.array(values, dtype=float)
+    np.fill_diagonal(shown, np.nan)  # the diagonal is drawn as a grey "—" cell, never on the scale
+    image = ax.imshow(np.ma.masked_invalid(shown), cmap=_diverging_cmap(), vmin=-limit, vmax=limit)
+    _heatmap_cells(ax, shown, texts, bold, limit)
+    labels = [wrap_task(t, 12) for t in tasks]
+    ax.set_xticks(range(len(tasks)), labels, fontsize=9.5)
+    ax.set_yticks(range(len(tasks)), labels, fontsize=9.5)
     ax.set_xlabel("target t (task scored)", fontsize=10.5)
     ax.set_ylabel("source s (trained together with t)", fontsize=10.5)
     ax.set_xlim(-0.5, n - 0.5)
@@ -341,15 +387,120 @@ def plot_delta_heatmap(analysis: DomainAnalysis):
     for spine in ax.spines.values():
         spine.set_visible(False)
     bar = figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    bar.set_label("Δ = score(t with s) − score(t alone)", fontsize=9)
+    bar.set_label(colorbar_label, fontsize=9)
     bar.ax.tick_params(labelsize=8.5)
-    ax.set_title(f"Transfer Δ, {analysis.setting.domain}", fontsize=12, pad=10)
+    ax.set_title(title, fontsize=12, pad=10)
+    return image
+
+
+def _delta_panel(figure, ax, analysis: DomainAnalysis, tasks: tuple[str, ...], title: str) -> str:
+    """The measured Δ heatmap on ``ax``; returns the note that explains its marks."""
+    delta, significant = delta_matrix(analysis, tasks)
+    position = {task: i for i, task in enumerate(tasks)}
+    untested = np.zeros_like(significant)
+    for _, row in analysis.edges.iterrows():
+        if row["colour"] == "missing" and not _nan(row["delta"]) and row["source"] in position \
+                and row["target"] in position:
+            untested[position[row["source"]], position[row["target"]]] = True
+    limit = _symmetric_limit(delta, 0.005)
+    texts = [[f"{fmt_delta(delta[i, j])}{'*' if significant[i, j] else ('?' if untested[i, j] else '')}"
+              for j in range(len(tasks))] for i in range(len(tasks))]
+    _matrix_panel(figure, ax, delta, texts, significant, limit, tasks, "Δ = score(t with s) − score(t alone)", title)
     note = f"* Holm-adjusted paired bootstrap p < {analysis.alpha:g}; hatched n/a: missing runs"
-    if untested.any():
-        note += "; ?: not tested (no predictions)"
+    return note + ("; ?: not tested (no predictions)" if untested.any() else "")
+
+
+def plot_delta_heatmap(analysis: DomainAnalysis):
+    """Source x target matrix of Δ on a symmetric diverging scale; * marks Holm-significant cells."""
+    n = max(len(analysis.tasks), 1)
+    figure = _new_figure(1.45 * n + 3.2, 1.25 * n + 2.4)
+    ax = figure.add_subplot(1, 1, 1)
+    note = _delta_panel(figure, ax, analysis, analysis.tasks, f"Transfer Δ, {analysis.setting.domain}")
     ax.annotate(f"{note}\n{setting_caption(analysis)}", xy=(0.5, 0.0), xycoords=ax.xaxis.label, xytext=(0, -10),
                 textcoords="offset points", ha="center", va="top", fontsize=8, color="#444444")
     return figure
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Look-ahead affinity preview: Z next to the measured Δ, and the preview graph
+# ---------------------------------------------------------------------------------------------------------------
+
+PREVIEW_EDGE_STYLE = {  # sign of Z -> (line colour, width, line style, label text colour); no significance here
+    "green": (GREEN, 2.0, "solid", "#0b5e44"),
+    "red": (RED, 2.0, "solid", "#a34401"),
+    "grey": (GREY, 1.4, "solid", "#555555"),
+    "missing": (MISSING, 1.3, (0, (4, 3)), "#8a8a8a"),
+}
+
+
+def _z_panel(figure, ax, preview: AffinityPreview, title: str) -> int:
+    """The Z heatmap on ``ax`` in units of 10^exponent (cells and colour bar alike); returns the exponent."""
+    exponent = z_exponent(preview.z)
+    scaled = preview.z / 10.0 ** exponent
+    n = len(preview.tasks)
+    limit = _symmetric_limit(scaled, 0.0) or 1.0  # all zero: a plain -1..1 scale
+    texts = [[fmt_z(preview.z[i, j], exponent) for j in range(n)] for i in range(n)]
+    unit = f", in units of {power_of_ten(exponent)}" if exponent else ""
+    _matrix_panel(figure, ax, scaled, texts, np.zeros((n, n), dtype=bool), limit, preview.tasks,
+                  f"Z(s→t){unit} (> 0: a step on s lowers t's loss)", title)
+    return exponent
+
+
+def plot_affinity_heatmaps(analysis: DomainAnalysis):
+    """Measured Δ (left) and look-ahead affinity Z (right) side by side, same task order, each on its own
+    symmetric scale; only the Z panel where no measured edge exists."""
+    preview = analysis.affinity
+    tasks, n = preview.tasks, max(len(preview.tasks), 1)
+    panels = 2 if preview.has_grid else 1
+    figure = _new_figure(panels * (1.25 * n + 3.4), 1.25 * n + 1.7)
+    figure.subplots_adjust(left=0.1 if panels == 2 else 0.18, right=0.95, top=0.9, bottom=0.12, wspace=0.36)
+    note = ""
+    if preview.has_grid:
+        note = _delta_panel(figure, figure.add_subplot(1, 2, 1), analysis, tasks,
+                            "Measured transfer Δ (pairwise grid)") + "\n"
+    z_ax = figure.add_subplot(1, panels, panels)
+    runs = len(preview.run_ids)
+    _z_panel(figure, z_ax, preview, "Look-ahead affinity Z (" + ("all-task run)" if runs == 1 else
+                                                                 f"all-task runs, mean over {runs} seeds)"))
+    z_ax.set_ylabel("source s (look-ahead step on s's loss)", fontsize=10.5)
+    title = ("Affinity preview vs measured pairwise transfer" if preview.has_grid
+             else "Look-ahead affinity preview (no measured grid to compare with)")
+    figure.suptitle(f"{title}, {analysis.setting.domain}", fontsize=13, y=0.99, va="bottom")
+    if note:
+        note = f"Δ (left): {note}"
+    caption = (f"{affinity_validation_text(preview)}\n{note}Z{' (right)' if preview.has_grid else ''} = 1 − "
+               f"L_t(after one look-ahead step on s) / L_t(before), mean over probes and epochs"
+               f"{' and seeds' if runs > 1 else ''}; no significance test; diagonal (self-affinity) not shown\n"
+               f"{affinity_caption(analysis)}")
+    z_ax.annotate(caption, xy=(0.5, 0.0), xycoords=(figure.transFigure, z_ax.xaxis.label), xytext=(0, -12),
+                  textcoords="offset points", ha="center", va="top", fontsize=8.5, color="#444444", linespacing=1.5)
+    return figure
+
+
+def _z_label(exponent: int) -> Callable[[dict], str]:
+    def label(data: dict) -> str:
+        return "n/a" if _nan(data["z"]) else fmt_z(data["z"], exponent)
+    return label
+
+
+def plot_affinity_graph(analysis: DomainAnalysis):
+    """The preview transfer graph: arcs s → t coloured by the sign of Z (no test), labelled with Z."""
+    preview = analysis.affinity
+    graph = affinity_digraph(analysis)
+    exponent = z_exponent(preview.z)
+    largest = _symmetric_limit(preview.z, 1e-300)
+    for _, _, data in graph.edges(data=True):  # width grows with |Z|: a tiny Z is a thin line, not a strong call
+        if data["colour"] in ("green", "red"):
+            data["width"] = 0.9 + 2.1 * abs(data["z"]) / largest
+    present = {data["colour"] for _, _, data in graph.edges(data=True)}
+    labels = {"green": "Z > 0: a step on s lowers t's loss", "red": "Z < 0: a step on s raises t's loss"}
+    labels.update({key: text for key, text in (("grey", "Z = 0"), ("missing", "not measured")) if key in present})
+    unit = f" in units of {power_of_ten(exponent)}" if exponent else ""
+    caption = (f"{affinity_caption(analysis, short=True)}\nlabel: Z(s→t){unit}, Z = 1 − L_t(after a step on s) / "
+               f"L_t(before)\ncolour: sign of Z, line width: |Z|; an unfitted preview, no significance test")
+    return draw_graph(preview.tasks, graph, PREVIEW_EDGE_STYLE, _z_label(exponent),
+                      f"Affinity preview s → t (unfitted, no test), {analysis.setting.domain}", caption,
+                      _legend_handles(PREVIEW_EDGE_STYLE, labels))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -413,6 +564,19 @@ def plot_model_bars(analysis: DomainAnalysis):
 # ---------------------------------------------------------------------------------------------------------------
 # All figures of one setting
 # ---------------------------------------------------------------------------------------------------------------
+
+def write_affinity_figures(analysis: DomainAnalysis, out: Path,
+                           formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
+    """``affinity_<slug>`` (Δ and Z heatmaps) and ``affinity_graph_<slug>`` (preview graph); [] without a preview."""
+    if analysis.affinity is None:
+        return []
+    written = []
+    for stem, draw in ((f"affinity_{analysis.slug}", plot_affinity_heatmaps),
+                       (f"affinity_graph_{analysis.slug}", plot_affinity_graph)):
+        written += save_figure(draw(analysis), Path(out), stem, tuple(formats))
+        logger.info("figure %s written", stem)
+    return written
+
 
 def write_figures(analysis: DomainAnalysis, out: Path, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
     """Transfer graph, heatmap and bar chart of one setting, each in every format; returns the paths."""

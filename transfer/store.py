@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STATUSES = ("running", "done", "failed")
-SCORE_COLUMNS = ("run_id", "stage", "tasks", "task", "seed", "domain", "model", "profile", "metric",
+SCORE_COLUMNS = ("run_id", "stage", "tasks", "task", "seed", "domain", "model", "profile", "affinity_every", "metric",
                  "dev_score", "test_score", "best_epoch", "status", "train_seconds", "wall_seconds")
 STALE_AFTER_S = 15 * 60  # a claim from another host with no heartbeat for this long is taken as dead
 
@@ -230,7 +230,8 @@ class ResultsStore:
                 rows.append({
                     "run_id": record.run_id, "stage": spec["stage"], "tasks": "+".join(spec["tasks"]), "task": task,
                     "seed": spec["seed"], "domain": spec.get("domain") or "", "model": spec["model"],
-                    "profile": spec["profile"]["name"], "metric": info.get("metric", ""),
+                    "profile": spec["profile"]["name"], "affinity_every": spec.get("affinity_every", 0),
+                    "metric": info.get("metric", ""),
                     "dev_score": info.get("dev_score"), "test_score": info.get("test_score"),
                     "best_epoch": info.get("best_epoch"), "status": record.status or "",
                     "train_seconds": timing.get("train_seconds"), "wall_seconds": timing.get("wall_seconds"),

@@ -1,5 +1,6 @@
-"""Writers for the analysis results: the paper's model tables and the edge table (Markdown, CSV, LaTeX) and the
-transfer graph (networkx DiGraph, GraphML).
+"""Writers for the analysis results: the paper's model tables and the edge table (Markdown, CSV, LaTeX), the
+transfer graph (networkx DiGraph, GraphML), and the look-ahead affinity preview next to the measured edges
+(per setting: Markdown, CSV, LaTeX; across settings: the validation table, Markdown and CSV).
 
 Pure formatting of ``transfer.analysis.DomainAnalysis``; nothing here computes a statistic.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 import networkx as nx
 import pandas as pd
 
-from transfer.analysis import MODEL_LABELS, MODEL_TYPES, DomainAnalysis
+from transfer.analysis import MODEL_LABELS, MODEL_TYPES, VALIDATION_COLUMNS, AffinityPreview, DomainAnalysis
 from transfer.store import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -247,4 +248,222 @@ def write_tables(analysis: DomainAnalysis, out: Path) -> list[Path]:
         written.append(out / name)
     written.append(write_graphml(analysis, out / f"transfer_graph_{analysis.slug}.graphml"))
     logger.info("tables for %s written to %s", analysis.slug, out)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Look-ahead affinity preview vs the measured edges
+# ---------------------------------------------------------------------------------------------------------------
+
+def fmt_sci(value, digits: int = 3) -> str:
+    """Signed scientific notation (Z is typically 1e-4 .. 1e-2)."""
+    return NA if _missing(value) else f"{value:+.{digits}e}"
+
+
+def fmt_seconds(value) -> str:
+    return NA if _missing(value) else f"{value:,.0f} s" if value >= 100 else f"{value:.1f} s"
+
+
+def fmt_share(hits: int, total: int, share) -> str:
+    return NA if not total or _missing(share) else f"{hits}/{total} = {share:.3f}"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def affinity_caption(analysis: DomainAnalysis, short: bool = False) -> str:
+    """Setting and measurement settings of the preview (one line; ``short``: without the probe batches)."""
+    preview = analysis.affinity
+    every = "/".join(map(str, sorted(set(preview.every))))
+    batches = "/".join(map(str, sorted(set(preview.num_batches))))
+    text = (f"domain {analysis.setting.domain}, model {analysis.setting.model}, profile {analysis.setting.profile}; "
+            f"{_plural(len(preview.run_ids), 'affinity run')} (seed{'s' if len(preview.seeds) > 1 else ''} "
+            f"{', '.join(map(str, preview.seeds))}), Z measured every {every} steps")
+    return text if short else f"{text} on {batches} probe batch{'es' if batches != '1' else ''} per task"
+
+
+def affinity_validation_text(preview: AffinityPreview) -> str:
+    """Two lines: how well Z predicts the measured deltas, and what the preview cost."""
+    v = preview.validation
+    if v["n_edges"] == 0:
+        agreement = "validation n/a: no measured pairwise edge in the store to compare with"
+    else:
+        if _missing(v["spearman_rho"]):  # p_method says why: "n/a (fewer than 3 edges)", "n/a (constant values)"
+            rho = f"n/a (n = {v['n_edges']} edges: {v['p_method'].removeprefix('n/a (').rstrip(')')})"
+        else:
+            p_text = "" if _missing(v["spearman_p"]) else f"{v['p_method']} p = {fmt_p(v['spearman_p'])}, "
+            rho = f"{v['spearman_rho']:+.3f} ({p_text}n = {v['n_edges']} edges)"
+        shares = fmt_share(v["n_sign_agree_significant"], v["n_significant"], v["sign_agreement_significant"])
+        significant = f"on significant edges {shares}" if v["n_significant"] else "no significant (green/red) edge"
+        agreement = (f"Spearman ρ(Z, Δ) = {rho}; sign agreement "
+                     f"{fmt_share(v['n_sign_agree'], v['n_edges'], v['sign_agreement'])}, {significant}")
+    grid = (f"grid {fmt_seconds(v['grid_wall_s'])} ({_plural(v['n_grid_runs'], 'single/pair run')}), ratio "
+            f"{fmt_score(v['time_ratio'])}" if v["n_grid_runs"] else "no single/pair runs (ratio n/a)")
+    overhead = (f"tracking overhead {fmt_score(v['tracking_overhead'])} × the plain all-task run"
+                if not _missing(v["tracking_overhead"]) else "tracking overhead n/a (no plain all-task run to match)")
+    cost = (f"wall time: preview {fmt_seconds(v['preview_wall_s'])}, {grid}; {overhead}; tracker "
+            f"{fmt_seconds(v['tracker_s'])}")
+    return f"{agreement}\n{cost}"
+
+
+AFFINITY_DEFINITIONS = (
+    "Z(s→t) = 1 − L_t(after one look-ahead optimiser step on s's loss) / L_t(before), on probe batches of t's "
+    "training data, averaged over the measurements of an epoch, then over epochs (and over seeds); > 0: a step on "
+    "s lowers t's loss. Δ(s→t): measured transfer, score of t trained with s minus t alone (see the edge table). "
+    "Validation over the edges with both: Spearman ρ (scipy.stats.spearmanr; p exact over all n! pairings for "
+    "n ≤ 8 edges, else spearmanr's t approximation; n/a for a constant vector or fewer than 3 edges); sign "
+    "agreement = share of edges with sign(Z) = sign(Δ) (a Δ or Z of exactly 0 has sign 0), also over the "
+    "significant (green/red) edges only. Time ratio = wall time of the affinity run(s) / summed wall time of the "
+    "setting's done single and pair runs (all seeds); tracking overhead = affinity run wall time / plain all-task "
+    "run wall time (same seeds); tracker = the tracker's own affinity.seconds.")
+
+
+def _summary_rows(preview: AffinityPreview) -> list[tuple[str, str]]:
+    v = preview.validation
+    p_label = "p" if v["p_method"].startswith(NA) else f"p ({v['p_method']})"
+    return [
+        ("edges with Z and measured Δ", str(v["n_edges"])),
+        ("Spearman ρ (Z vs Δ)", v["p_method"] if _missing(v["spearman_rho"]) else f"{v['spearman_rho']:+.3f}"),
+        (p_label, fmt_p(v["spearman_p"])),
+        ("sign agreement, all edges", fmt_share(v["n_sign_agree"], v["n_edges"], v["sign_agreement"])),
+        ("sign agreement, significant (green/red) edges",
+         fmt_share(v["n_sign_agree_significant"], v["n_significant"], v["sign_agreement_significant"])),
+        (f"preview wall time ({_plural(v['affinity_runs'], 'affinity run')})", fmt_seconds(v["preview_wall_s"])),
+        (f"grid wall time ({_plural(v['n_grid_runs'], 'single/pair run')})", fmt_seconds(v["grid_wall_s"])),
+        ("time ratio, preview / grid", fmt_score(v["time_ratio"])),
+        ("plain all-task run wall time", fmt_seconds(v["plain_all_wall_s"])),
+        ("tracking overhead, affinity / plain all-task wall", fmt_score(v["tracking_overhead"])),
+        ("tracker's own time (affinity.seconds)", fmt_seconds(v["tracker_s"])),
+    ]
+
+
+def _sign_agree_cell(row) -> str:
+    value = row["sign_agree"]
+    if value is None or _missing(value):
+        return NA
+    return "yes" if value else ("no (Δ = 0)" if row["delta"] == 0 else "no (Z = 0)" if row["z"] == 0 else "no")
+
+
+def affinity_markdown(analysis: DomainAnalysis) -> str:
+    preview = analysis.affinity
+    several = len(preview.run_ids) > 1
+    lines = [f"### Look-ahead affinity preview vs measured transfer: {affinity_caption(analysis)}", "",
+             f"Affinity run{'s' if several else ''}: {', '.join(f'`{r}`' for r in preview.run_ids)}", "",
+             "| measure | value |", "|---|---:|"]
+    lines += [f"| {name} | {value} |" for name, value in _summary_rows(preview)]
+    header = ["s", "t", "Z", *(["Z sd over seeds"] if several else []), "Δ", "colour (Δ)", "sign(Z) = sign(Δ)"]
+    lines += ["", "| " + " | ".join(header) + " |",
+              "|" + "|".join(["---"] * 2 + ["---:"] * (3 if several else 2) + ["---", "---"]) + "|"]
+    for _, row in preview.edges.iterrows():
+        cells = [str(row["source"]), str(row["target"]), fmt_sci(row["z"]),
+                 *([fmt_sci(row["z_std"])] if several else []), fmt_delta(row["delta"]), str(row["colour"]),
+                 _sign_agree_cell(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", AFFINITY_DEFINITIONS]
+    if analysis.affinity_notes:
+        lines += ["", "Notes:", ""] + [f"- {item}" for item in analysis.affinity_notes]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_sci(value) -> str:
+    if _missing(value):
+        return NA
+    mantissa, exponent = f"{value:+.3e}".split("e")
+    return f"${mantissa} \\times 10^{{{int(exponent)}}}$"
+
+
+def affinity_latex(analysis: DomainAnalysis) -> str:
+    preview = analysis.affinity
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{llrrll}", r"\toprule",
+             r"$s$ & $t$ & $Z$ & $\Delta$ & colour & sign agrees \\", r"\midrule"]
+    for _, row in preview.edges.iterrows():
+        delta = fmt_delta(row["delta"])
+        cells = [latex_escape(row["source"]), latex_escape(row["target"]), _latex_sci(row["z"]),
+                 delta if delta == NA else f"${delta}$", latex_escape(row["colour"]),
+                 _sign_agree_cell(row).replace("Δ", r"$\Delta$").replace("Z = 0", "$Z = 0$")]
+        lines.append(" & ".join(cells) + r" \\")
+    summary = "; ".join(f"{name}: {value}" for name, value in _summary_rows(preview))
+    caption = (f"Look-ahead affinity $Z(s \\rightarrow t)$ vs measured transfer $\\Delta$, "
+               f"{latex_escape(affinity_caption(analysis))}. {latex_escape(summary)}.")
+    caption = caption.replace("ρ", r"$\rho$").replace("Δ", r"$\Delta$")
+    lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{caption}}}",
+              f"\\label{{tab:affinity-{latex_escape(analysis.slug)}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def affinity_csv(analysis: DomainAnalysis) -> str:
+    frame = analysis.affinity.edges.copy()
+    frame.insert(0, "domain", analysis.setting.domain)
+    frame.insert(1, "model", analysis.setting.model)
+    frame.insert(2, "profile", analysis.setting.profile)
+    return frame_to_csv(frame)
+
+
+def affinity_digraph(analysis: DomainAnalysis) -> nx.DiGraph:
+    """Nodes = the preview's tasks; edges s->t with z, z_std, delta, colour = sign of Z (green > 0, red < 0, grey
+    = 0, missing: not measured) and measured_colour = the measured edge's call."""
+    preview = analysis.affinity
+    graph = nx.DiGraph(domain=analysis.setting.domain, model=analysis.setting.model,
+                       profile=analysis.setting.profile, preview=True)
+    for task in preview.tasks:
+        graph.add_node(task, label=task)
+    for _, row in preview.edges.iterrows():
+        z = float(row["z"])
+        colour = "missing" if math.isnan(z) else "green" if z > 0 else "red" if z < 0 else "grey"
+        graph.add_edge(row["source"], row["target"], z=z, z_std=float(row["z_std"]), delta=float(row["delta"]),
+                       colour=colour, measured_colour=str(row["colour"]))
+    return graph
+
+
+def validation_frame(analyses: list[DomainAnalysis]) -> pd.DataFrame:
+    """One row per setting with an affinity preview: domain, model, profile and VALIDATION_COLUMNS."""
+    rows = [{"domain": a.setting.domain, "model": a.setting.model, "profile": a.setting.profile,
+             **a.affinity.validation} for a in analyses if a.affinity is not None]
+    return pd.DataFrame(rows, columns=["domain", "model", "profile", *VALIDATION_COLUMNS])
+
+
+def affinity_validation_markdown(analyses: list[DomainAnalysis]) -> str:
+    frame = validation_frame(analyses)
+    header = ["domain", "model", "profile", "edges", "Spearman ρ", "p", "sign agreement",
+              "sign agreement (significant)", "preview wall", "grid wall", "ratio", "tracking overhead"]
+    lines = ["### Look-ahead affinity preview vs the measured pairwise grid", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * 9) + "|"]
+    for _, v in frame.iterrows():
+        cells = [str(v["domain"]), str(v["model"]), str(v["profile"]), str(v["n_edges"]),
+                 NA if _missing(v["spearman_rho"]) else f"{v['spearman_rho']:+.3f}", fmt_p(v["spearman_p"]),
+                 fmt_share(v["n_sign_agree"], v["n_edges"], v["sign_agreement"]),
+                 fmt_share(v["n_sign_agree_significant"], v["n_significant"], v["sign_agreement_significant"]),
+                 fmt_seconds(v["preview_wall_s"]), fmt_seconds(v["grid_wall_s"]), fmt_score(v["time_ratio"]),
+                 fmt_score(v["tracking_overhead"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", AFFINITY_DEFINITIONS, "", "p: exact permutation p for up to 8 edges, else spearmanr's "
+              "(the CSV's p_method column says which)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_affinity_tables(analysis: DomainAnalysis, out: Path) -> list[Path]:
+    """``affinity_<slug>.{md,csv,tex}`` of one setting; [] without a preview."""
+    if analysis.affinity is None:
+        return []
+    out = Path(out)
+    written = []
+    for name, text in ((f"affinity_{analysis.slug}.md", affinity_markdown(analysis)),
+                       (f"affinity_{analysis.slug}.csv", affinity_csv(analysis)),
+                       (f"affinity_{analysis.slug}.tex", affinity_latex(analysis))):
+        write_text_atomic(out / name, text)
+        written.append(out / name)
+    return written
+
+
+def write_affinity_validation(analyses: list[DomainAnalysis], out: Path) -> list[Path]:
+    """``affinity_validation.{md,csv}``: one row per setting with a preview; [] when no setting has one."""
+    if not any(a.affinity is not None for a in analyses):
+        return []
+    out = Path(out)
+    written = []
+    for name, text in (("affinity_validation.md", affinity_validation_markdown(analyses)),
+                       ("affinity_validation.csv", frame_to_csv(validation_frame(analyses)))):
+        write_text_atomic(out / name, text)
+        written.append(out / name)
     return written
