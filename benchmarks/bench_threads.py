@@ -78,14 +78,14 @@ def worker(args: argparse.Namespace) -> int:
                                 max_length=args.max_length, steps=args.steps, skip=args.skip_steps,
                                 eval_examples=bt.SMALL_EVAL, device=device)
     barrier = (lambda summary: wait_barrier(Path(args.barrier), args.parties)) if args.barrier else None
-    result, clock, recorder, peak_mb = bt.run_transfer_loop(workload, precision=args.precision, grouped=True,
+    result, clock, recorder, memory = bt.run_transfer_loop(workload, precision=args.precision, grouped=True,
                                                             on_start=barrier, now=time.time)
     out = {
         "pid": os.getpid(), "threads": torch.get_num_threads(), "precision": result["train"]["precision"],
         "begin": clock.begin, "ends": clock.ends, "skip": workload.skip,
         "summary": bt.timed_summary(clock, recorder.train, workload.arch, None),
         "train_seconds": result["train"]["train_seconds"], "wall_seconds": result["train"]["wall_seconds"],
-        "peak_memory_mb": round(peak_mb, 1),
+        "peak_memory_mb": round(memory.peak_mb, 1),
     }
     Path(args.worker_out).write_text(json.dumps(out) + "\n", encoding="utf-8")
     return 0
@@ -176,6 +176,8 @@ def render(report: dict, console=None) -> None:
                       f"{item['aggregate_real_tokens_per_s']:,.0f}", f"{100 * item['overlap_fraction']:.0f}%",
                       f"{item['vs_first']:.2f}x")
     console.print(table)
+    if meta.get("busy"):
+        console.print(f"[bold red]warning:[/] {meta['busy']}")
     if report.get("verdict"):
         console.print(report["verdict"])
 
@@ -229,6 +231,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     for item in report["configs"].values():
         item["vs_first"] = round(item["aggregate_examples_per_s"] / first["aggregate_examples_per_s"], 3)
     report["meta"]["load_average_end"] = bt._loadavg()
+    report["meta"]["busy"] = bt.busy_warning(report["meta"])
     if len(report["configs"]) > 1:
         best = max(report["configs"].values(), key=lambda c: c["aggregate_examples_per_s"])
         report["verdict"] = (f"best aggregate throughput: {best['config']} ({best['aggregate_examples_per_s']:.1f} ex/s, "

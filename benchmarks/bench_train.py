@@ -11,7 +11,11 @@ Every training variant sees the same encoder, the same fixed sample of ``steps x
 * ``hf_maxlen_fp32``  (a) ``Trainer``, tokenizer ``padding="max_length"``, fp32, random sampler.
 * ``hf_dynamic_best`` (b) ``Trainer`` at its best: ``DataCollatorWithPadding``, length-grouped sampler,
   ``bf16=True`` where the hardware runs bf16 natively, no data-loader workers on the CPU (they would compete
-  with the compute threads for the same cores), two pinned-memory workers on CUDA.
+  with the compute threads for the same cores), two pinned-memory workers on CUDA. Both Trainer variants keep
+  the Trainer's default AdamW implementation (``adamw_torch_fused`` with torch >= 2.8); transfer's loop uses
+  ``torch.optim.AdamW`` as ``build_optimizer`` makes it (fused on CUDA only). The Trainer groups lengths within
+  "megabatches" of ``min(steps // 4, 50)`` batches, transfer within windows of 50 batches, so (b) groups less
+  on short runs: compare padding at ``--steps 200`` or more.
 * ``transfer_fp32_ungrouped`` / ``transfer_fp32_grouped`` / ``transfer`` (c) ``transfer.train.train`` with
   fp32 and random batches, fp32 and length-grouped batches, and its default (``precision="auto"``, i.e. bf16
   where native; grouped batches): the ablation of what each piece buys.
@@ -52,13 +56,11 @@ so ``executed_util - mfu`` is the part lost to padding and the rest of the gap t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import datetime as _dt
 import gc
 import inspect
 import json
-import math
 import os
 import platform
 import socket
@@ -200,15 +202,37 @@ def _malloc_trim() -> None:
 
 class PeakMemory:
     """Peak memory of a block: CUDA ``max_memory_allocated`` minus the start; on the CPU the peak RSS minus the
-    RSS at the start, sampled every ``interval`` seconds by a background thread."""
+    RSS at the start, sampled every ``interval`` seconds by a background thread.
+
+    ``mark()`` (called when training starts: data, model and optimizer built) starts a second measure,
+    ``train_peak_mb``: the peak after the mark minus the memory at the mark (activations, gradients, optimizer
+    state), comparable between frameworks that load different amounts of data beforehand.
+    """
 
     def __init__(self, device, interval: float = 0.01):
         self.device, self.interval = device, interval
         self.peak_mb: float | None = None
+        self.train_peak_mb: float | None = None
         self.how = "cuda_max_memory_allocated_delta" if device.type == "cuda" else "peak_rss_delta"
         self._stop = threading.Event()
         self._peak = 0
+        self._mark: int | None = None
+        self._peak_since_mark = 0
+        self._peak_before_mark = 0
         self._thread: threading.Thread | None = None
+
+    def mark(self) -> None:
+        import torch
+
+        if self._mark is not None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self._peak_before_mark = torch.cuda.max_memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            self._mark = torch.cuda.memory_allocated()
+            return
+        self._mark = self._peak_since_mark = rss_bytes()
 
     def __enter__(self) -> "PeakMemory":
         import torch
@@ -228,19 +252,28 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, rss_bytes())
+            rss = rss_bytes()
+            self._peak = max(self._peak, rss)
+            if self._mark is not None:
+                self._peak_since_mark = max(self._peak_since_mark, rss)
 
     def __exit__(self, *exc) -> None:
         import torch
 
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-            self.peak_mb = (torch.cuda.max_memory_allocated() - self._base) / 2 ** 20
+            peak = torch.cuda.max_memory_allocated()
+            self.peak_mb = (max(peak, self._peak_before_mark) - self._base) / 2 ** 20
+            if self._mark is not None:
+                self.train_peak_mb = (peak - self._mark) / 2 ** 20
             return
         self._stop.set()
         self._thread.join()
-        self._peak = max(self._peak, rss_bytes())
+        rss = rss_bytes()
+        self._peak = max(self._peak, rss)
         self.peak_mb = (self._peak - self._base) / 2 ** 20
+        if self._mark is not None:
+            self.train_peak_mb = (max(self._peak_since_mark, rss) - self._mark) / 2 ** 20
 
 
 # ----------------------------------------------------------------------------------------------- step records
@@ -459,6 +492,9 @@ def run_trainer(workload: Workload, *, best: bool, peaks: dict) -> dict:
     masks: list = []
 
     class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            memory.mark()
+
         def on_step_begin(self, args, state, control, **kwargs):
             clock.start()
 
@@ -469,7 +505,8 @@ def run_trainer(workload: Workload, *, best: bool, peaks: dict) -> dict:
         if module.training:
             masks.append(kwargs["attention_mask"].detach())
 
-    with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp, PeakMemory(device) as memory:
+    memory = PeakMemory(device)
+    with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp, memory:
         args, used = trainer_arguments(tmp, steps=workload.steps, batch_size=workload.batch_size, precision=precision,
                                        grouped=best, device=device, num_workers=num_workers)
         torch.manual_seed(SEED)
@@ -489,9 +526,13 @@ def run_trainer(workload: Workload, *, best: bool, peaks: dict) -> dict:
         "label": "(a) Trainer max_length fp32" if not best else f"(b) Trainer dynamic grouped {precision}",
         "framework": "hf_trainer", "precision": precision, "padding": "dynamic" if best else "max_length",
         "grouped": best, "optimizer": optim, "dataloader_workers": num_workers,
+        # transformers' LengthGroupedSampler sorts within "megabatches" of min(n // (4 * batch), 50) batches, so
+        # it groups little on short runs (transfer's window is always 50 batches): compare at steps >= 200.
+        "length_group_window_batches": max(1, min(len(dataset) // (4 * workload.batch_size), 50)) if best else None,
         "all_steps_seconds": round(all_seconds, 4),
         "all_steps_examples_per_s": round(sum(b.rows for b in batches) / all_seconds, 3),
-        "peak_memory_mb": round(memory.peak_mb, 1), "memory_measure": memory.how,
+        "peak_memory_mb": round(memory.peak_mb, 1), "train_peak_memory_mb": _round(memory.train_peak_mb, 1),
+        "memory_measure": memory.how,
         "training_arguments": {k: v for k, v in used.items() if k != "output_dir"},
         "timer": "steady: end of step skip -> end of last step (TrainerCallback.on_step_end); "
                  "all steps: first on_step_begin -> last on_step_end",
@@ -535,23 +576,32 @@ def _clock_reporter(clock: StepClock, on_start=None, on_step=None):
 
 
 def run_transfer_loop(workload: Workload, *, precision: str, grouped: bool, steps: int | None = None,
-                      on_start=None, on_step=None, now=time.perf_counter) -> tuple[dict, StepClock, BatchRecorder, float]:
-    """Call ``transfer.train.train`` with a clock reporter and a token-counting collate; (result, clock, batches, MB)."""
+                      on_start=None, on_step=None, now=time.perf_counter
+                      ) -> tuple[dict, StepClock, BatchRecorder, "PeakMemory"]:
+    """Call ``transfer.train.train`` with a clock reporter and a token-counting collate; (result, clock, batches,
+    memory)."""
     import transfer.train as tt
 
     steps = steps or workload.steps
     spec = transfer_spec(workload, precision=precision, grouped=grouped, steps=steps)
     clock = StepClock(workload.device, workload.skip, steps, now=now)
     recorder = BatchRecorder(tt.collate, workload.arch)
-    with mock.patch.object(tt, "collate", recorder), PeakMemory(workload.device) as memory:
+    memory = PeakMemory(workload.device)
+
+    def started(summary: dict) -> None:
+        memory.mark()
+        if on_start is not None:
+            on_start(summary)
+
+    with mock.patch.object(tt, "collate", recorder), memory:
         result = tt.train(spec, data_dir=workload.data_dir, device=str(workload.device),
-                          reporter=_clock_reporter(clock, on_start, on_step))
-    return result, clock, recorder, memory.peak_mb
+                          reporter=_clock_reporter(clock, started, on_step))
+    return result, clock, recorder, memory
 
 
 def run_transfer(workload: Workload, *, precision: str, grouped: bool, peaks: dict) -> dict:
     """(c) transfer's loop; ``precision`` is ``fp32`` or ``auto`` (bf16 where native)."""
-    result, clock, recorder, peak_mb = run_transfer_loop(workload, precision=precision, grouped=grouped)
+    result, clock, recorder, memory = run_transfer_loop(workload, precision=precision, grouped=grouped)
     info = result["train"]
     used = info["precision"]
     out = timed_summary(clock, recorder.train, workload.arch, peaks.get(used))
@@ -565,11 +615,15 @@ def run_transfer(workload: Workload, *, precision: str, grouped: bool, peaks: di
         "all_steps_examples_per_s": info["train_examples_per_s"],
         "train_examples_seen": info["train_examples_seen"],
         "run_wall_seconds": info["wall_seconds"], "run_eval_seconds": info["eval_seconds"],
-        "peak_memory_mb": round(peak_mb, 1),
-        "memory_measure": "cuda_max_memory_allocated_delta" if workload.device.type == "cuda" else "peak_rss_delta",
+        "peak_memory_mb": round(memory.peak_mb, 1), "train_peak_memory_mb": _round(memory.train_peak_mb, 1),
+        "memory_measure": memory.how,
         "timer": "steady: end of step skip -> end of last step (Reporter.step); all steps: the run's train_seconds",
     })
     return out
+
+
+def _round(value, digits: int):
+    return None if value is None else round(value, digits)
 
 
 def add_ratios(variants: dict) -> None:
@@ -611,7 +665,6 @@ def eval_hf(workload: Workload, peaks: dict, batch_size: int = 32) -> dict:
         run(batches)
         seconds = time.perf_counter() - start
     records = [record_from_mask(b["attention_mask"], workload.arch, training=False) for b in batches]
-    del model
     return _eval_summary(f"(a) HF no_grad max_length x{batch_size} fp32", "fp32", records, seconds,
                          workload.arch, peaks.get("fp32"))
 
@@ -661,7 +714,6 @@ def _eval_summary(label: str, precision: str, records: list[BatchRecord], second
 def profile_step(workload: Workload, *, warm_steps: int = 3, top: int = 10) -> dict:
     """``torch.profiler`` (CPU activities, + CUDA on a GPU) over training step ``warm_steps + 1`` of transfer's
     loop at its defaults; the ``top`` ops by self CPU time."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if workload.device.type == "cuda" else [])
@@ -682,12 +734,16 @@ def profile_step(workload: Workload, *, warm_steps: int = 3, top: int = 10) -> d
     ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
     gemm = sum(e.self_cpu_time_total for e in events if any(k in e.key for k in GEMM_OPS))
     batch = recorder.train[warm_steps]
+    # Whole regions (total CPU time, children included): the optimizer's step and zero_grad, the dropout masks.
+    regions = {e.key: round(e.cpu_time_total / 1000, 3) for e in events
+               if e.key.startswith("Optimizer.") or e.key in ("aten::dropout", "aten::native_dropout", "aten::bernoulli_")}
     return {
         "step": steps, "precision": result["train"]["precision"], "batch_rows": batch.rows, "batch_width": batch.width,
         "batch_real_tokens": batch.real_tokens,
         "step_seconds_profiled": round(clock.ends[-1] - clock.ends[-2], 4),
         "self_cpu_ms_total": round(total / 1000, 3),
         "gemm_share_of_self_cpu": round(gemm / total, 4),
+        "regions_cpu_total_ms": regions,
         "top_ops": [{"op": e.key, "calls": e.count, "self_cpu_ms": round(e.self_cpu_time_total / 1000, 3),
                      "self_cpu_share": round(e.self_cpu_time_total / total, 4),
                      "cpu_total_ms": round(e.cpu_time_total / 1000, 3)} for e in ranked[:top]],
@@ -779,12 +835,25 @@ def _loadavg():
         return None
 
 
+def busy_warning(meta: dict) -> str | None:
+    """A warning when other work shared the CPU (1-minute load average above half the usable cores at the start)."""
+    load = meta.get("load_average_start")
+    if meta.get("device", "cpu") != "cpu" or not load or load[0] <= 0.5 * meta["usable_cores"]:
+        return None
+    return (f"load average {load[0]} on {meta['usable_cores']} cores when the benchmark started: other work shared "
+            "the CPU, so these numbers are not reliable (OpenMP threads stall when their cores are shared)")
+
+
 def _fmt(value, digits: int = 1, pct: bool = False) -> str:
     if value is None:
         return "-"
     if pct:
         return f"{100 * value:.{digits}f}%"
     return f"{value:,.{digits}f}"
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def render(report: dict, console=None) -> None:
@@ -800,6 +869,8 @@ def render(report: dict, console=None) -> None:
     console.print(f"[bold]bench_train[/] {meta['time']} on {meta['host']}: {meta['cpu']}, {meta['device']}, "
                   f"{meta['torch_threads']} torch threads, bf16 native: {meta['bf16_native']}, load average "
                   f"{meta.get('load_average_start')} -> {meta.get('load_average_end')}")
+    if meta.get("busy"):
+        console.print(f"[bold red]warning:[/] {meta['busy']}")
     if report.get("peak"):
         p = report["peak"]
         console.print(f"matmul peak ({p['fp32']['size']}^3): fp32 {p['fp32']['gflops']:,.1f} GFLOP/s, "
@@ -810,13 +881,14 @@ def render(report: dict, console=None) -> None:
         table = Table(title=f"training: {w['task']} x {w['steps']} steps of {w['batch_size']} (max_length "
                             f"{w['max_length']}), timed after {w['skip_steps']} steps", header_style="bold")
         for col in ("variant", "ex/s", "real tok/s", "padded tok/s", "pad", "vs (a)", "vs (b)", "MFU", "exec util",
-                    "peak MB"):
+                    "peak MB", "train MB"):
             table.add_column(col, justify="left" if col == "variant" else "right")
         for v in report["train"].values():
             table.add_row(v["label"], _fmt(v["examples_per_s"]), _fmt(v["real_tokens_per_s"], 0),
                           _fmt(v["padded_tokens_per_s"], 0), _fmt(v["pad_fraction"], pct=True),
-                          _fmt(v.get("real_tokens_per_s_vs_a"), 2) + "x", _fmt(v.get("real_tokens_per_s_vs_b"), 2) + "x",
-                          _fmt(v["mfu"], pct=True), _fmt(v["executed_util"], pct=True), _fmt(v["peak_memory_mb"], 0))
+                          _ratio(v.get("real_tokens_per_s_vs_a")), _ratio(v.get("real_tokens_per_s_vs_b")),
+                          _fmt(v["mfu"], pct=True), _fmt(v["executed_util"], pct=True), _fmt(v["peak_memory_mb"], 0),
+                          _fmt(v.get("train_peak_memory_mb"), 0))
         console.print(table)
     if report.get("eval"):
         table = Table(title="evaluation (inference) on the dev sample", header_style="bold")
@@ -824,19 +896,23 @@ def render(report: dict, console=None) -> None:
             table.add_column(col, justify="left" if col == "variant" else "right")
         for v in report["eval"].values():
             table.add_row(v["label"], str(v["examples"]), _fmt(v["examples_per_s"]), _fmt(v["real_tokens_per_s"], 0),
-                          _fmt(v["pad_fraction"], pct=True), _fmt(v.get("real_tokens_per_s_vs_a"), 2) + "x",
+                          _fmt(v["pad_fraction"], pct=True), _ratio(v.get("real_tokens_per_s_vs_a")),
                           _fmt(v["mfu"], pct=True))
         console.print(table)
     if report.get("profile"):
         p = report["profile"]
-        table = Table(title=f"one training step of transfer's loop ({p['precision']}, batch {p['batch_rows']}x"
-                            f"{p['batch_width']}, {p['step_seconds_profiled']:.3f}s under the profiler; matmul/attention "
-                            f"ops {100 * p['gemm_share_of_self_cpu']:.0f}% of self CPU)", header_style="bold")
+        console.print(f"profile of training step {p['step']} of transfer's loop: {p['precision']}, batch "
+                      f"{p['batch_rows']}x{p['batch_width']}, {p['step_seconds_profiled']:.3f}s under the profiler; "
+                      f"matmul/attention ops {100 * p['gemm_share_of_self_cpu']:.0f}% of self CPU time")
+        table = Table(title="top ops by self CPU time", header_style="bold")
         for col in ("op", "calls", "self CPU ms", "share"):
             table.add_column(col, justify="left" if col == "op" else "right")
         for op in p["top_ops"]:
             table.add_row(op["op"], str(op["calls"]), _fmt(op["self_cpu_ms"], 2), _fmt(op["self_cpu_share"], pct=True))
         console.print(table)
+        if p.get("regions_cpu_total_ms"):
+            console.print("whole regions (CPU ms, children included): " +
+                          ", ".join(f"{k} {v:,.1f}" for k, v in p["regions_cpu_total_ms"].items()))
     if report.get("grid"):
         g = report["grid"]
         split = g["outside_split"]
@@ -955,6 +1031,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     if "grid" in parts and args.grid_results:
         report["grid"] = grid_view(args.grid_results, args.grid_wall_seconds)
     report["meta"]["load_average_end"] = _loadavg()
+    report["meta"]["busy"] = busy_warning(report["meta"])
     report["meta"]["args"] = vars(args)
     return report
 
