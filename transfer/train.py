@@ -273,6 +273,8 @@ class _Loop:
 
     def __init__(self, spec, model, optimizer, scheduler, data, device, precision, pad_id, reporter, total_steps):
         self.spec, self.model, self.optimizer, self.scheduler = spec, model, optimizer, scheduler
+        # fp16 needs loss scaling against gradient underflow; with bf16/fp32 the scaler is a pass-through.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.data, self.device, self.precision, self.pad_id = data, device, precision, pad_id
         self.reporter, self.total_steps = reporter, total_steps
         self.rng = np.random.default_rng(spec.seed)
@@ -311,9 +313,11 @@ class _Loop:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with autocast(self.device, self.precision):
                 loss = self.model.loss(task_name, batch)
-            loss.backward()
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), profile.max_grad_norm)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             running += loss.detach()
