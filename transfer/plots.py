@@ -554,7 +554,11 @@ def plot_model_bars(analysis: DomainAnalysis):
         ax.spines[spine].set_visible(False)
     if len(columns) > 1:
         ax.axvline(x[-1] - 0.5, color="#999999", lw=0.8, ls=":")
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False, fontsize=9)
+    from matplotlib.patches import Patch
+
+    # Explicit handles: a model type with no bars at all would otherwise get matplotlib's default colour.
+    handles = [Patch(facecolor=BAR_COLOURS[m], edgecolor="#333333", lw=0.6, label=MODEL_LABELS[m]) for m in MODEL_TYPES]
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False, fontsize=9)
     ax.set_title(f"Single task vs multi-task, {analysis.setting.domain}", fontsize=12, pad=28)
     ax.set_xlabel(f"mean over seeds, error bar ±1 sd where there are 2+ seeds; hatched n/a: missing runs\n"
                   f"{setting_caption(analysis)}", fontsize=8, color="#444444", labelpad=10)
