@@ -806,7 +806,7 @@ AFFINITY_EDGE_COLUMNS = ["source", "target", "z", "z_std", "n_affinity_runs", "d
 VALIDATION_COLUMNS = ["n_edges", "spearman_rho", "spearman_p", "p_method", "n_sign_agree", "sign_agreement",
                       "n_significant", "n_sign_agree_significant", "sign_agreement_significant", "affinity_runs",
                       "affinity_seeds", "preview_wall_s", "grid_wall_s", "n_grid_runs", "time_ratio",
-                      "plain_all_wall_s", "tracking_overhead", "tracker_s"]
+                      "plain_all_wall_s", "tracking_overhead", "tracker_s", "tracker_overhead"]
 EXACT_P_MAX_N = 8  # up to this many edges the Spearman p-value is exact (all n! pairings); above, spearmanr's
 MIN_SPEARMAN_N = 3  # fewer edges give rho = +-1 whatever the data: reported as n/a
 
@@ -928,7 +928,16 @@ def validate_affinity(edges: pd.DataFrame, used: list[RunInfo], index: DomainRun
         "tracking_overhead": _ratio(_total([r.wall_seconds for r, _ in matched]),
                                     _total([plain.wall_seconds for _, plain in matched])),
         "tracker_s": _total([float((r.affinity or {}).get("seconds", math.nan)) for r in used]),
-    }
+    } | _tracker_cost(used, preview_wall)
+
+
+def _tracker_cost(used: list[RunInfo], preview_wall: float) -> dict:
+    """The tracker's cost measured inside the affinity runs themselves: its seconds over the rest of the run.
+
+    Unlike the ratio to a separate plain run, this does not depend on what else the machine was doing.
+    """
+    tracker = _total([float((r.affinity or {}).get("seconds", math.nan)) for r in used])
+    return {"tracker_overhead": _ratio(tracker, preview_wall - tracker)}
 
 
 def _affinity_block(run: RunInfo) -> tuple[list[str], np.ndarray] | None:

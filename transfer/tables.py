@@ -303,7 +303,7 @@ def affinity_validation_text(preview: AffinityPreview) -> str:
     overhead = (f"tracking overhead {fmt_score(v['tracking_overhead'])} × the plain all-task run"
                 if not _missing(v["tracking_overhead"]) else "tracking overhead n/a (no plain all-task run to match)")
     cost = (f"wall time: preview {fmt_seconds(v['preview_wall_s'])}, {grid}; {overhead}; tracker "
-            f"{fmt_seconds(v['tracker_s'])}")
+            f"{fmt_seconds(v['tracker_s'])} (+{fmt_score(v['tracker_overhead'])} over the run's own training)")
     return f"{agreement}\n{cost}"
 
 
@@ -316,7 +316,9 @@ AFFINITY_DEFINITIONS = (
     "agreement = share of edges with sign(Z) = sign(Δ) (a Δ or Z of exactly 0 has sign 0), also over the "
     "significant (green/red) edges only. Time ratio = wall time of the affinity run(s) / summed wall time of the "
     "setting's done single and pair runs (all seeds); tracking overhead = affinity run wall time / plain all-task "
-    "run wall time (same seeds); tracker = the tracker's own affinity.seconds.")
+    "run wall time (same seeds; sensitive to machine load when the two ran at different times); tracker = the "
+    "tracker's own affinity.seconds; tracker overhead = tracker seconds / (affinity run wall - tracker seconds), "
+    "measured within the same run.")
 
 
 def _summary_rows(preview: AffinityPreview) -> list[tuple[str, str]]:
@@ -335,6 +337,7 @@ def _summary_rows(preview: AffinityPreview) -> list[tuple[str, str]]:
         ("plain all-task run wall time", fmt_seconds(v["plain_all_wall_s"])),
         ("tracking overhead, affinity / plain all-task wall", fmt_score(v["tracking_overhead"])),
         ("tracker's own time (affinity.seconds)", fmt_seconds(v["tracker_s"])),
+        ("tracker overhead, tracker / rest of the affinity run", fmt_score(v["tracker_overhead"])),
     ]
 
 
@@ -426,16 +429,17 @@ def validation_frame(analyses: list[DomainAnalysis]) -> pd.DataFrame:
 def affinity_validation_markdown(analyses: list[DomainAnalysis]) -> str:
     frame = validation_frame(analyses)
     header = ["domain", "model", "profile", "edges", "Spearman ρ", "p", "sign agreement",
-              "sign agreement (significant)", "preview wall", "grid wall", "ratio", "tracking overhead"]
+              "sign agreement (significant)", "preview wall", "grid wall", "ratio", "tracking overhead",
+              "tracker overhead"]
     lines = ["### Look-ahead affinity preview vs the measured pairwise grid", "",
-             "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * 9) + "|"]
+             "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * 10) + "|"]
     for _, v in frame.iterrows():
         cells = [str(v["domain"]), str(v["model"]), str(v["profile"]), str(v["n_edges"]),
                  NA if _missing(v["spearman_rho"]) else f"{v['spearman_rho']:+.3f}", fmt_p(v["spearman_p"]),
                  fmt_share(v["n_sign_agree"], v["n_edges"], v["sign_agreement"]),
                  fmt_share(v["n_sign_agree_significant"], v["n_significant"], v["sign_agreement_significant"]),
                  fmt_seconds(v["preview_wall_s"]), fmt_seconds(v["grid_wall_s"]), fmt_score(v["time_ratio"]),
-                 fmt_score(v["tracking_overhead"])]
+                 fmt_score(v["tracking_overhead"]), fmt_score(v["tracker_overhead"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", AFFINITY_DEFINITIONS, "", "p: exact permutation p for up to 8 edges, else spearmanr's "
               "(the CSV's p_method column says which)."]
