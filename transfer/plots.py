@@ -546,7 +546,8 @@ def plot_model_bars(analysis: DomainAnalysis):
             ax.text(xo, 0.07 * (top - bottom), "n/a", rotation=90, ha="center", va="bottom", fontsize=7.5,
                     color="#555555")
     ax.set_xticks(x, _bar_tick_labels(analysis, columns), fontsize=9)
-    ax.set_ylim(bottom, top + 0.2 * (top - bottom))
+    margin = 0.06 * (top - bottom) if bottom < 0 else 0.0  # room under a negative bar (e.g. Pearson < 0)
+    ax.set_ylim(bottom - margin, top + 0.2 * (top - bottom))
     ax.set_ylabel("test score (each task's metric)", fontsize=10)
     ax.grid(axis="y", color="#e3e3e3", lw=0.8, zorder=0)
     ax.set_axisbelow(True)
