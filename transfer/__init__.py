@@ -5,4 +5,4 @@ multi-task refinement and fine-tuning, and the pairwise grid that shows which ta
 Nothing heavy is imported here, so ``import transfer`` is cheap.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

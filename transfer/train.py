@@ -25,6 +25,7 @@ import torch
 
 from transfer import __version__, metrics
 from transfer.config import DEFAULT_MODEL, STAGES, RunSpec, load_profile
+from transfer.fast_bert import MaskSource, unsupported_reason
 from transfer.features import SplitData, collate, file_fingerprint, load_split, make_batches, sample_examples
 from transfer.kinds import kind_ops
 from transfer.lookahead import AffinityTracker
@@ -113,8 +114,28 @@ def build_optimizer(model: torch.nn.Module, optimizer: str, learning_rate: float
             (no_decay if param.ndim < 2 else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=learning_rate, fused=device.type == "cuda")
+        # one fused kernel for all parameters (CUDA; CPU since torch 2.4) instead of a loop over 100+ tensors
+        return torch.optim.AdamW(groups, lr=learning_rate, fused=True)
     return torch.optim.Adamax(groups, lr=learning_rate, foreach=True)
+
+
+def setup_encoder(model: MultiTaskModel, impl: str, device: torch.device, seed: int) -> str:
+    """Switch ``model`` to the lean BERT forward when ``impl`` asks for it; return the one in use.
+
+    ``auto`` takes ``transfer.fast_bert`` for BERT-architecture encoders and the Hugging Face forward for
+    anything else (the choice is logged and stored with the run); ``transfer`` insists on the former.
+    """
+    if impl == "hf":
+        return "hf"
+    reason = unsupported_reason(model.encoder)
+    if reason is not None:
+        if impl == "transfer":
+            raise ValueError(f"encoder_impl = 'transfer' cannot run this encoder: {reason}; use 'auto' or 'hf'")
+        logger.info("encoder_impl auto -> hf: %s", reason)
+        return "hf"
+    # CPU dropout masks from a seeded stream of their own (see transfer.fast_bert); CUDA keeps torch's dropout
+    model.use_fast_encoder(MaskSource(seed + 7919) if device.type == "cpu" else None)
+    return "transfer"
 
 
 def linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
@@ -231,6 +252,7 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, device: str | No
         if parent_dir is None or not (Path(parent_dir) / "encoder").is_dir():
             raise FileNotFoundError(f"finetune needs the refinement run's encoder; none in {parent_dir}/encoder")
         model.load_encoder_state(Path(parent_dir) / "encoder")
+    encoder_impl = setup_encoder(model, spec.profile.encoder_impl, dev, spec.seed)
     model.to(dev)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -240,6 +262,7 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, device: str | No
     optimizer = build_optimizer(model, spec.profile.optimizer, spec.learning_rate, spec.profile.weight_decay, dev)
     scheduler = linear_warmup_decay(optimizer, total_steps, spec.profile.warmup_ratio)
     summary = _summary(spec, data, total_steps, dev, precision, cache_hits)
+    summary["encoder_impl"] = encoder_impl
     reporter.start(summary)
     loop = _Loop(spec, model, optimizer, scheduler, data, dev, precision, tokenizer.pad_token_id, reporter, total_steps)
     if spec.affinity_every:
