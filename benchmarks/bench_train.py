@@ -84,7 +84,8 @@ WARMUP_RATIO = 0.1
 MAX_GRAD_NORM = 1.0
 SMALL_EVAL = 32  # dev/test examples scored at the end of each transfer run (not timed, kept small)
 PARTS = ("peak", "train", "eval", "profile", "grid")
-TRAIN_VARIANTS = ("hf_maxlen_fp32", "hf_dynamic_best", "transfer_fp32_ungrouped", "transfer_fp32_grouped", "transfer")
+TRAIN_VARIANTS = ("hf_maxlen_fp32", "hf_dynamic_best", "transfer_fp32_ungrouped", "transfer_fp32_grouped",
+                  "transfer_bf16_hf_forward", "transfer")
 GEMM_OPS = ("addmm", "aten::mm", "bmm", "baddbmm", "matmul", "linear", "scaled_dot_product", "mkldnn")
 
 
@@ -386,7 +387,7 @@ class Workload:
     dev_split: object
     arch: Arch
     device: object
-    eval_batch_size: int = 256
+    eval_batch_size: int = 64
 
     @property
     def train_cap(self) -> int:
@@ -394,7 +395,7 @@ class Workload:
 
 
 def load_workload(*, model: str, task_name: str, data_dir, batch_size: int, max_length: int, steps: int, skip: int,
-                  eval_examples: int, device, eval_batch_size: int = 256) -> Workload:
+                  eval_examples: int, device, eval_batch_size: int = 64) -> Workload:
     """Tokenise (or read from transfer's feature cache) the task and take the fixed samples."""
     from transformers import AutoConfig
 
@@ -542,7 +543,8 @@ def run_trainer(workload: Workload, *, best: bool, peaks: dict) -> dict:
 
 # ----------------------------------------------------------------------------------------------- (c): transfer
 
-def transfer_spec(workload: Workload, *, precision: str, grouped: bool, steps: int | None = None):
+def transfer_spec(workload: Workload, *, precision: str, grouped: bool, steps: int | None = None,
+                  encoder_impl: str = "auto"):
     """The RunSpec of transfer's loop on the benchmark workload (single task, one epoch of ``steps`` batches)."""
     from transfer.config import Profile, RunSpec
 
@@ -552,7 +554,7 @@ def transfer_spec(workload: Workload, *, precision: str, grouped: bool, steps: i
                       warmup_ratio=WARMUP_RATIO, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM,
                       optimizer="adamw", max_train_examples=steps * workload.batch_size,
                       max_dev_examples=SMALL_EVAL, max_test_examples=SMALL_EVAL, seeds=(SEED,),
-                      precision=precision, group_by_length=grouped)
+                      precision=precision, group_by_length=grouped, encoder_impl=encoder_impl)
     return RunSpec(tasks=(workload.task.name,), stage="single", profile=profile, seed=SEED, model=workload.model)
 
 
@@ -576,14 +578,14 @@ def _clock_reporter(clock: StepClock, on_start=None, on_step=None):
 
 
 def run_transfer_loop(workload: Workload, *, precision: str, grouped: bool, steps: int | None = None,
-                      on_start=None, on_step=None, now=time.perf_counter
+                      on_start=None, on_step=None, now=time.perf_counter, encoder_impl: str = "auto"
                       ) -> tuple[dict, StepClock, BatchRecorder, "PeakMemory"]:
     """Call ``transfer.train.train`` with a clock reporter and a token-counting collate; (result, clock, batches,
     memory)."""
     import transfer.train as tt
 
     steps = steps or workload.steps
-    spec = transfer_spec(workload, precision=precision, grouped=grouped, steps=steps)
+    spec = transfer_spec(workload, precision=precision, grouped=grouped, steps=steps, encoder_impl=encoder_impl)
     clock = StepClock(workload.device, workload.skip, steps, now=now)
     recorder = BatchRecorder(tt.collate, workload.arch)
     memory = PeakMemory(workload.device)
@@ -599,18 +601,21 @@ def run_transfer_loop(workload: Workload, *, precision: str, grouped: bool, step
     return result, clock, recorder, memory
 
 
-def run_transfer(workload: Workload, *, precision: str, grouped: bool, peaks: dict) -> dict:
-    """(c) transfer's loop; ``precision`` is ``fp32`` or ``auto`` (bf16 where native)."""
-    result, clock, recorder, memory = run_transfer_loop(workload, precision=precision, grouped=grouped)
+def run_transfer(workload: Workload, *, precision: str, grouped: bool, peaks: dict, encoder_impl: str = "auto") -> dict:
+    """(c) transfer's loop; ``precision`` is ``fp32`` or ``auto`` (bf16 where native); ``encoder_impl`` as in
+    the profile (``auto``: transfer.fast_bert for BERT encoders, ``hf``: the Hugging Face forward)."""
+    result, clock, recorder, memory = run_transfer_loop(workload, precision=precision, grouped=grouped,
+                                                        encoder_impl=encoder_impl)
     info = result["train"]
     used = info["precision"]
     out = timed_summary(clock, recorder.train, workload.arch, peaks.get(used))
     if info["steps_run"] != len(clock.ends):
         raise RuntimeError(f"transfer ran {info['steps_run']} steps but the clock saw {len(clock.ends)}")
     out.update({
-        "label": f"(c) transfer {used} {'grouped' if grouped else 'ungrouped'}",
+        "label": f"(c) transfer {used} {'grouped' if grouped else 'ungrouped'} {info['encoder_impl']} forward",
         "framework": "transfer", "precision": used, "padding": "dynamic", "grouped": grouped,
-        "optimizer": "torch.optim.AdamW (transfer.train.build_optimizer)",
+        "encoder_impl": info["encoder_impl"],
+        "optimizer": "torch.optim.AdamW fused (transfer.train.build_optimizer)",
         "all_steps_seconds": info["train_seconds"],
         "all_steps_examples_per_s": info["train_examples_per_s"],
         "train_examples_seen": info["train_examples_seen"],
@@ -669,15 +674,18 @@ def eval_hf(workload: Workload, peaks: dict, batch_size: int = 32) -> dict:
                          workload.arch, peaks.get("fp32"))
 
 
-def eval_transfer(workload: Workload, peaks: dict, precision: str = "auto") -> dict:
-    """(c) ``transfer.train.predict_split``: inference_mode, length-sorted batches of ``eval_batch_size``."""
+def eval_transfer(workload: Workload, peaks: dict, precision: str = "auto", encoder_impl: str = "auto") -> dict:
+    """(c) ``transfer.train.predict_split``: inference_mode, length-sorted batches of ``eval_batch_size``, the
+    encoder forward chosen as ``transfer.train.setup_encoder`` chooses it."""
     import transfer.train as tt
     from transfer.features import SplitData
     from transfer.model import MultiTaskModel
 
     device, split = workload.device, workload.dev_split
     used = tt.resolve_precision(precision, device)
-    model = MultiTaskModel.from_pretrained(workload.model, [workload.task]).to(device)
+    model = MultiTaskModel.from_pretrained(workload.model, [workload.task])
+    impl = tt.setup_encoder(model, encoder_impl, device, SEED)
+    model.to(device)
     pad_id = workload.tokenizer.pad_token_id
     recorder = BatchRecorder(tt.collate, workload.arch)
     warm = SplitData(split.task, split.split, split.examples, split.features, split.rows[:min(len(split.rows), 32)])
@@ -688,7 +696,7 @@ def eval_transfer(workload: Workload, peaks: dict, precision: str = "auto") -> d
         sync(device)
         seconds = time.perf_counter() - start
     del model
-    return _eval_summary(f"(c) predict_split sorted x{workload.eval_batch_size} {used}", used,
+    return _eval_summary(f"(c) predict_split sorted x{workload.eval_batch_size} {used} {impl} forward", used,
                          recorder.eval, seconds, workload.arch, peaks.get(used))
 
 
@@ -934,7 +942,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="training batch size")
     parser.add_argument("--max-length", type=int, default=128, help="max tokens per example (and (a)'s padded width)")
     parser.add_argument("--eval-examples", type=int, default=1024, help="dev examples in the inference comparison")
-    parser.add_argument("--eval-batch-size", type=int, default=256, help="transfer's evaluation batch size (its profile default)")
+    parser.add_argument("--eval-batch-size", type=int, default=64, help="transfer's evaluation batch size (its profile default)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--model", default="minilm", help="encoder: 'minilm' (bundled all-MiniLM-L6-v2) or a local path")
@@ -1006,8 +1014,12 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         runners = {
             "hf_maxlen_fp32": lambda: run_trainer(workload, best=False, peaks=peaks),
             "hf_dynamic_best": lambda: run_trainer(workload, best=True, peaks=peaks),
-            "transfer_fp32_ungrouped": lambda: run_transfer(workload, precision="fp32", grouped=False, peaks=peaks),
-            "transfer_fp32_grouped": lambda: run_transfer(workload, precision="fp32", grouped=True, peaks=peaks),
+            "transfer_fp32_ungrouped": lambda: run_transfer(workload, precision="fp32", grouped=False, peaks=peaks,
+                                                            encoder_impl="hf"),
+            "transfer_fp32_grouped": lambda: run_transfer(workload, precision="fp32", grouped=True, peaks=peaks,
+                                                          encoder_impl="hf"),
+            "transfer_bf16_hf_forward": lambda: run_transfer(workload, precision="auto", grouped=True, peaks=peaks,
+                                                             encoder_impl="hf"),
             "transfer": lambda: run_transfer(workload, precision="auto", grouped=True, peaks=peaks),
         }
         report["train"] = {}

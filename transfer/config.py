@@ -37,7 +37,7 @@ class Profile:
     finetune_epochs: int = 10
     patience: int | None = None
     batch_size: int = 32
-    eval_batch_size: int = 256
+    eval_batch_size: int = 64
     max_length: int = 128
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01

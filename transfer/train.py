@@ -338,7 +338,7 @@ class _Loop:
                 loss = self.model.loss(task_name, batch)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)  # clip the true gradients
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), profile.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), profile.max_grad_norm, foreach=True)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
