@@ -106,6 +106,10 @@ def test_tiny_end_to_end_run_writes_every_number(tiny_model_dir, tiny_data_dir, 
     assert report["train"]["hf_maxlen_fp32"]["real_tokens_per_s_vs_a"] == 1.0
     assert report["train"]["hf_maxlen_fp32"]["padded_tokens"] == 4 * 32  # padding="max_length"
     assert report["train"]["transfer_fp32_grouped"]["precision"] == "fp32"
+    impls = {name: item.get("encoder_impl") for name, item in report["train"].items() if name.startswith("transfer")}
+    assert impls == {"transfer_fp32_ungrouped": "hf", "transfer_fp32_grouped": "hf",
+                     "transfer_bf16_hf_forward": "hf", "transfer": "transfer"}
+    assert "transfer forward" in report["eval"]["transfer"]["label"]
     for name, item in report["eval"].items():
         assert EVAL_KEYS <= set(item), name
         _positive_numbers(item, EVAL_KEYS)

@@ -10,7 +10,7 @@ def test_shipped_profiles_load():
     assert (paper.learning_rate, paper.batch_size, paper.optimizer, paper.epochs) == (5e-5, 32, "adamax", 100)
     assert (paper.finetune_learning_rate, paper.finetune_epochs, paper.max_length) == (1e-5, 10, 128)
     quick = load_profile("quick")
-    assert quick.max_train_examples == 1000
+    assert quick.max_train_examples == 2000
     assert load_profile("test").precision == "fp32"
 
 
