@@ -43,7 +43,10 @@ def test_same_hidden_states_as_hugging_face(tiny_model_dir, batch, grad):
     torch.testing.assert_close(cls, ref[:, :1], atol=1e-5, rtol=1e-5)
 
 
-def test_same_gradients_as_hugging_face_in_training_mode_without_dropout(tiny_model_dir, batch):
+@pytest.mark.parametrize("explicit", [True, False], ids=["cpu-explicit-attention", "cuda-fused-attention"])
+def test_same_gradients_as_hugging_face_in_training_mode_without_dropout(tiny_model_dir, batch, explicit, monkeypatch):
+    """Both attention branches; the fused one is what CUDA training takes, simulated here on the CPU."""
+    monkeypatch.setattr(fast_bert, "explicit_attention", lambda x: explicit)
     encoder = load_encoder(str(tiny_model_dir))
     encoder.config.hidden_dropout_prob = encoder.config.attention_probs_dropout_prob = 0.0
     for module in encoder.modules():

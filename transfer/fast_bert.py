@@ -8,8 +8,8 @@ differences in *how*, not *what*:
   [CLS] vector alone, so the last layer computes keys and values for every token but queries, attention
   output and feed-forward for [CLS] only. That removes about 10/12 of one layer's matmul work (about 14% of
   a 6-layer encoder, in the forward and the backward pass). Token-level heads get every position.
-* **Attention.** Training uses the explicit softmax(QK^T)V path, whose backward is several times faster on
-  CPUs than the fused kernel's; inference without gradients uses ``scaled_dot_product_attention``.
+* **Attention.** Training on the CPU uses the explicit softmax(QK^T)V path, whose backward is several times
+  faster there than the fused kernel's; inference, and training on CUDA, use ``scaled_dot_product_attention``.
 * **Dropout masks on the CPU** come from :class:`MaskSource` instead of ``torch.bernoulli_``, which spends
   about 4-5 ns per element in a single Mersenne-Twister stream and was a quarter of a training step. The
   source draws 64-bit words from NumPy's SFC64 generator and cuts each into four 16-bit uniforms, so ``p``
@@ -51,6 +51,11 @@ def unsupported_reason(encoder: nn.Module) -> str | None:
     if missing:
         return f"parameters not laid out like BertModel (missing {missing[0]})"
     return None
+
+
+def explicit_attention(x: torch.Tensor) -> bool:
+    """True where the explicit attention path is the faster one: with gradients, on the CPU."""
+    return torch.is_grad_enabled() and x.device.type == "cpu"
 
 
 class MaskSource:
@@ -123,6 +128,8 @@ class FastBertEncoder:
 
         ``params`` replaces the module's parameters by name (as ``torch.func.functional_call`` would).
         """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         named = dict(self.encoder.named_parameters())
         if params:
             named.update(params)
@@ -157,14 +164,14 @@ class FastBertEncoder:
         q = self._split(linear("attention.self.query", query_in))
         k = self._split(linear("attention.self.key", x))
         v = self._split(linear("attention.self.value", x))
-        if torch.is_grad_enabled():
+        if explicit_attention(x):
             # scores stay in the matmul's dtype; softmax accumulates in fp32 internally
             scores = torch.matmul(q * (1.0 / math.sqrt(self.head_dim)), k.transpose(-1, -2))
             scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
             probs = torch.softmax(scores, dim=-1)
             probs = dropout(probs, self.attention_dropout, training, self.source)
             context = torch.matmul(probs, v)
-        else:  # inference: the fused kernel (no dropout without gradients in eval mode)
+        else:  # inference, and training on CUDA (whose fused kernels apply attention dropout themselves)
             p = self.attention_dropout if training else 0.0
             context = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=keep, dropout_p=p)
         context = context.transpose(1, 2).reshape(batch, query_in.shape[1], hidden)
