@@ -243,13 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.worker:
         return worker(args)
-    report = run_benchmark(args)
-    out = Path(args.out) if args.out else HERE / "results" / f"threads-{_dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    render(report)
-    print(f"all numbers written to {out}")
-    return 0
+    return bt.write_report(run_benchmark(args), args.out, "threads", render)
 
 
 if __name__ == "__main__":

@@ -1048,15 +1048,19 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     return report
 
 
+def write_report(report: dict, out: str | None, prefix: str, render_fn) -> int:
+    """Write ``report`` as JSON (``out``, else ``results/<prefix>-<time>.json``), print its tables; exit code 0."""
+    path = Path(out) if out else HERE / "results" / f"{prefix}-{_dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    render_fn(report)
+    print(f"all numbers written to {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    report = run_benchmark(args)
-    out = Path(args.out) if args.out else HERE / "results" / f"train-{_dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    render(report)
-    print(f"all numbers written to {out}")
-    return 0
+    return write_report(run_benchmark(args), args.out, "train", render)
 
 
 if __name__ == "__main__":
