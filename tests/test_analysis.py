@@ -18,7 +18,7 @@ import pytest
 from store_builder import (TABLE, TASKS3, _records, _wrong_label, build_store, pair_predictions,
                            single_predictions, stored_score, write_affinity_run, write_run)
 from transfer import metrics
-from transfer.analysis import (DECOMPOSITIONS, analyse_store, bootstrap_edge, bootstrap_p_value, decomposed_score,
+from transfer.analysis import (DECOMPOSITIONS, analyse_store, auto_n_boot, bootstrap_edge, bootstrap_p_value, decomposed_score,
                                edge_colour, entity_spans, exact_spearman_p, holm, resample_counts, spearman,
                                unit_statistics)
 
@@ -206,6 +206,19 @@ def test_holm_turns_a_borderline_edge_grey(analysis3):
     assert row["p"] < 0.05 < row["p_holm"]
     assert row["colour"] == "grey"
     assert edge_colour(row["delta"], row["p"]) == "green"  # what an uncorrected test would have said
+
+
+def test_auto_n_boot_leaves_holm_room_for_every_edge(store3, caplog):
+    assert auto_n_boot(2, 0.05) == 1000  # the floor
+    assert auto_n_boot(12, 0.05) == 2400 and auto_n_boot(56, 0.05) == 11200 and auto_n_boot(56, 0.01) == 56000
+    for edges in (6, 12, 56, 90):
+        assert edges / (auto_n_boot(edges, 0.05) + 1) <= 0.05 / 10  # Holm's smallest adjusted p, a tenth of alpha
+    (auto,) = analyse_store(store3, TABLE, n_boot=None, seed=0)
+    assert auto.n_boot == 1200  # 3 tasks, 6 ordered edges, at least 10 x 6 / 0.05
+    assert not caplog.records
+    (starved,) = analyse_store(store3, TABLE, n_boot=100, seed=0)  # 6 / 101 > 0.05: nothing can pass Holm
+    assert starved.n_boot == 100 and set(starved.edges["colour"]) == {"grey"}
+    assert any("too small for 6 edges" in r.getMessage() and "1200" in r.getMessage() for r in caplog.records)
 
 
 def test_deltas_equal_stored_scores(store3, analysis3):

@@ -65,3 +65,10 @@ def test_bf16_and_fp32_paths_leave_the_scaler_disabled(tiny_model_dir, tiny_data
     result = train_module.train(spec, data_dir=tiny_data_dir)
     assert result["train"]["precision"] == "bf16"
     assert not scalers[0].is_enabled()
+
+
+def test_peak_memory_reports_the_cuda_peak_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 2**20)
+    peak = train_module.peak_memory(torch.device("cuda", 0))
+    assert peak["peak_cuda_mb"] == 3.0 and peak["peak_rss_mb"] > 0
+    assert set(train_module.peak_memory(torch.device("cpu"))) == {"peak_rss_mb"}

@@ -173,7 +173,7 @@ def test_help_states_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for expected in ["--alpha", "(default: 0.05)", "--min-delta", "(default: 0.0)", "--n-boot", "(default: 1000)",
+    for expected in ["--alpha", "(default: 0.05)", "--min-delta", "(default: 0.0)", "--n-boot", "(default: auto)",
                      "--seed", "--formats", "(default: ['png', 'svg'])", "--out", "--domain", "affinity_<slug>",
                      "affinity_graph_<slug>", "affinity_validation.{md,csv}", "Spearman rho", "sign agreement"]:
         assert expected in text

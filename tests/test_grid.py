@@ -114,6 +114,17 @@ def test_cli_rejects_finetune_without_all_and_missing_tasks(tmp_path, tiny_data_
         grid.main(_args(tmp_path, tiny_data_dir, "--dry-run"))
 
 
+def test_jobs_per_device_takes_auto_or_a_positive_number(capsys):
+    parser = grid.build_parser(load_task_table())
+    assert parser.parse_args(["--domain", "biomedical"]).jobs_per_device is None  # auto
+    assert parser.parse_args(["--domain", "biomedical", "--jobs-per-device", "auto"]).jobs_per_device is None
+    assert parser.parse_args(["--domain", "biomedical", "--jobs-per-device", "3"]).jobs_per_device == 3
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--domain", "biomedical", "--jobs-per-device", bad])
+    assert "jobs-per-device" in capsys.readouterr().err
+
+
 def test_dry_run_prints_plan_and_writes_nothing(tmp_path, tiny_data_dir, capsys):
     results = tmp_path / "results"
     assert grid.main(_args(results, tiny_data_dir, "--domain", "biomedical", "--devices", "cpu", "--dry-run")) == 0

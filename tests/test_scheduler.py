@@ -46,7 +46,7 @@ def test_auto_devices_follow_visible_gpus_without_cuda(monkeypatch, tmp_path):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert [s.gpu for s in device_slots("auto", cores=4)] == ["2", "3"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert [s.kind for s in device_slots("auto", cores=4)] == ["cpu"]
+    assert {s.kind for s in device_slots("auto", cores=4)} == {"cpu"}
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     fake = tmp_path / "nvidia-smi"
     fake.write_text("#!/bin/sh\necho 'GPU 0: Fake (UUID: GPU-a)'\necho 'GPU 1: Fake (UUID: GPU-b)'\n")
@@ -55,6 +55,18 @@ def test_auto_devices_follow_visible_gpus_without_cuda(monkeypatch, tmp_path):
     assert scheduler.visible_gpus() == ["0", "1"]
     fake.unlink()
     assert scheduler.visible_gpus() == []
+
+
+def test_auto_jobs_give_one_single_thread_cpu_run_per_core_as_memory_allows():
+    gib = 1 << 30
+    slots = device_slots("cpu", cores=2, memory=24 * gib)
+    assert [s.name for s in slots] == ["cpu.0", "cpu.1"] and {s.threads for s in slots} == {1}
+    # 16 cores but memory for three runs: three slots, the cores shared out among them
+    slots = device_slots("cpu", cores=16, memory=3 * scheduler.CPU_RUN_MEMORY + gib)
+    assert len(slots) == 3 and {s.threads for s in slots} == {5}
+    assert [s.name for s in device_slots("cpu", cores=8, memory=gib)] == ["cpu"]  # never fewer than one
+    assert [s.name for s in device_slots(["0", "1"], cores=8, memory=gib)] == ["gpu0", "gpu1"]  # GPUs: one each
+    assert scheduler.memory_bytes() > 0
 
 
 def test_jobs_per_device_must_be_positive():

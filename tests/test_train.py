@@ -30,6 +30,7 @@ def test_three_steps_match_recorded_losses(tiny_model_dir, tiny_data_dir):
     assert info["best_epoch"] == 1 and info["metric"] == "micro_f1"
     assert set(info["test"]) == {"micro_f1", "macro_f1"}
     assert len(result["predictions"]["chemprot"]) == info["examples"]["test"] == 8
+    assert 50 < result["train"]["peak_rss_mb"] < 16_000 and "peak_cuda_mb" not in result["train"]
 
 
 def test_hugging_face_forward_matches_its_recorded_losses(tiny_model_dir, tiny_data_dir):

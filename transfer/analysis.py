@@ -45,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_MIN_DELTA = 0.0
-DEFAULT_N_BOOT = 1000
+DEFAULT_N_BOOT = None  # auto: see auto_n_boot
+MIN_N_BOOT = 1000
 DEFAULT_SEED = 0
 COLOURS = ("green", "red", "grey", "missing")
 MODEL_TYPES = ("single", "mt-refinement", "mt-finetune")
@@ -719,9 +720,32 @@ def _edge_row(index: DomainRuns, task: TaskSpec, source: str, n_boot: int, alpha
     return row
 
 
-def edge_table(index: DomainRuns, table: TaskTable, n_boot: int = DEFAULT_N_BOOT, alpha: float = DEFAULT_ALPHA,
-               min_delta: float = DEFAULT_MIN_DELTA, seed: int = DEFAULT_SEED) -> pd.DataFrame:
-    """Every ordered pair s->t of the setting's tasks: delta, spread, bootstrap CI, p, Holm p and colour."""
+def auto_n_boot(edges: int, alpha: float) -> int:
+    """Bootstrap resamples for ``n_boot=None``: at least ``MIN_N_BOOT``, and enough that Holm's smallest reachable
+    adjusted p-value, ``edges / (B + 1)``, is at most a tenth of ``alpha``, so the number of resamples never
+    decides a colour (12 edges at alpha 0.05: 2,400; 56 edges: 11,200)."""
+    return max(MIN_N_BOOT, math.ceil(10 * edges / alpha))
+
+
+def resolve_n_boot(n_boot: int | None, edges: int, alpha: float) -> int:
+    """``n_boot``, or :func:`auto_n_boot` when None; warns when a given value leaves no edge able to pass Holm."""
+    if n_boot is None:
+        return auto_n_boot(edges, alpha)
+    if edges and edges / (n_boot + 1) >= alpha:
+        logger.warning("n_boot %d is too small for %d edges: Holm's smallest adjusted p-value is %d/%d = %.3g >= "
+                       "alpha %g, so no edge can be green or red; use at least %d resamples (or the auto default)",
+                       n_boot, edges, edges, n_boot + 1, edges / (n_boot + 1), alpha, auto_n_boot(edges, alpha))
+    return n_boot
+
+
+def edge_table(index: DomainRuns, table: TaskTable, n_boot: int | None = DEFAULT_N_BOOT,
+               alpha: float = DEFAULT_ALPHA, min_delta: float = DEFAULT_MIN_DELTA,
+               seed: int = DEFAULT_SEED) -> pd.DataFrame:
+    """Every ordered pair s->t of the setting's tasks: delta, spread, bootstrap CI, p, Holm p and colour.
+
+    ``n_boot`` None picks the number of resamples from the number of edges (:func:`auto_n_boot`).
+    """
+    n_boot = resolve_n_boot(n_boot, len(index.tasks) * (len(index.tasks) - 1), alpha)
     cache = PredictionCache()
     rows = [_edge_row(index, table.task(target), source, n_boot, alpha, seed, cache)
             for target in index.tasks for source in index.tasks if source != target]
@@ -749,7 +773,7 @@ class DomainAnalysis:
     notes: list[str]
     alpha: float
     min_delta: float
-    n_boot: int
+    n_boot: int  # resamples per edge actually used (the auto default resolved)
     has_grid: bool = True  # False: the setting holds only affinity runs (no single/pair/all/finetune run)
     affinity: AffinityPreview | None = None  # the look-ahead preview, where a done affinity run exists
     affinity_notes: list = field(default_factory=list)  # why there is no preview, or what it left out
@@ -763,10 +787,14 @@ def settings_in_store(runs: list[RunInfo]) -> dict[Setting, list[RunInfo]]:
 
 
 def analyse_store(root: str | Path, table: TaskTable, domains: Sequence[str] | None = None,
-                  n_boot: int = DEFAULT_N_BOOT, alpha: float = DEFAULT_ALPHA, min_delta: float = DEFAULT_MIN_DELTA,
+                  n_boot: int | None = DEFAULT_N_BOOT, alpha: float = DEFAULT_ALPHA,
+                  min_delta: float = DEFAULT_MIN_DELTA,
                   seed: int = DEFAULT_SEED, models: Sequence[str] | None = None,
                   profiles: Sequence[str] | None = None) -> list[DomainAnalysis]:
-    """Analyse every setting of the store (optionally only some domains, models or profiles)."""
+    """Analyse every setting of the store (optionally only some domains, models or profiles).
+
+    ``n_boot`` None: per setting, enough resamples for its number of edges (:func:`auto_n_boot`).
+    """
     runs = [r for r in load_runs(ResultsStore(root), table)
             if (not domains or r.setting.domain in domains) and (not models or r.setting.model in models)
             and (not profiles or r.setting.profile in profiles)]
@@ -784,11 +812,13 @@ def analyse_store(root: str | Path, table: TaskTable, domains: Sequence[str] | N
             index.tasks = _task_order({t for r in tracked for t in r.tasks}, setting.domain, table)
             index.notes.append("no single, pair, all-task or finetune run in the store: affinity preview only")
         logger.info("analysing %s (%d runs, tasks %s)", setting, len(setting_runs), ", ".join(index.tasks))
-        edges = edge_table(index, table, n_boot, alpha, min_delta, seed)
+        setting_n_boot = resolve_n_boot(n_boot, len(index.tasks) * (len(index.tasks) - 1), alpha)
+        edges = edge_table(index, table, setting_n_boot, alpha, min_delta, seed)
         preview, preview_notes = affinity_preview(index, tracked, edges, table)
         out.append(DomainAnalysis(setting, setting.slug(per_domain[setting.domain] == 1), index.tasks, index.seeds,
                                   model_scores(index), edges, missing_runs(index) if has_grid else [],
-                                  list(index.notes), alpha, min_delta, n_boot, has_grid, preview, preview_notes))
+                                  list(index.notes), alpha, min_delta, setting_n_boot, has_grid, preview,
+                                  preview_notes))
     return out
 
 

@@ -21,7 +21,7 @@ import math
 import sys
 from pathlib import Path
 
-from transfer.analysis import (COLOURS, DEFAULT_ALPHA, DEFAULT_MIN_DELTA, DEFAULT_N_BOOT, DEFAULT_SEED,
+from transfer.analysis import (COLOURS, DEFAULT_ALPHA, DEFAULT_MIN_DELTA, DEFAULT_SEED,
                                DomainAnalysis, analyse_store, load_runs)
 from transfer.store import ResultsStore
 from transfer.tasks import load_task_table
@@ -63,6 +63,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _n_boot(text: str) -> int | None:
+    return None if text == "auto" else _positive_int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m transfer.graph", description=__doc__.split("\n\n")[0],
                                      epilog=EPILOG, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -77,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="significance level for the Holm-adjusted p-values (and 1 - CI level)")
     parser.add_argument("--min-delta", type=_non_negative, default=DEFAULT_MIN_DELTA,
                         help="an edge is green/red only if |delta| exceeds this (in metric units, e.g. 0.005)")
-    parser.add_argument("--n-boot", type=_positive_int, default=DEFAULT_N_BOOT,
-                        help="bootstrap resamples per edge (the smallest possible p is 1/(n_boot+1))")
+    parser.add_argument("--n-boot", type=_n_boot, default="auto", metavar="B|auto",
+                        help="bootstrap resamples per edge (the smallest possible p is 1/(B+1)); auto, the default: "
+                             "at least 1000 and 10 x edges / alpha, so Holm's correction is never starved")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the bootstrap random generator")
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=["png", "svg"],
                         help="figure formats (PNG at 200 dpi)")
@@ -132,7 +137,7 @@ def _summary(analysis: DomainAnalysis) -> list[str]:
     calls = ", ".join(f"{counts.get(c, 0)} {c}" for c in COLOURS)
     lines = [f"{analysis.setting.domain} (model {analysis.setting.model}, profile {analysis.setting.profile}, "
              f"seeds {' '.join(map(str, analysis.seeds))}): {len(analysis.tasks)} task(s), "
-             f"{len(analysis.edges)} edges: {calls}"]
+             f"{len(analysis.edges)} edges: {calls} ({analysis.n_boot} bootstrap resamples per edge)"]
     for _, row in analysis.edges[analysis.edges["colour"].isin(["green", "red"])].iterrows():
         lines.append(f"  {row['colour']:>5}  {row['source']} -> {row['target']}  delta {row['delta']:+.4f}  "
                      f"p_holm {row['p_holm']:.4f}")
@@ -172,8 +177,9 @@ def run(args: argparse.Namespace) -> int:
                 written += plots.write_figures(analysis, args.out, tuple(args.formats))
             written += plots.write_affinity_figures(analysis, args.out, tuple(args.formats))
     written += tables.write_affinity_validation(analyses, args.out)
+    resamples = "auto" if args.n_boot is None else args.n_boot
     print(f"transfer.graph: {args.results_dir} -> {args.out} (alpha {args.alpha:g}, min-delta {args.min_delta:g}, "
-          f"{args.n_boot} bootstrap resamples, seed {args.seed})")
+          f"n-boot {resamples}, seed {args.seed})")
     if not analyses:
         print("no runs matched: nothing to analyse")
     for analysis in analyses:

@@ -309,6 +309,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _jobs(text: str) -> int | None:
+    """``--jobs-per-device``: a positive number, or ``auto`` (None)."""
+    return None if text == "auto" else _positive_int(text)
+
+
 def build_parser(table: TaskTable) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m transfer.grid", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -336,8 +341,9 @@ def build_parser(table: TaskTable) -> argparse.ArgumentParser:
                        help="local: worker subprocesses on this machine's device slots; dask: a Dask cluster")
     where.add_argument("--devices", type=_devices, default="auto",
                        help="local slots: auto (every visible GPU, else the CPU), cpu, or GPU ids like 0,1")
-    where.add_argument("--jobs-per-device", type=_positive_int, default=1,
-                       help="runs at once per GPU (on the CPU: CPU slots sharing the cores)")
+    where.add_argument("--jobs-per-device", type=_jobs, default=None, metavar="N|auto",
+                       help="runs at once per GPU, or CPU slots sharing the cores (auto, the default: one run per "
+                            "GPU; on the CPU one single-thread run per core, 4 GiB of memory each)")
     where.add_argument("--scheduler-address", default=None,
                        help="dask: scheduler address, e.g. tcp://host:8786 (default: a LocalCluster here)")
     where.add_argument("--worker-gpus", action=argparse.BooleanOptionalAction, default=False,

@@ -5,7 +5,8 @@ file) by the process that decides to run it, the worker subprocess takes the cla
 failed, and releases it. So two grids on one store never run a spec twice, a run left ``running`` by a dead
 process is restarted, and a finished run is never redone (unless forced).
 
-* Local: one slot per GPU (or ``--jobs-per-device`` slots per GPU, or CPU slots sharing the cores); each run
+* Local: one slot per GPU (or ``--jobs-per-device`` slots per GPU); without GPUs, one single-thread slot per
+  core as memory allows (or ``--jobs-per-device`` CPU slots sharing the cores); each run
   is ``python -m transfer.worker`` with ``CUDA_VISIBLE_DEVICES`` set to its slot's GPU before torch loads.
 * Dask: one task per run (``resources={"GPU": 1}`` when workers have GPUs); the task claims the run on the
   worker host and starts the same worker subprocess there, whose GPU is the Dask worker's own.
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 POLL_S = 0.25  # how often the local loop looks at its subprocesses
 HELD_RETRY_S = 2.0  # how soon a run held by another process is looked at again
 LOG_TAIL_LINES = 40
+CPU_RUN_MEMORY = 4 << 30  # bytes set aside per concurrent CPU run by --jobs-per-device auto
 TERMINAL = ("done", "failed", "skipped")
 
 
@@ -104,12 +106,40 @@ def parse_devices(text: str) -> str | list[str]:
     return ids
 
 
-def device_slots(devices: str | list[str], jobs_per_device: int = 1, cores: int | None = None) -> list[Slot]:
-    """Slots for ``--devices`` (auto/cpu/ids); GPU slots interleave devices so runs spread over GPUs first."""
-    if jobs_per_device < 1:
+def memory_bytes() -> int:
+    """Memory this process may use: the cgroup limit where one is set, else the machine's RAM."""
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # "max" or a huge number: no limit
+            return int(text)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def auto_cpu_jobs(cores: int, memory: int) -> int:
+    """CPU runs at once for ``--jobs-per-device auto``: one single-thread run per core, as memory allows.
+
+    ``benchmarks/bench_threads.py`` measured 2 runs x 1 thread at 1.05x the training throughput of 1 run x 2
+    threads on a 2-core machine, and single-thread runs also overlap one run's evaluation and start-up with
+    another's training. Each run is given ``CPU_RUN_MEMORY`` (a quick-profile run peaks well below it).
+    """
+    return max(1, min(cores, memory // CPU_RUN_MEMORY))
+
+
+def device_slots(devices: str | list[str], jobs_per_device: int | None = None, cores: int | None = None,
+                 memory: int | None = None) -> list[Slot]:
+    """Slots for ``--devices`` (auto/cpu/ids); GPU slots interleave devices so runs spread over GPUs first.
+
+    ``jobs_per_device`` None is ``auto``: one run per GPU, or on the CPU :func:`auto_cpu_jobs` runs.
+    """
+    if jobs_per_device is not None and jobs_per_device < 1:
         raise ValueError(f"--jobs-per-device must be at least 1, got {jobs_per_device}")
     gpus = visible_gpus() if devices == "auto" else ([] if devices == "cpu" else list(devices))
     cores = cores or usable_cores()
+    if jobs_per_device is None:
+        jobs_per_device = 1 if gpus else auto_cpu_jobs(cores, memory or memory_bytes())
     count = len(gpus) * jobs_per_device if gpus else jobs_per_device
     threads = max(1, cores // count)
     if not gpus:

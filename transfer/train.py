@@ -425,9 +425,22 @@ class _Loop:
                 "train_examples_seen": self.examples_seen, "train_seconds": round(self.train_seconds, 3),
                 "eval_seconds": round(self.eval_seconds, 3), "wall_seconds": round(wall_seconds, 3),
                 "train_examples_per_s": round(self.examples_seen / max(self.train_seconds, 1e-9), 2),
+                **peak_memory(self.device),
                 "losses": self.losses,
             },
         }
+
+
+def peak_memory(device: torch.device) -> dict:
+    """The process's peak resident memory so far (MB), and on CUDA the peak allocated on the device."""
+    import resource
+    import sys
+
+    per_mb = 2**20 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
+    peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / per_mb, 1)}
+    if device.type == "cuda":
+        peak["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return peak
 
 
 # ----------------------------------------------------------------------------------------------- outputs
