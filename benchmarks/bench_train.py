@@ -766,7 +766,7 @@ def grid_view(root: str | Path, grid_wall_seconds: float | None = None) -> dict:
     root = Path(root)
     files = sorted((root / "runs").glob("*/metrics.json")) or sorted(root.glob("*/metrics.json"))
     wall = train = evals = 0.0
-    runs, no_eval, unreadable, by_stage = 0, 0, [], {}
+    runs, no_eval, unreadable, by_stage, peaks = 0, 0, [], {}, []
     for path in files:
         try:
             info = json.loads(path.read_text(encoding="utf-8"))["train"]
@@ -777,6 +777,8 @@ def grid_view(root: str | Path, grid_wall_seconds: float | None = None) -> dict:
         if info.get("eval_seconds") is None:  # written before runs recorded their evaluation time
             no_eval += 1
         e = float(info.get("eval_seconds") or 0.0)
+        if info.get("peak_rss_mb") is not None:  # recorded since runs report their memory
+            peaks.append(float(info["peak_rss_mb"]))
         runs += 1
         wall, train, evals = wall + w, train + t, evals + e
         stage = by_stage.setdefault(info.get("stage", "?"), {"runs": 0, "wall_seconds": 0.0, "train_seconds": 0.0,
@@ -797,6 +799,8 @@ def grid_view(root: str | Path, grid_wall_seconds: float | None = None) -> dict:
         "by_stage": {k: {kk: round(vv, 2) if isinstance(vv, float) else vv for kk, vv in v.items()}
                      for k, v in sorted(by_stage.items())},
         "grid_wall_seconds": grid_wall_seconds,
+        "max_run_peak_rss_mb": max(peaks) if peaks else None,
+        "runs_with_peak_rss": len(peaks),
     }
     if grid_wall_seconds:
         out["mean_concurrent_runs"] = round(wall / grid_wall_seconds, 3)
@@ -929,7 +933,9 @@ def render(report: dict, console=None) -> None:
                       f"(eval {_fmt(split['eval'], pct=True)}, start-up/tokenisation/saving "
                       f"{_fmt(split['other (start-up, tokenisation, saving)'], pct=True)} of the outside part)"
                       + (f"; grid wall {g['grid_wall_seconds']:,.0f}s, {g['mean_concurrent_runs']} runs at a time"
-                         if g.get("grid_wall_seconds") else ""))
+                         if g.get("grid_wall_seconds") else "")
+                      + (f"; largest run peak RSS {g['max_run_peak_rss_mb']:,.0f} MB"
+                         if g.get("max_run_peak_rss_mb") else ""))
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -62,6 +62,7 @@ def _fake_store(root: Path) -> Path:
         info = {"stage": stage, "wall_seconds": wall, "train_seconds": train}
         if evals is not None:
             info["eval_seconds"] = evals
+            info["peak_rss_mb"] = 1000.0 + wall
         (folder / "metrics.json").write_text(json.dumps({"train": info}))
     (root / "runs" / "broken").mkdir()
     (root / "runs" / "broken" / "metrics.json").write_text("{not json")
@@ -76,6 +77,7 @@ def test_grid_view_arithmetic(tmp_path):
     assert grid["share_outside_training_steps"] == pytest.approx(0.3)
     assert grid["outside_split"]["eval"] == pytest.approx(40 / 150, abs=1e-4)
     assert grid["mean_concurrent_runs"] == 2.0
+    assert grid["max_run_peak_rss_mb"] == 1300.0 and grid["runs_with_peak_rss"] == 2
     assert grid["by_stage"]["mtl"] == {"runs": 1, "wall_seconds": 300.0, "train_seconds": 240.0, "eval_seconds": 30.0}
 
 
