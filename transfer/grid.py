@@ -343,7 +343,7 @@ def build_parser(table: TaskTable) -> argparse.ArgumentParser:
                        help="local slots: auto (every visible GPU, else the CPU), cpu, or GPU ids like 0,1")
     where.add_argument("--jobs-per-device", type=_jobs, default=None, metavar="N|auto",
                        help="runs at once per GPU, or CPU slots sharing the cores (auto, the default: one run per "
-                            "GPU; on the CPU one single-thread run per core, 4 GiB of memory each)")
+                            "GPU; on the CPU one single-thread run per core, 5 GiB of memory each)")
     where.add_argument("--scheduler-address", default=None,
                        help="dask: scheduler address, e.g. tcp://host:8786 (default: a LocalCluster here)")
     where.add_argument("--worker-gpus", action=argparse.BooleanOptionalAction, default=False,
