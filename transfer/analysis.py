@@ -738,14 +738,9 @@ def resolve_n_boot(n_boot: int | None, edges: int, alpha: float) -> int:
     return n_boot
 
 
-def edge_table(index: DomainRuns, table: TaskTable, n_boot: int | None = DEFAULT_N_BOOT,
-               alpha: float = DEFAULT_ALPHA, min_delta: float = DEFAULT_MIN_DELTA,
-               seed: int = DEFAULT_SEED) -> pd.DataFrame:
-    """Every ordered pair s->t of the setting's tasks: delta, spread, bootstrap CI, p, Holm p and colour.
-
-    ``n_boot`` None picks the number of resamples from the number of edges (:func:`auto_n_boot`).
-    """
-    n_boot = resolve_n_boot(n_boot, len(index.tasks) * (len(index.tasks) - 1), alpha)
+def edge_table(index: DomainRuns, table: TaskTable, n_boot: int = MIN_N_BOOT, alpha: float = DEFAULT_ALPHA,
+               min_delta: float = DEFAULT_MIN_DELTA, seed: int = DEFAULT_SEED) -> pd.DataFrame:
+    """Every ordered pair s->t of the setting's tasks: delta, spread, bootstrap CI, p, Holm p and colour."""
     cache = PredictionCache()
     rows = [_edge_row(index, table.task(target), source, n_boot, alpha, seed, cache)
             for target in index.tasks for source in index.tasks if source != target]

@@ -121,8 +121,8 @@ def memory_bytes() -> int:
 def auto_cpu_jobs(cores: int, memory: int) -> int:
     """CPU runs at once for ``--jobs-per-device auto``: one single-thread run per core, as memory allows.
 
-    ``benchmarks/bench_threads.py`` measured 2 runs x 1 thread at 1.05x the training throughput of 1 run x 2
-    threads on a 2-core machine, and single-thread runs also overlap one run's evaluation and start-up with
+    ``benchmarks/bench_threads.py`` measured 2 runs x 1 thread at 1.05x (AVX512-BF16) and 1.11x (AVX2 only) the
+    training throughput of 1 run x 2 threads on 2-core machines, and single-thread runs also overlap one run's evaluation and start-up with
     another's training. Each run is given ``CPU_RUN_MEMORY``: the largest run of a quick biomedical grid peaked
     at 4.0 GB resident.
     """
