@@ -16,7 +16,7 @@ Every training variant sees the same encoder, the same fixed sample of ``steps x
   ``torch.optim.AdamW`` as ``build_optimizer`` makes it (fused on CUDA only). The Trainer groups lengths within
   "megabatches" of ``min(steps // 4, 50)`` batches, transfer within windows of 50 batches, so (b) groups less
   on short runs: compare padding at ``--steps 200`` or more.
-* ``transfer_fp32_ungrouped`` / ``transfer_fp32_grouped`` / ``transfer`` (c) ``transfer.train.train`` with
+* ``transfer_fp32_ungrouped`` / ``transfer_fp32_grouped`` / ``transfer`` (c) ``transfer.training.loop.train`` with
   fp32 and random batches, fp32 and length-grouped batches, and its default (``precision="auto"``, i.e. bf16
   where native; grouped batches): the ablation of what each piece buys.
 
@@ -34,7 +34,7 @@ Timers (all are wall clock, ``time.perf_counter``):
 
 Tokens: the benchmark records every training batch actually used (rows, real tokens = attention-mask sum,
 padded width); for the ``Trainer`` through a forward pre-hook on the model, for transfer's loop by wrapping
-``transfer.train.collate`` for the duration of the run (it only counts; the batch is unchanged).
+``transfer.training.loop.collate`` for the duration of the run (it only counts; the batch is unchanged).
 
 Model FLOPs (the MFU numerator) of one training example with ``l`` real tokens, for a BERT encoder with ``L``
 layers, hidden size ``H`` and feed-forward size ``I``::
@@ -175,7 +175,7 @@ def bf16_native(device) -> bool:
     """Whether bf16 runs natively: ``torch.cuda.is_bf16_supported()`` on CUDA, AVX512-BF16/AMX on the CPU."""
     import torch
 
-    from transfer.train import cpu_supports_bf16
+    from transfer.training.loop import cpu_supports_bf16
 
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -302,7 +302,7 @@ def record_from_mask(mask, arch: Arch, training: bool = True) -> BatchRecord:
 
 
 class BatchRecorder:
-    """Stands in for ``transfer.features.collate``: calls it and keeps a ``BatchRecord`` of every batch."""
+    """Stands in for ``transfer.training.batches.collate``: calls it and keeps a ``BatchRecord`` of every batch."""
 
     def __init__(self, collate_fn, arch: Arch):
         self.collate_fn, self.arch = collate_fn, arch
@@ -399,10 +399,11 @@ def load_workload(*, model: str, task_name: str, data_dir, batch_size: int, max_
     """Tokenise (or read from transfer's feature cache) the task and take the fixed samples."""
     from transformers import AutoConfig
 
-    from transfer.features import SplitData, load_split, sample_examples
-    from transfer.kinds import kind_ops
-    from transfer.model import load_tokenizer, resolve_model
-    from transfer.tasks import load_task_table, locate_tasks
+    from transfer.training.features import SplitData, load_split
+    from transfer.training.batches import sample_examples
+    from transfer.training.kinds import kind_ops
+    from transfer.training.model import load_tokenizer, resolve_model
+    from transfer.data.tasks import load_task_table, locate_tasks
 
     table = load_task_table()
     task = table.task(task_name)
@@ -466,7 +467,7 @@ def trainer_arguments(output_dir: str, *, steps: int, batch_size: int, precision
 
 def hf_dataset(workload: Workload, padding) -> list[dict]:
     """The training sample tokenised the Trainer way (one dict per example, ``labels`` = class index)."""
-    from transfer.kinds import kind_ops
+    from transfer.training.kinds import kind_ops
 
     examples, task = workload.train_examples, workload.task
     text_b = [ex.text_b for ex in examples] if examples[0].text_b is not None else None
@@ -546,7 +547,7 @@ def run_trainer(workload: Workload, *, best: bool, peaks: dict) -> dict:
 def transfer_spec(workload: Workload, *, precision: str, grouped: bool, steps: int | None = None,
                   encoder_impl: str = "auto"):
     """The RunSpec of transfer's loop on the benchmark workload (single task, one epoch of ``steps`` batches)."""
-    from transfer.config import Profile, RunSpec
+    from transfer.experiment.config import Profile, RunSpec
 
     steps = steps or workload.steps
     profile = Profile(name="bench", learning_rate=LEARNING_RATE, epochs=1, batch_size=workload.batch_size,
@@ -559,7 +560,7 @@ def transfer_spec(workload: Workload, *, precision: str, grouped: bool, steps: i
 
 
 def _clock_reporter(clock: StepClock, on_start=None, on_step=None):
-    from transfer.progress import Reporter
+    from transfer.experiment.progress import Reporter
 
     class ClockReporter(Reporter):
         """Marks the start of training and the end of each step (the loop calls ``step`` right after a step)."""
@@ -580,9 +581,9 @@ def _clock_reporter(clock: StepClock, on_start=None, on_step=None):
 def run_transfer_loop(workload: Workload, *, precision: str, grouped: bool, steps: int | None = None,
                       on_start=None, on_step=None, now=time.perf_counter, encoder_impl: str = "auto"
                       ) -> tuple[dict, StepClock, BatchRecorder, "PeakMemory"]:
-    """Call ``transfer.train.train`` with a clock reporter and a token-counting collate; (result, clock, batches,
+    """Call ``transfer.training.loop.train`` with a clock reporter and a token-counting collate; (result, clock, batches,
     memory)."""
-    import transfer.train as tt
+    import transfer.training.loop as tt
 
     steps = steps or workload.steps
     spec = transfer_spec(workload, precision=precision, grouped=grouped, steps=steps, encoder_impl=encoder_impl)
@@ -603,7 +604,7 @@ def run_transfer_loop(workload: Workload, *, precision: str, grouped: bool, step
 
 def run_transfer(workload: Workload, *, precision: str, grouped: bool, peaks: dict, encoder_impl: str = "auto") -> dict:
     """(c) transfer's loop; ``precision`` is ``fp32`` or ``auto`` (bf16 where native); ``encoder_impl`` as in
-    the profile (``auto``: transfer.fast_bert for BERT encoders, ``hf``: the Hugging Face forward)."""
+    the profile (``auto``: transfer.training.fast_bert for BERT encoders, ``hf``: the Hugging Face forward)."""
     result, clock, recorder, memory = run_transfer_loop(workload, precision=precision, grouped=grouped,
                                                         encoder_impl=encoder_impl)
     info = result["train"]
@@ -615,7 +616,7 @@ def run_transfer(workload: Workload, *, precision: str, grouped: bool, peaks: di
         "label": f"(c) transfer {used} {'grouped' if grouped else 'ungrouped'} {info['encoder_impl']} forward",
         "framework": "transfer", "precision": used, "padding": "dynamic", "grouped": grouped,
         "encoder_impl": info["encoder_impl"],
-        "optimizer": "torch.optim.AdamW fused (transfer.train.build_optimizer)",
+        "optimizer": "torch.optim.AdamW fused (transfer.training.loop.build_optimizer)",
         "all_steps_seconds": info["train_seconds"],
         "all_steps_examples_per_s": info["train_examples_per_s"],
         "train_examples_seen": info["train_examples_seen"],
@@ -675,11 +676,11 @@ def eval_hf(workload: Workload, peaks: dict, batch_size: int = 32) -> dict:
 
 
 def eval_transfer(workload: Workload, peaks: dict, precision: str = "auto", encoder_impl: str = "auto") -> dict:
-    """(c) ``transfer.train.predict_split``: inference_mode, length-sorted batches of ``eval_batch_size``, the
-    encoder forward chosen as ``transfer.train.setup_encoder`` chooses it."""
-    import transfer.train as tt
-    from transfer.features import SplitData
-    from transfer.model import MultiTaskModel
+    """(c) ``transfer.training.loop.predict_split``: inference_mode, length-sorted batches of ``eval_batch_size``, the
+    encoder forward chosen as ``transfer.training.loop.setup_encoder`` chooses it."""
+    import transfer.training.loop as tt
+    from transfer.training.features import SplitData
+    from transfer.training.model import MultiTaskModel
 
     device, split = workload.device, workload.dev_split
     used = tt.resolve_precision(precision, device)
@@ -978,7 +979,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     """All parts asked for, in one process; returns the report dict."""
     import torch
 
-    from transfer.train import pick_device, resolve_precision
+    from transfer.training.loop import pick_device, resolve_precision
 
     parts = _split_list(args.parts, PARTS, "part")
     variants = _split_list(args.variants, TRAIN_VARIANTS, "variant")

@@ -1,6 +1,6 @@
 """Hand-built results stores for the analysis tests (test_analysis.py, test_graph.py).
 
-``build_store`` writes spec.json, status.json, metrics.json (scored with transfer.metrics) and
+``build_store`` writes spec.json, status.json, metrics.json (scored with transfer.scoring.metrics) and
 predictions/<task>.jsonl in tmp folders, laid out like real runs; ``write_affinity_run`` adds an affinity run
 (an all-task mtl run with ``affinity_every > 0`` and an ``affinity`` block in its metrics.json).
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import metrics
-from transfer.tasks import load_task_table
+from transfer.scoring import metrics
+from transfer.data.tasks import load_task_table
 
 TABLE = load_task_table()
 DOMAIN = "clinical-public"
@@ -137,7 +137,7 @@ def write_run(root: Path, tasks: tuple[str, ...], stage: str, seed: int, predict
               status: str = "done", parent: str | None = None, domain: str = DOMAIN, profile: str = "quick",
               model: str = "minilm", with_predictions: bool = True, wall_seconds: float = 2.0,
               affinity_every: int | None = None, affinity: dict | None = None) -> str:
-    """One run folder as transfer.train and transfer.store write it; returns the run id.
+    """One run folder as transfer.training.loop and transfer.experiment.store write it; returns the run id.
 
     ``affinity_every`` None leaves the key out of spec.json (as in specs written before affinity runs existed);
     ``affinity`` is the metrics.json "affinity" block of an affinity run.

@@ -2,7 +2,7 @@
 the look-ahead affinity preview against the measured grid.
 
 Stores are built in tmp_path by ``store_builder.build_store`` (also used by test_graph.py): spec.json,
-status.json, metrics.json (scored with transfer.metrics) and predictions/<task>.jsonl, laid out like real runs.
+status.json, metrics.json (scored with transfer.scoring.metrics) and predictions/<task>.jsonl, laid out like real runs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from store_builder import (TABLE, TASKS3, _records, _wrong_label, build_store, pair_predictions,
                            single_predictions, stored_score, write_affinity_run, write_run)
-from transfer import metrics
+from transfer.scoring import metrics
 from transfer.analysis import (DECOMPOSITIONS, analyse_store, auto_n_boot, bootstrap_edge, bootstrap_p_value, decomposed_score,
                                edge_colour, entity_spans, exact_spearman_p, holm, resample_counts, spearman,
                                unit_statistics)
@@ -35,7 +35,7 @@ def analysis3(store3):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Decompositions equal transfer.metrics on the full sample and on resamples
+# Decompositions equal transfer.scoring.metrics on the full sample and on resamples
 # ---------------------------------------------------------------------------------------------------------------
 
 def _random_records(task_name: str, n: int, rng: np.random.Generator) -> list[dict]:
@@ -500,7 +500,7 @@ def _all_spearman(x, y) -> list[float]:
 
 def test_analysis_modules_never_import_torch():
     code = ("import sys\n"
-            "import transfer.analysis, transfer.tables, transfer.plots, transfer.graph\n"
+            "import transfer.analysis, transfer.report.tables, transfer.report.plots, transfer.graph\n"
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1], check=True)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from transfer.config import ConfigError, Profile, RunSpec, load_profile, profile_from_dict, run_spec_from_dict
+from transfer.experiment.config import ConfigError, Profile, RunSpec, load_profile, profile_from_dict, run_spec_from_dict
 
 
 def test_shipped_profiles_load():

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from transfer import train as train_module
-from transfer.config import RunSpec, load_profile
+from transfer.training import loop as train_module
+from transfer.experiment.config import RunSpec, load_profile
 
 
 def test_precision_auto_follows_the_hardware(monkeypatch):

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from transfer import fast_bert
-from transfer.config import ConfigError, RunSpec, load_profile
-from transfer.fast_bert import FastBertEncoder, FastDropout, MaskSource, unsupported_reason
-from transfer.model import MultiTaskModel, load_encoder
-from transfer.tasks import load_task_table
-from transfer.train import setup_encoder, train
+from transfer.training import fast_bert
+from transfer.experiment.config import ConfigError, RunSpec, load_profile
+from transfer.training.fast_bert import FastBertEncoder, FastDropout, MaskSource, unsupported_reason
+from transfer.training.model import MultiTaskModel, load_encoder
+from transfer.data.tasks import load_task_table
+from transfer.training.loop import setup_encoder, train
 
 
 @pytest.fixture()
@@ -141,9 +141,10 @@ def test_encoder_impl_is_a_validated_profile_option_and_recorded(tiny_model_dir,
 
 def test_both_forwards_predict_the_same_in_eval(tiny_model_dir, tiny_data_dir):
     """Token-level (tagging) and sentence-level heads: identical predictions from either forward."""
-    from transfer.features import collate, load_split
-    from transfer.model import load_tokenizer
-    from transfer.tasks import locate_tasks
+    from transfer.training.features import load_split
+    from transfer.training.batches import collate
+    from transfer.training.model import load_tokenizer
+    from transfer.data.tasks import locate_tasks
 
     table = load_task_table()
     tasks = [table.task("bc5cdr-chemical"), table.task("chemprot")]

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from transfer.examples import Example
-from transfer.features import build_features, collate, load_split, make_batches, sample_examples
-from transfer.kinds import IGNORE_INDEX
-from transfer.model import load_tokenizer
-from transfer.tasks import load_task_table, locate_tasks
+from transfer.data.examples import Example
+from transfer.training.features import build_features, load_split
+from transfer.training.batches import collate, make_batches, sample_examples
+from transfer.training.kinds import IGNORE_INDEX
+from transfer.training.model import load_tokenizer
+from transfer.data.tasks import load_task_table, locate_tasks
 
 
 @pytest.fixture(scope="module")

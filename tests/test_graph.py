@@ -1,4 +1,4 @@
-"""Tests for the transfer.graph command line (with transfer.tables and transfer.plots) on stores built in tmp_path."""
+"""Tests for the transfer.graph command line (with transfer.report.tables and transfer.report.plots) on stores built in tmp_path."""
 
 from __future__ import annotations
 

@@ -21,9 +21,9 @@ import pytest
 
 from test_worker import fake_env, read_fake_log  # noqa: F401  (fake_env is a fixture)
 from transfer import grid
-from transfer.config import load_profile
-from transfer.store import ResultsStore, read_json
-from transfer.tasks import load_task_table
+from transfer.experiment.config import load_profile
+from transfer.experiment.store import ResultsStore, read_json
+from transfer.data.tasks import load_task_table
 
 BIOMEDICAL = ("bc5cdr-chemical", "bc5cdr-disease", "chemprot", "ddi2013-type")
 TWO = ("chemprot", "ddi2013-type")

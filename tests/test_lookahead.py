@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from transfer.config import RunSpec, load_profile
-from transfer.features import SplitData, build_features, collate
-from transfer.lookahead import AffinityTracker, lookahead_params
-from transfer.model import MultiTaskModel, load_tokenizer
-from transfer.readers import read_split
-from transfer.tasks import load_task_table, locate_tasks
-from transfer.train import build_optimizer, train
+from transfer.experiment.config import RunSpec, load_profile
+from transfer.training.features import SplitData, build_features
+from transfer.training.batches import collate
+from transfer.training.lookahead import AffinityTracker, lookahead_params
+from transfer.training.model import MultiTaskModel, load_tokenizer
+from transfer.data.readers import read_split
+from transfer.data.tasks import load_task_table, locate_tasks
+from transfer.training.loop import build_optimizer, train
 
 TASKS = ("chemprot", "bc5cdr-chemical")
 

@@ -1,4 +1,4 @@
-"""Tests for transfer.metrics: every metric against small cases worked out by hand (the arithmetic is in comments)."""
+"""Tests for transfer.scoring.metrics: every metric against small cases worked out by hand (the arithmetic is in comments)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from transfer import tasks as task_module
-from transfer.metrics import (
+from transfer.data import tasks as task_module
+from transfer.scoring.metrics import (
     METRICS,
     PRF,
     accuracy,
@@ -22,7 +22,7 @@ from transfer.metrics import (
     pearson,
     score_task,
 )
-from transfer.tasks import load_task_table
+from transfer.data.tasks import load_task_table
 
 CHEMPROT_LABELS = ["CPR:3", "CPR:4", "CPR:5", "CPR:6", "CPR:9", "false"]
 
@@ -107,7 +107,7 @@ def test_pearson_hand_worked():
 
 
 def test_pearson_constant_predictions_is_zero_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="transfer.metrics"):
+    with caplog.at_level(logging.WARNING, logger="transfer.scoring.metrics"):
         assert pearson([1.0, 2.0, 3.0], [2.0, 2.0, 2.0]) == 0.0
     assert "constant" in caplog.text and "undefined" in caplog.text
     assert pearson([2.0, 2.0, 2.0], [1.0, 2.0, 3.0]) == 0.0  # constant gold: undefined too
@@ -226,7 +226,7 @@ def test_compute_metric_for_every_kind(table):
 
 
 def test_metrics_module_does_not_import_torch():
-    code = "import sys, transfer.metrics; print('torch' in sys.modules)"
+    code = "import sys, transfer.scoring.metrics; print('torch' in sys.modules)"
     repo_root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo_root)
     assert result.stdout.strip() == "False"

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from transfer.model import MultiTaskModel
-from transfer.tasks import load_task_table
+from transfer.training.model import MultiTaskModel
+from transfer.data.tasks import load_task_table
 
 
 @pytest.fixture(scope="module")

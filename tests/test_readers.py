@@ -1,4 +1,4 @@
-"""Tests for transfer.readers: small fixture files, bad inputs, long-sentence splitting, and the real data counts."""
+"""Tests for transfer.data.readers: small fixture files, bad inputs, long-sentence splitting, and the real data counts."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from transfer import tasks as task_module
-from transfer.examples import Example
-from transfer.readers import READERS, DataFormatError, load_task, read_split, split_long_sentence
-from transfer.tasks import load_task_table
+from transfer.data import tasks as task_module
+from transfer.data.examples import Example
+from transfer.data.readers import READERS, DataFormatError, load_task, read_split, split_long_sentence
+from transfer.data.tasks import load_task_table
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BAD = FIXTURES / "bad"

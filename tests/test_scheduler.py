@@ -6,11 +6,11 @@ import signal
 
 import pytest
 
-from transfer import scheduler
-from transfer.config import RunSpec, load_profile
+from transfer.scheduling import scheduler
+from transfer.experiment.config import RunSpec, load_profile
 from transfer.grid import PlannedRun
-from transfer.scheduler import Board, claim_run, device_slots, parse_devices, settle_run
-from transfer.store import ResultsStore, read_json
+from transfer.scheduling.scheduler import Board, claim_run, device_slots, parse_devices, settle_run
+from transfer.experiment.store import ResultsStore, read_json
 
 
 def _spec(tasks=("chemprot",), stage="single", **extra) -> RunSpec:

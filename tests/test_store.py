@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from transfer.store import ResultsStore, read_json
+from transfer.experiment.store import ResultsStore, read_json
 
 SPEC = {"tasks": ["chemprot"], "stage": "single", "seed": 1, "model": "m", "profile": {"name": "test"}}
 

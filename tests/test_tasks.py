@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from transfer.tasks import DataNotFoundError, TaskConfigError, TaskSpec, load_task_table, locate_tasks, resolve_data_dir
+from transfer.data.tasks import DataNotFoundError, TaskConfigError, TaskSpec, load_task_table, locate_tasks, resolve_data_dir
 
 
 def test_builtin_table_has_every_blue_task():

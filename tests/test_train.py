@@ -5,13 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from transfer.config import RunSpec, load_profile
-from transfer.features import SplitData, TaskFeatures
-from transfer.tasks import load_task_table
-from transfer.train import _assemble, main, train
+from transfer.experiment.config import RunSpec, load_profile
+from transfer.training.features import SplitData, TaskFeatures
+from transfer.data.tasks import load_task_table
+from transfer.train import main
+from transfer.training.loop import _assemble, train
 
 # Recorded with torch 2.13.0 (CPU) on the tiny fixtures: 12 ChemProt examples, batch 4 -> 3 steps, seed 3.
-# The default (transfer.fast_bert) forward draws CPU dropout masks from its own stream, so its losses differ
+# The default (transfer.training.fast_bert) forward draws CPU dropout masks from its own stream, so its losses differ
 # from the Hugging Face forward's; without dropout the two agree (tests/test_fast_bert.py).
 RECORDED_LOSSES = [1.879782, 2.158752, 2.013387]
 RECORDED_LOSSES_HF = [2.083302, 1.974409, 1.735686]
@@ -74,7 +75,7 @@ def test_best_dev_epoch_selects_the_test_score(tiny_model_dir, tiny_data_dir):
 def test_tagging_chunks_are_reassembled_into_sentences():
     table = load_task_table()
     task = table.task("bc5cdr-chemical")
-    from transfer.examples import Example
+    from transfer.data.examples import Example
 
     ex = Example("d.0", tuple("abcdef"), label=("O",) * 6)
     feats = TaskFeatures("bc5cdr-chemical", [np.zeros(5)] * 2, [np.zeros(5)] * 2, [None, None],

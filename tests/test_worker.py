@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from transfer import worker
-from transfer.config import RunSpec, load_profile
-from transfer.store import ResultsStore, read_json
+from transfer.scheduling import worker
+from transfer.experiment.config import RunSpec, load_profile
+from transfer.experiment.store import ResultsStore, read_json
 
 FAKE_FN = "test_worker:fake_train"
 
 
 def fake_train(spec, *, data_dir=None, device=None, reporter=None, table=None, parent_dir=None, encoder_dir=None):
-    """Stands in for transfer.train.train: reports progress, sleeps, records what it saw, maybe raises."""
+    """Stands in for transfer.training.loop.train: reports progress, sleeps, records what it saw, maybe raises."""
     start = time.time()
     reporter.start({"run_id": spec.run_id, "epochs": spec.epochs, "steps": 2, "device": device})
     if spec.stage == "finetune" and not (Path(parent_dir) / "encoder" / "weights.txt").is_file():

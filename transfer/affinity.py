@@ -3,7 +3,7 @@
     python -m transfer.affinity --domain biomedical [grid options]
 
 is ``python -m transfer.grid --stages affinity``: the all-task multi-task run of the domain, with
-``transfer.lookahead.AffinityTracker`` measuring Z(s->t) = 1 - L_t(after a step on s) / L_t(before) every
+``transfer.training.lookahead.AffinityTracker`` measuring Z(s->t) = 1 - L_t(after a step on s) / L_t(before) every
 ``--affinity-every`` steps. It is stored in the results store like any run (its own run id, ``metrics.json`` gains
 an ``affinity`` block), and ``python -m transfer.graph`` draws it next to the measured pairwise grid and reports
 how well it predicts it (Spearman correlation, sign agreement, wall-time ratio). Every grid option applies

@@ -1,6 +1,6 @@
 """Transfer analysis from the results store: per-edge deltas, paired bootstrap tests, Holm correction, model tables.
 
-Reads only the store (``transfer.store``) and the task table; never imports torch or transformers.
+Reads only the store (``transfer.experiment.store``) and the task table; never imports torch or transformers.
 
 Vocabulary
     setting   a (domain, model, profile name) triple; runs of one setting differ only by tasks, stage and seed.
@@ -20,7 +20,7 @@ to mean zero, i.e. under the null of no difference), with the usual +1 correctio
 the percentile interval of the replicate deltas. p-values are Holm-adjusted across the tested edges of a
 setting. Metrics are recomputed from per-unit sufficient statistics (counts, sums), so one matrix product
 scores thousands of replicates at once; ``DECOMPOSITIONS`` lists them and the tests check each against
-``transfer.metrics.score_task`` on the full sample.
+``transfer.scoring.metrics.score_task`` on the full sample.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from transfer.store import ResultsStore, read_json, read_predictions
-from transfer.tasks import TaskSpec, TaskTable
+from transfer.experiment.store import ResultsStore, read_json, read_predictions
+from transfer.data.tasks import TaskSpec, TaskTable
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def _pearson_stats(task: TaskSpec, gold: Sequence, pred: Sequence) -> np.ndarray
 def _pearson_score(sums: np.ndarray) -> np.ndarray:
     n, sx, sy, sxx, syy, sxy = (sums[..., i] for i in range(6))
     var_x, var_y = n * sxx - sx * sx, n * syy - sy * sy
-    # A constant side has no defined r; transfer.metrics.pearson returns 0.0 then, and so do we.
+    # A constant side has no defined r; transfer.scoring.metrics.pearson returns 0.0 then, and so do we.
     tiny = 1e-12 * np.maximum(n * sxx, 1e-300), 1e-12 * np.maximum(n * syy, 1e-300)
     defined = (var_x > tiny[0]) & (var_y > tiny[1])
     r = _safe_ratio(n * sxy - sx * sy, np.sqrt(np.where(defined, var_x * var_y, 0.0)))
@@ -235,7 +235,7 @@ def unit_statistics(task: TaskSpec, metric: str, records: list[dict]) -> tuple[t
 
 
 def decomposed_score(task: TaskSpec, metric: str, records: list[dict]) -> float:
-    """``metric`` on the full sample of ``records`` through its decomposition (equals transfer.metrics)."""
+    """``metric`` on the full sample of ``records`` through its decomposition (equals transfer.scoring.metrics)."""
     _, stats = unit_statistics(task, metric, records)
     return float(DECOMPOSITIONS[metric].score(stats.sum(axis=0)))
 
@@ -279,10 +279,10 @@ def _paired_replicates(stats: np.ndarray, score: Callable, n_boot: int, rng: np.
 
 def _generic_replicates(task: TaskSpec, metric: str, systems: list[tuple[UnitData, UnitData]], n_boot: int,
                         rng: np.random.Generator) -> np.ndarray:
-    """Slow path for a metric without a decomposition: transfer.metrics on every resample."""
-    from transfer.metrics import compute_metric  # lazy: only for metrics DECOMPOSITIONS lacks
+    """Slow path for a metric without a decomposition: transfer.scoring.metrics on every resample."""
+    from transfer.scoring.metrics import compute_metric  # lazy: only for metrics DECOMPOSITIONS lacks
 
-    logger.warning("metric %s has no per-unit decomposition; bootstrapping with transfer.metrics (slow)", metric)
+    logger.warning("metric %s has no per-unit decomposition; bootstrapping with transfer.scoring.metrics (slow)", metric)
     n_units = len(systems[0][0].keys)
     out = np.empty(n_boot)
     for b in range(n_boot):
@@ -340,7 +340,7 @@ def bootstrap_edge(task: TaskSpec, metric: str, systems: list[tuple[list[dict], 
     paired = [(aligned[i], aligned[i + 1]) for i in range(0, len(aligned), 2)]
     if decomposition is None:
         replicates = _generic_replicates(task, metric, paired, n_boot, rng)
-        from transfer.metrics import compute_metric
+        from transfer.scoring.metrics import compute_metric
 
         observed = float(np.mean([compute_metric(metric, task, p.gold, p.pred, p.groups)
                                   - compute_metric(metric, task, s.gold, s.pred, s.groups) for p, s in paired]))
@@ -824,7 +824,7 @@ def _skip_unknown(run: RunInfo) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Look-ahead affinity preview (transfer.lookahead) against the measured grid
+# Look-ahead affinity preview (transfer.training.lookahead) against the measured grid
 # ---------------------------------------------------------------------------------------------------------------
 
 AFFINITY_EDGE_COLUMNS = ["source", "target", "z", "z_std", "n_affinity_runs", "delta", "colour", "sign_agree"]

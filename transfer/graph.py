@@ -23,8 +23,8 @@ from pathlib import Path
 
 from transfer.analysis import (COLOURS, DEFAULT_ALPHA, DEFAULT_MIN_DELTA, DEFAULT_SEED,
                                DomainAnalysis, analyse_store, load_runs)
-from transfer.store import ResultsStore
-from transfer.tasks import load_task_table
+from transfer.experiment.store import ResultsStore
+from transfer.data.tasks import load_task_table
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def _summary(analysis: DomainAnalysis) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Analyse, write everything, print the summary; returns the exit status."""
-    from transfer import plots, tables
+    from transfer.report import plots, tables
 
     table = load_task_table(args.task_file)
     store = ResultsStore(args.results_dir)

@@ -22,10 +22,10 @@ from itertools import combinations
 from pathlib import Path
 
 import transfer
-from transfer.config import DEFAULT_MODEL, ConfigError, Profile, RunSpec
-from transfer.scheduler import Board, DaskScheduler, GridOptions, LocalScheduler, device_slots, parse_devices
-from transfer.store import ResultsStore, read_json, write_json_atomic
-from transfer.tasks import DataNotFoundError, TaskConfigError, TaskTable, load_task_table, locate_tasks
+from transfer.experiment.config import DEFAULT_MODEL, ConfigError, Profile, RunSpec
+from transfer.scheduling.scheduler import Board, DaskScheduler, GridOptions, LocalScheduler, device_slots, parse_devices
+from transfer.experiment.store import ResultsStore, read_json, write_json_atomic
+from transfer.data.tasks import DataNotFoundError, TaskConfigError, TaskTable, load_task_table, locate_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def estimate_examples(spec: RunSpec, train_counts: dict[str, int]) -> int:
 
 
 def counts_cache_file() -> Path:
-    from transfer.features import cache_dir
+    from transfer.data.files import cache_dir
 
     return cache_dir().parent / "train_counts.json"
 
@@ -119,7 +119,7 @@ def counts_cache_file() -> Path:
 def train_counts(table: TaskTable, paths: dict[str, dict[str, Path]], fingerprints: dict[str, str],
                  cache_file: Path | None, write_cache: bool = True) -> dict[str, int]:
     """Training examples per task, read once per file content (cached by fingerprint in ``cache_file``)."""
-    from transfer.readers import read_split
+    from transfer.data.readers import read_split
 
     try:
         cache = read_json(cache_file) if cache_file and cache_file.is_file() else {}
@@ -146,7 +146,7 @@ def plan_grid(table: TaskTable, domain: str | None, tasks: tuple[str, ...], stag
               seeds: tuple[int, ...], profile: Profile, model: str, data_dir: str | None = None,
               write_cache: bool = True, affinity_every: int = 20, affinity_batches: int = 1) -> list[PlannedRun]:
     """Every run of the grid with its data fingerprints and estimated size."""
-    from transfer.train import data_fingerprints
+    from transfer.experiment.config import data_fingerprints
 
     paths = locate_tasks(table, tasks, domain, data_dir)
     fingerprints = data_fingerprints(paths)
@@ -371,7 +371,7 @@ class GridRequest:
 
 
 def resolve_request(args: argparse.Namespace, table: TaskTable, parser: argparse.ArgumentParser) -> GridRequest:
-    from transfer.train import profile_with_overrides
+    from transfer.experiment.config import profile_with_overrides
 
     if not args.domain and not args.tasks:
         parser.error("say what to run: --domain (every task of it) or --tasks")

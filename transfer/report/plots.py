@@ -4,7 +4,7 @@ the delta and Z heatmaps side by side and the preview graph (same drawing code, 
 width by |Z|, no significance).
 
 Figures are ``matplotlib.figure.Figure`` objects rendered by the Agg canvas (no pyplot state, no display), the
-graph comes from networkx (``transfer.tables.transfer_digraph``, circular layout). Colours keep the paper's
+graph comes from networkx (``transfer.report.tables.transfer_digraph``, circular layout). Colours keep the paper's
 green/red/grey meaning in colour-blind-distinguishable shades: dark teal-green ``#11845f`` for "s helps t",
 vermilion ``#d95f02`` for "s hurts t", light grey ``#a6a6a6`` for "no significant effect", lighter grey dashed
 for "missing / not tested"; the heatmap's diverging map runs vermilion -> white -> teal-green.
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.analysis import MODEL_LABELS, MODEL_TYPES, AffinityPreview, DomainAnalysis
-from transfer.tables import (METRIC_NAMES, affinity_caption, affinity_digraph, affinity_validation_text, models_wide,
+from transfer.report.tables import (METRIC_NAMES, affinity_caption, affinity_digraph, affinity_validation_text, models_wide,
                              setting_caption, transfer_digraph)
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import networkx as nx
 import pandas as pd
 
 from transfer.analysis import MODEL_LABELS, MODEL_TYPES, VALIDATION_COLUMNS, AffinityPreview, DomainAnalysis
-from transfer.store import write_text_atomic
+from transfer.experiment.store import write_text_atomic
 
 logger = logging.getLogger(__name__)
 

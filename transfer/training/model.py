@@ -1,7 +1,7 @@
 """MultiTaskModel: one shared BERT-family encoder and one small head per task.
 
 Heads follow the paper: dropout 0.1 then a linear layer, on the [CLS] vector (classification, regression,
-multilabel) or on every token (tagging). Which one is decided by the task's kind (``transfer.kinds``).
+multilabel) or on every token (tagging). Which one is decided by the task's kind (``transfer.training.kinds``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transfer.config import DEFAULT_MODEL
-from transfer.fast_bert import FastBertEncoder, FastDropout, MaskSource
-from transfer.kinds import kind_ops
-from transfer.tasks import TaskSpec
+from transfer.experiment.config import DEFAULT_MODEL
+from transfer.training.fast_bert import FastBertEncoder, FastDropout, MaskSource
+from transfer.training.kinds import kind_ops
+from transfer.data.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class MultiTaskModel(nn.Module):
         self.fast: FastBertEncoder | None = None
 
     def use_fast_encoder(self, source: MaskSource | None) -> None:
-        """Run the encoder through ``transfer.fast_bert`` (raises if the architecture is not supported).
+        """Run the encoder through ``transfer.training.fast_bert`` (raises if the architecture is not supported).
 
         ``source``: where CPU dropout masks come from (the heads' dropout too); None keeps torch's dropout.
         """

@@ -19,7 +19,7 @@ from scipy import stats
 from seqeval.metrics.sequence_labeling import precision_recall_fscore_support as entity_prfs
 from sklearn.metrics import precision_recall_fscore_support
 
-from transfer.tasks import TaskSpec
+from transfer.data.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from transfer.examples import Example
-from transfer.tasks import TaskSpec
+from transfer.data.examples import Example
+from transfer.errors import UserError
+from transfer.data.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ NER_COLUMNS = 4
 NO_DOCID = "-"
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     """A data file does not have the expected format; the message names the file, the line and the problem."""
 
     def __init__(self, path: str | Path, line: int, problem: str) -> None:
@@ -324,5 +325,5 @@ def read_split(path: Path, task: TaskSpec) -> list[Example]:
 
 
 def load_task(task: TaskSpec, paths: dict[str, Path]) -> dict[str, list[Example]]:
-    """Every split of a task, ``{split: examples}``; ``paths`` is one entry of ``transfer.tasks.locate_tasks``."""
+    """Every split of a task, ``{split: examples}``; ``paths`` is one entry of ``transfer.data.tasks.locate_tasks``."""
     return {split: read_split(path, task) for split, path in paths.items()}

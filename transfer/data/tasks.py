@@ -11,6 +11,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transfer.errors import UserError
+
 KINDS = ("tagging", "classification", "regression", "multilabel")
 READERS = ("ner", "relation", "sts", "nli", "hoc")
 METRICS = ("entity_f1", "micro_f1", "macro_f1", "accuracy", "pearson", "hoc_f1")
@@ -23,11 +25,11 @@ _TASK_KEYS = {"domain", "kind", "reader", "labels", "negative_label", "metric", 
 _DOMAIN_KEYS = {"folder", "tasks", "description", "alternative"}
 
 
-class TaskConfigError(ValueError):
+class TaskConfigError(UserError, ValueError):
     """A task or domain entry is malformed; the message names the file and the entry."""
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserError, FileNotFoundError):
     """A task's data folder or split file is missing; the message says where we looked."""
 
 

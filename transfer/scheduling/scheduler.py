@@ -7,7 +7,7 @@ process is restarted, and a finished run is never redone (unless forced).
 
 * Local: one slot per GPU (or ``--jobs-per-device`` slots per GPU); without GPUs, one single-thread slot per
   core as memory allows (or ``--jobs-per-device`` CPU slots sharing the cores); each run
-  is ``python -m transfer.worker`` with ``CUDA_VISIBLE_DEVICES`` set to its slot's GPU before torch loads.
+  is ``python -m transfer.scheduling.worker`` with ``CUDA_VISIBLE_DEVICES`` set to its slot's GPU before torch loads.
 * Dask: one task per run (``resources={"GPU": 1}`` when workers have GPUs); the task claims the run on the
   worker host and starts the same worker subprocess there, whose GPU is the Dask worker's own.
 
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from transfer.store import ResultsStore, read_json
-from transfer.worker import EXIT_INTERRUPTED, EXIT_NOT_CLAIMED
+from transfer.experiment.store import ResultsStore, read_json
+from transfer.scheduling.worker import EXIT_INTERRUPTED, EXIT_NOT_CLAIMED
 
 if TYPE_CHECKING:  # pragma: no cover
     from transfer.grid import PlannedRun
@@ -274,7 +274,7 @@ def skip_orphans(board: Board, store: ResultsStore, owner: str) -> None:
 
 def worker_command(store: ResultsStore, run_id: str, owner: str, device: str, threads: int | None,
                    data_dir: str | None, task_files: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "transfer.worker", "--results", str(store.root.resolve()), "--run-id", run_id,
+    cmd = [sys.executable, "-m", "transfer.scheduling.worker", "--results", str(store.root.resolve()), "--run-id", run_id,
            "--owner", owner, "--device", device]
     if threads:
         cmd += ["--threads", str(threads)]

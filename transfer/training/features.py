@@ -1,4 +1,4 @@
-"""Examples -> token ids, cached on disk; batches of one task with dynamic padding.
+"""Examples -> token ids, cached on disk (batching is ``transfer.training.batches``).
 
 Pairs are packed ``[CLS] a [SEP] b [SEP]`` and truncated longest-first to ``max_length``. Tagging sentences
 longer than 30 words are cut into sub-sentences (only after an outside word), each word's tag sits on its first
@@ -19,18 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from transfer.examples import Example
-from transfer.kinds import IGNORE_INDEX, kind_ops
-from transfer.readers import read_split, split_long_sentence
-from transfer.tasks import TaskSpec
+from transfer.data.examples import Example
+from transfer.data.files import CACHE_ENV, cache_dir, file_fingerprint  # noqa: F401 (re-exported)
+from transfer.training.kinds import IGNORE_INDEX, kind_ops
+from transfer.data.readers import read_split, split_long_sentence
+from transfer.data.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 
 FEATURE_VERSION = 1  # bump when the feature layout or tokenisation rules change
 MAX_WORDS = 30
-CACHE_ENV = "TRANSFER_CACHE_DIR"
 
 
 @dataclass
@@ -73,15 +72,6 @@ class SplitData:
         return len(np.unique(self.features.example_index[self.rows]))
 
 
-def file_fingerprint(path: Path) -> str:
-    """sha256 of a file's bytes (first 16 hex digits)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def tokenizer_fingerprint(tokenizer) -> str:
     """Hash of the tokenizer's complete definition (vocabulary, normaliser, special tokens)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -92,10 +82,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
     definition.pop("truncation", None)
     definition.pop("padding", None)
     return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "transfer") / "features"
 
 
 def _cache_key(task: TaskSpec, path: Path, tokenizer, max_length: int) -> str:
@@ -203,63 +189,3 @@ def load_split(task: TaskSpec, split: str, path: Path, tokenizer, max_length: in
     if use_cache:
         _atomic_pickle((examples, features), target)
     return examples, features, False
-
-
-def sample_examples(n: int, cap: int | None) -> np.ndarray:
-    """A fixed (seed 0) sample of ``cap`` example ids, the same for every run, in file order."""
-    if cap is None or cap >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(0).choice(n, size=cap, replace=False))
-
-
-def make_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group_by_length: bool,
-                 rows: np.ndarray | None = None) -> list[np.ndarray]:
-    """Shuffled batches of row numbers; with grouping, rows of similar length share a batch.
-
-    Grouping sorts by length within windows of 50 batches of a random permutation, then shuffles the batches,
-    so padding shrinks while batch order stays random.
-    """
-    rows = np.arange(len(lengths)) if rows is None else rows
-    order = rng.permutation(rows)
-    if group_by_length:
-        window = batch_size * 50
-        order = np.concatenate([
-            chunk[np.argsort(-lengths[chunk], kind="stable")] for chunk in np.array_split(order, max(1, -(-len(order) // window)))
-        ])
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def collate(features: TaskFeatures, rows: np.ndarray, pad_id: int, with_targets: bool = True) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest row (dynamic padding)."""
-    width = max(len(features.input_ids[r]) for r in rows)
-    n = len(rows)
-    input_ids = np.full((n, width), pad_id, dtype=np.int64)
-    token_type_ids = np.zeros((n, width), dtype=np.int64)
-    attention_mask = np.zeros((n, width), dtype=np.int64)
-    for j, r in enumerate(rows):
-        length = len(features.input_ids[r])
-        input_ids[j, :length] = features.input_ids[r]
-        token_type_ids[j, :length] = features.token_type_ids[r]
-        attention_mask[j, :length] = 1
-    batch = {
-        "input_ids": torch.from_numpy(input_ids),
-        "token_type_ids": torch.from_numpy(token_type_ids),
-        "attention_mask": torch.from_numpy(attention_mask),
-    }
-    if with_targets:
-        batch["targets"] = _collate_targets(features, rows, width)
-    return batch
-
-
-def _collate_targets(features: TaskFeatures, rows: np.ndarray, width: int) -> torch.Tensor:
-    first = features.targets[rows[0]]
-    if isinstance(first, np.ndarray):  # per-token tag ids
-        out = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
-        for j, r in enumerate(rows):
-            out[j, :len(features.targets[r])] = features.targets[r]
-        return torch.from_numpy(out)
-    if isinstance(first, int):
-        return torch.tensor([features.targets[r] for r in rows], dtype=torch.long)
-    return torch.tensor([features.targets[r] for r in rows], dtype=torch.float32)

@@ -15,7 +15,8 @@ import time
 import numpy as np
 import torch
 
-from transfer.features import SplitData, collate
+from transfer.training.features import SplitData
+from transfer.training.batches import collate
 
 
 def lookahead_params(optimizer: torch.optim.Optimizer, named: dict[str, torch.nn.Parameter],

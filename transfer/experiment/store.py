@@ -4,7 +4,7 @@ Layout under the store root (``results/`` by default)::
 
     runs/<run_id>/spec.json               the run spec (RunSpec.to_dict() plus run_id)
     runs/<run_id>/status.json             {"status": running|done|failed, "owner", "pid", "host", times, "traceback"}
-    runs/<run_id>/metrics.json            scores, history and timings (written by transfer.train.write_result)
+    runs/<run_id>/metrics.json            scores, history and timings (written by transfer.training.loop.write_result)
     runs/<run_id>/predictions/<task>.jsonl  per-example test predictions at the task's best dev epoch
     runs/<run_id>/log.txt                 the run's log
     runs/<run_id>/progress.json           live progress of a running run (epoch, step/total, last dev scores)

@@ -2,7 +2,7 @@
 
 The grid claims a run in the results store, then starts::
 
-    python -m transfer.worker --results results/ --run-id <run id> --owner <claim owner> --device cuda
+    python -m transfer.scheduling.worker --results results/ --run-id <run id> --owner <claim owner> --device cuda
 
 with ``CUDA_VISIBLE_DEVICES`` (and the thread count) already set in the environment. The worker takes the
 claim over (so the claim names the process doing the work), reads ``spec.json``, trains, writes
@@ -13,7 +13,7 @@ run failed with the traceback and exits non-zero; on SIGINT/SIGTERM it releases 
 While training it writes ``progress.json`` in the run folder (epoch, step/total, last dev scores), which the
 grid's live view polls, and touches the claim every 30 s (the heartbeat other hosts judge it alive by).
 
-Testing hook: ``TRANSFER_TRAIN_FN=module:function`` replaces ``transfer.train.train`` by any function with the
+Testing hook: ``TRANSFER_TRAIN_FN=module:function`` replaces ``transfer.training.loop.train`` by any function with the
 same signature (e.g. a fake run that records ``CUDA_VISIBLE_DEVICES`` and sleeps, or raises).
 """
 
@@ -31,9 +31,9 @@ import time
 import traceback
 from pathlib import Path
 
-from transfer.config import run_spec_from_dict
-from transfer.progress import LogReporter
-from transfer.store import ResultsStore, read_json, write_json_atomic, write_result
+from transfer.experiment.config import run_spec_from_dict
+from transfer.experiment.progress import LogReporter
+from transfer.experiment.store import ResultsStore, read_json, write_json_atomic, write_result
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +111,10 @@ class Heartbeat:
 
 
 def resolve_train_fn():
-    """``transfer.train.train``, or the function named by ``$TRANSFER_TRAIN_FN`` (``module:function``)."""
+    """``transfer.training.loop.train``, or the function named by ``$TRANSFER_TRAIN_FN`` (``module:function``)."""
     target = os.environ.get(TRAIN_FN_ENV)
     if not target:
-        from transfer.train import quiet_transformers, train
+        from transfer.training.loop import quiet_transformers, train
 
         quiet_transformers()
         return train
@@ -147,7 +147,7 @@ def _log_to_file(path: Path) -> logging.Handler:
 def execute(store: ResultsStore, run_id: str, *, data_dir: str | None = None, device: str | None = None,
             task_files: list[str] | tuple[str, ...] = ()) -> int:
     """Train a run this process has claimed; record done/failed; release the claim. Returns the exit code."""
-    from transfer.tasks import load_task_table
+    from transfer.data.tasks import load_task_table
 
     folder = store.folder(run_id)
     handler = _log_to_file(folder / "log.txt")
@@ -183,7 +183,7 @@ def execute(store: ResultsStore, run_id: str, *, data_dir: str | None = None, de
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m transfer.worker", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m transfer.scheduling.worker", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--results", required=True, help="results store folder (the grid's --results)")
     parser.add_argument("--run-id", required=True, help="run to execute (a folder under <results>/runs/ with spec.json)")

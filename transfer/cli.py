@@ -1,0 +1,62 @@
+"""What every command line shares: flags declared once, and one way to turn a ``UserError`` into one line.
+
+    @command
+    def main(argv=None) -> int: ...
+
+``command`` adds nothing to ``argv`` handling itself: ``--debug`` (declared by ``add_common_flags``) is read from
+``argv`` so that a traceback can be asked for even when argument parsing is what failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from collections.abc import Callable
+
+from transfer.errors import UserError
+
+EXIT_USER_ERROR = 2
+DEBUG_ENV = "TRANSFER_DEBUG"
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir`` and ``--task-file``, as every command that reads tasks takes them."""
+    parser.add_argument("--data-dir", default=None, help="data directory (else $TRANSFER_DATA_DIR, else ./data)")
+    parser.add_argument("--task-file", action="append", default=[],
+                        help="extra task table (TOML) to load; repeat for several (else $TRANSFER_TASK_FILE)")
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of an input error (also ${DEBUG_ENV}=1)")
+
+
+def pre_parse_task_files(argv: list[str] | None) -> list[str]:
+    """The ``--task-file`` values, read before the full parser is built (its task choices depend on them)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task-file", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    return known.task_file
+
+
+def _debug_requested(argv: list[str] | None) -> bool:
+    args = sys.argv[1:] if argv is None else argv
+    return "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def command(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Wrap a CLI ``main``: a ``UserError`` becomes ``error: <message>`` on stderr and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except UserError as exc:
+            if _debug_requested(argv):
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+
+    return wrapper

@@ -1,0 +1,1 @@
+"""Tasks and their data: the task table (``tasks.toml``), the ``Example`` record and the readers. No torch."""

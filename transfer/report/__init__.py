@@ -1,0 +1,1 @@
+"""Presentation: figures and tables drawn from the analysis. No torch."""

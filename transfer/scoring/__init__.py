@@ -1,0 +1,1 @@
+"""Task metrics: pure functions of gold and predicted labels. No torch."""
