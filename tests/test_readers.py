@@ -12,7 +12,7 @@ import pytest
 
 from transfer.data import tasks as task_module
 from transfer.data.examples import Example
-from transfer.data.readers import READERS, DataFormatError, load_task, read_split, split_long_sentence
+from transfer.data.readers import READERS, DataFormatError, legacy_cluster, load_task, read_split, split_long_sentence
 from transfer.data.tasks import load_task_table
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -305,3 +305,149 @@ def test_split_long_sentence_on_bc5cdr_never_cuts_an_entity():
                 assert tags[end - 1] == "O" and tags[end] != "I"
             if end - start > 30:  # only when no legal cut exists within 30 words
                 assert not any(tags[k - 1] == "O" and tags[k] != "I" for k in range(start + 1, start + 31))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Records never merge: stray quotes, tabs in fields, exact line numbers, byte-order marks
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _relation_rows(count: int) -> list[str]:
+    return [f"{i}.T1.T2\t@CHEMICAL$ binds @GENE$ number {i}.\tfalse" for i in range(count)]
+
+
+def test_two_stray_quotes_never_merge_rows(tmp_path, table):
+    # Each stray quote opens a "quoted field" under csv rules; before, the reader swallowed the following rows.
+    rows = _relation_rows(24)
+    rows[4] = '4.T1.T2\t"Stray opening quote @CHEMICAL$ and @GENE$.\tCPR:3'
+    rows[12] = '12.T1.T2\tAnother @CHEMICAL$ "stray @GENE$.\tfalse'  # mid-field: literal, harmless
+    rows[17] = '17.T1.T2\t"Second stray @CHEMICAL$ @GENE$.\tfalse'
+    path = tmp_path / "train.tsv"
+    path.write_text("index\tsentence\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(DataFormatError) as caught:
+        read_split(path, table.task("chemprot"))
+    assert caught.value.line == 6  # header + rows 0-3, so row 4 starts on line 6
+    assert "records may not span lines" in str(caught.value)
+    rows[4] = rows[4].replace('"', "")
+    path.write_text("index\tsentence\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(DataFormatError) as caught:
+        read_split(path, table.task("chemprot"))
+    assert caught.value.line == 19
+
+
+def test_quoted_field_hiding_a_tab_is_refused(tmp_path, table):
+    path = tmp_path / "train.tsv"
+    path.write_text('index\tsentence\tlabel\n1.T1.T2\t"one\ttwo"\tfalse\n', encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"line 2: field 2 contains a tab"):
+        read_split(path, table.task("chemprot"))
+
+
+def test_well_quoted_fields_still_unquote(tmp_path, table):
+    path = tmp_path / "train.tsv"
+    path.write_text('index\tsentence\tlabel\n1.T1.T2\t"A ""q"" @GENE$"\tfalse\n2.T1.T2\tx "y" z\tfalse\n')
+    assert [e.text_a for e in read_split(path, table.task("chemprot"))] == ['A "q" @GENE$', 'x "y" z']
+
+
+@pytest.mark.parametrize("task_name", ["chemprot", "bc5cdr-chemical", "hoc", "biosses", "mednli"])
+def test_bad_byte_is_reported_on_its_own_line(tmp_path, table, task_name):
+    source = {"chemprot": "relation_small.tsv", "bc5cdr-chemical": "ner_small.tsv", "hoc": "hoc_small.tsv",
+              "biosses": "sts_small.tsv", "mednli": "nli_small.tsv"}[task_name]
+    lines = (FIXTURES / source).read_bytes().split(b"\n")
+    header, body = (lines[:1], lines[1:]) if task_name != "bc5cdr-chemical" else ([], lines)
+    body = [line for line in body if line]
+    # Repeat the body (with fresh ids) until the file has more than 20 lines, then break line 20.
+    out = list(header)
+    copy = 0
+    while len(out) < 25:
+        out += [_renumber(line, copy, task_name) for line in body]
+        if task_name == "bc5cdr-chemical":
+            out.append(b"")
+        copy += 1
+    out[19] = out[19].replace(b"\t", b"\xff\t", 1)
+    path = tmp_path / "train.tsv"
+    path.write_bytes(b"\n".join(out) + b"\n")
+    with pytest.raises(DataFormatError) as caught:
+        read_split(path, table.task(task_name))
+    assert caught.value.line == 20 and "not valid UTF-8" in str(caught.value) and "0xff" in str(caught.value)
+
+
+def _renumber(line: bytes, copy: int, task_name: str) -> bytes:
+    """Give a fixture row a new id so repeated copies are not duplicates."""
+    if not line:
+        return line
+    fields = line.split(b"\t")
+    if task_name == "bc5cdr-chemical":
+        if fields[1] != b"-":
+            fields[1] = fields[1] + str(copy).encode()
+    elif task_name == "hoc":
+        fields[2] = f"{copy}".encode() + fields[2]
+    else:
+        fields[0] = fields[0] + f"-{copy}".encode()
+    return b"\t".join(fields)
+
+
+@pytest.mark.parametrize("task_name, source", [
+    ("chemprot", "relation_small.tsv"), ("bc5cdr-chemical", "ner_small.tsv"), ("hoc", "hoc_small.tsv"),
+    ("biosses", "sts_small.tsv"), ("mednli", "nli_small.tsv"),
+])
+def test_byte_order_mark_is_accepted_in_every_file_kind(tmp_path, table, task_name, source):
+    path = tmp_path / "train.tsv"
+    path.write_bytes(b"\xef\xbb\xbf" + (FIXTURES / source).read_bytes())
+    with_bom = read_split(path, table.task(task_name))
+    assert with_bom == read_split(FIXTURES / source, table.task(task_name))
+
+
+def test_crlf_line_ends_are_accepted(tmp_path, table):
+    path = tmp_path / "train.tsv"
+    path.write_bytes((FIXTURES / "relation_small.tsv").read_bytes().replace(b"\n", b"\r\n"))
+    assert read_split(path, table.task("chemprot")) == read_split(FIXTURES / "relation_small.tsv", table.task("chemprot"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Clusters: each unit's document, from the reader and from the uid alone
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_fixture_clusters(table):
+    assert [e.cluster for e in read_split(FIXTURES / "ner_small.tsv", table.task("bc5cdr-chemical"))] == ["100", "100", "200"]
+    assert [e.cluster for e in read_split(FIXTURES / "relation_small.tsv", table.task("chemprot"))] == ["1", "1", "2", "3"]
+    assert [e.cluster for e in read_split(FIXTURES / "hoc_small.tsv", table.task("hoc"))] == ["111", "111", "222"]
+    assert {e.cluster for e in read_split(FIXTURES / "nli_small.tsv", table.task("mednli"))} == {None}
+    assert {e.cluster for e in read_split(FIXTURES / "sts_small.tsv", table.task("biosses"))} == {None}
+
+
+def test_legacy_cluster_strips_the_repeat_mark(table):
+    assert legacy_cluster(table.task("chemprot"), "10076535.T44.T63#2") == "10076535"
+    assert legacy_cluster(table.task("ddi2013-type"), "DDI-MedLine.d104.s8.p0") == "DDI-MedLine.d104"
+    assert legacy_cluster(table.task("ddi2013-type"), "DrugDDI.d21928724.s0.p1") == "DrugDDI.d21928724"
+    assert legacy_cluster(table.task("i2b2-2010-re"), "10907391_3.T6.T4") == "10907391"
+    assert legacy_cluster(table.task("bc5cdr-chemical"), "227508.60") == "227508"
+    assert legacy_cluster(table.task("hoc"), "12553062_s1") == "12553062"
+    assert legacy_cluster(table.task("mednli"), "43ee7645-ce1e") is None
+
+
+CLUSTER_COUNTS = {  # test split: (units, documents) from the data READMEs where they give them
+    ("blue", "bc5cdr-chemical"): (5_131, 500), ("blue", "chemprot"): (16_648, 729),
+    ("blue", "ddi2013-type"): (5_761, 192), ("blue", "hoc"): (3_547, 371),
+    ("clinical-public", "shareclefe"): (851, 48), ("clinical-public", "i2b2-2010-re"): (1_632, 356),
+}
+
+
+@needs_data
+@pytest.mark.parametrize("folder, task_name", [
+    ("blue", "bc5cdr-chemical"), ("blue", "bc5cdr-disease"), ("blue", "chemprot"), ("blue", "ddi2013-type"),
+    ("blue", "biosses"), ("blue", "hoc"), ("clinical-public", "clinicalsts"), ("clinical-public", "shareclefe"),
+    ("clinical-public", "i2b2-2010-re"), ("clinical-public", "mednli"),
+])
+def test_reader_and_legacy_clusters_agree_on_the_real_data(folder, task_name):
+    task = load_task_table().task(task_name)
+    examples = _read(folder, task_name, "test")
+    assert [legacy_cluster(task, e.uid) for e in examples] == [e.cluster for e in examples]
+    clusters = {e.cluster for e in examples}
+    if (folder, task_name) in CLUSTER_COUNTS:
+        assert (len(examples), len(clusters)) == CLUSTER_COUNTS[(folder, task_name)]
+        assert None not in clusters
+    elif task.reader == "ner":
+        assert None not in clusters
+    else:
+        assert clusters == {None}  # independent units (STS pairs, NLI statements)

@@ -96,3 +96,56 @@ def test_data_dir_resolution_order(monkeypatch):
     assert resolve_data_dir(None)[0] == Path("/env/data")
     monkeypatch.delenv("TRANSFER_DATA_DIR")
     assert resolve_data_dir(None)[0] == Path("data")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ('labels = "BIO"', "labels must be a list of strings"),
+    ("labels = 5", "labels must be a list of strings"),
+    ('labels = ["a", 2]', "labels must be a list of strings"),
+    ("kind = 3", "kind must be a string"),
+    ("negative_label = true", "negative_label must be a string"),
+    ('folder = "../../elsewhere"', "is not a plain name"),
+    ('folder = "/abs/path"', "is not a plain name"),
+    ('cluster_pattern = "(unclosed"', "not a valid regular expression"),
+    ('cluster_pattern = "^\\\\d+"', "needs a group"),
+])
+def test_task_values_are_type_checked(tmp_path, entry, message):
+    base = {"domain": '"biomedical"', "kind": '"classification"', "reader": '"relation"', "metric": '"accuracy"',
+            "labels": '["a", "b"]'}
+    key, value = entry.split(" = ", 1)
+    base[key] = value
+    path = tmp_path / "bad.toml"
+    path.write_text("[tasks.bad]\n" + "".join(f"{k} = {v}\n" for k, v in base.items()))
+    with pytest.raises(TaskConfigError) as info:
+        load_task_table([path])
+    assert message in str(info.value) and str(info.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("name", ['"../../x"', '"/tmp/x"', '"a/b"', '".hidden"', '"a..b"'])
+def test_task_names_are_plain_names(tmp_path, name):
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[tasks.{name}]\ndomain = "biomedical"\nkind = "regression"\nreader = "sts"\nmetric = "pearson"\n')
+    with pytest.raises(TaskConfigError, match="is not a plain name"):
+        load_task_table([path])
+
+
+def test_task_file_with_a_bad_byte_names_its_line(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b'[tasks.x]\ndomain = "biomedical"\nkind = "re\xffgression"\n')
+    with pytest.raises(TaskConfigError, match=r"bad.toml, line 3: not valid UTF-8"):
+        load_task_table([path])
+
+
+def test_task_file_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + b'[tasks.x]\ndomain = "biomedical"\nkind = "regression"\nreader = "sts"\n'
+                     b'metric = "pearson"\n')
+    assert load_task_table([path]).task("x").kind == "regression"
+
+
+def test_cluster_pattern_is_refused_where_the_format_names_documents(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[tasks.x]\ndomain = "biomedical"\nkind = "tagging"\nreader = "ner"\nlabels = ["B", "I", "O"]\n'
+                    'negative_label = "O"\nmetric = "entity_f1"\ncluster_pattern = "^(.+)$"\n')
+    with pytest.raises(TaskConfigError, match="drop cluster_pattern"):
+        load_task_table([path])

@@ -17,6 +17,8 @@ class Example:
       ``multilabel`` -> the names of the labels that are on (possibly empty).
     * ``group``: the unit a metric pools over (HoC: the abstract's PMID), else ``None``.
     * ``line``: 1-based line of the source file where the example starts (for error messages).
+    * ``cluster``: the document the unit comes from (ChemProt and HoC: the PMID; DDI: the document; NER: the
+      document id column), so resampling can draw whole documents; ``None`` where units are independent.
     """
 
     uid: str
@@ -25,3 +27,4 @@ class Example:
     text_b: str | None = None
     group: str | None = None
     line: int = 0
+    cluster: str | None = None

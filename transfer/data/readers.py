@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -34,6 +35,8 @@ HOC_HEADER = ("labels", "sentence", "index")
 STS_LAST_COLUMNS = ("sentence1", "sentence2", "score")
 NER_COLUMNS = 4
 NO_DOCID = "-"
+REPEAT_MARK = "#"  # relation rows repeating an index get <index>#2, #3, ...
+BOM = "\ufeff".encode("utf-8")
 
 
 class DataFormatError(UserError, ValueError):
@@ -64,19 +67,64 @@ def _check_label(path: Path, line: int, label: str, allowed: Sequence[str]) -> N
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line, text)`` of every physical line, decoded one line at a time.
+
+    Decoding line by line (not in blocks) is what makes a bad byte's line number exact. A UTF-8 byte-order
+    mark at the start of the file is dropped; line ends (``\\n`` or ``\\r\\n``) are stripped.
+    """
+    data = path.read_bytes()
+    if data.startswith(BOM):
+        data = data[len(BOM):]
+    pieces = data.split(b"\n")
+    if pieces and pieces[-1] == b"":
+        pieces.pop()  # the file's final line end
+    for number, raw in enumerate(pieces, start=1):
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataFormatError(
+                path, number, f"not valid UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1}: "
+                f"{exc.reason}); save the file as UTF-8"
+            ) from None
+        if "\r" in text:
+            raise DataFormatError(path, number, "a carriage return inside the line; fields may not contain line breaks")
+        yield number, text
+
+
+def _split_line(path: Path, line: int, text: str, quoting: int) -> list[str]:
+    """The tab-separated fields of one line; a record never continues on the next line.
+
+    csv quoting is honoured within the line (BLUE's writer quotes a field that contains ``"``), but a field
+    that opens a quote and does not close it on the same line is refused instead of swallowing the following
+    rows, and so is a quoted field that hides a tab: BLUE's files have neither, so either one means the
+    file was damaged or hand-edited.
+    """
+    if quoting == csv.QUOTE_NONE:
+        return text.split("\t")
+    try:
+        fields = next(csv.reader([text], delimiter="\t", quoting=quoting, strict=True))
+    except csv.Error as exc:
+        raise DataFormatError(
+            path, line, f"malformed double quotes ({exc}): a field that starts with \" must end with \" on the same "
+            "line, with inner quotes doubled (\"\"); records may not span lines"
+        ) from None
+    except StopIteration:  # pragma: no cover - a non-blank line always gives a row
+        return []
+    for position, field in enumerate(fields, start=1):
+        if "\t" in field:
+            raise DataFormatError(path, line, f"field {position} contains a tab inside double quotes; fields may not "
+                                  "contain tabs (check for a stray \")")
+    return fields
+
+
 def _csv_rows(path: Path, quoting: int) -> Iterator[tuple[int, list[str]]]:
     """``(line, fields)`` for every non-blank row of a tab-separated file."""
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=quoting)
-        try:
-            for row in reader:
-                if row:  # a blank line (e.g. a trailing one) carries no example
-                    # line_num is the record's last line: its first too, unless a quoted field spans lines.
-                    yield reader.line_num, row
-        except csv.Error as exc:
-            raise DataFormatError(path, reader.line_num, f"malformed tab-separated row: {exc}") from None
-        except UnicodeDecodeError as exc:
-            raise DataFormatError(path, reader.line_num + 1, f"not valid UTF-8 text ({exc.reason})") from None
+    for number, text in _lines(path):
+        if text.strip():  # a blank line (e.g. a trailing one) carries no example
+            yield number, _split_line(path, number, text, quoting)
 
 
 def _table_rows(
@@ -111,8 +159,8 @@ def read_relation(path: Path, task: TaskSpec) -> list[Example]:
     for line, (index, sentence, label) in _fixed_header_rows(path, RELATION_HEADER):
         _check_label(path, line, label, task.labels)
         seen[index] += 1
-        uid = index if seen[index] == 1 else f"{index}#{seen[index]}"
-        examples.append(Example(uid=uid, text_a=sentence, label=label, line=line))
+        uid = index if seen[index] == 1 else f"{index}{REPEAT_MARK}{seen[index]}"
+        examples.append(Example(uid=uid, text_a=sentence, label=label, line=line, cluster=_id_cluster(task, index)))
     return examples
 
 
@@ -136,7 +184,8 @@ def read_sts(path: Path, task: TaskSpec) -> list[Example]:
     examples = []
     for line, row in _table_rows(path, _sts_header_ok, expected):
         score = _parse_score(path, line, row[-1])
-        examples.append(Example(uid=row[0], text_a=row[-3], text_b=row[-2], label=score, line=line))
+        examples.append(Example(uid=row[0], text_a=row[-3], text_b=row[-2], label=score, line=line,
+                                cluster=_id_cluster(task, row[0])))
     return examples
 
 
@@ -145,7 +194,8 @@ def read_nli(path: Path, task: TaskSpec) -> list[Example]:
     examples = []
     for line, (index, premise, hypothesis, label) in _fixed_header_rows(path, NLI_HEADER):
         _check_label(path, line, label, task.labels)
-        examples.append(Example(uid=index, text_a=premise, text_b=hypothesis, label=label, line=line))
+        examples.append(Example(uid=index, text_a=premise, text_b=hypothesis, label=label, line=line,
+                                cluster=_id_cluster(task, index)))
     return examples
 
 
@@ -180,7 +230,7 @@ def read_hoc(path: Path, task: TaskSpec) -> list[Example]:
         pmid, separator, _ = index.rpartition("_s")
         if not separator or not pmid:
             raise DataFormatError(path, line, f"index {index!r} is not of the form PMID_s<i>")
-        examples.append(Example(uid=index, text_a=sentence, label=labels, group=pmid, line=line))
+        examples.append(Example(uid=index, text_a=sentence, label=labels, group=pmid, line=line, cluster=pmid))
     return examples
 
 
@@ -193,28 +243,22 @@ def _ner_sentences(path: Path) -> Iterator[list[tuple[int, list[str]]]]:
     """Groups of ``(line, columns)``, one group per sentence; a blank line ends a sentence.
 
     Lines are split on tabs with no CSV unquoting, as BLUE's and MT-BERT's loaders do: a double-quote token,
-    which BLUE's csv writer wrote as ``""""``, stays the literal 4-character token ``""""``.
+    which BLUE's csv writer wrote as four double quotes, stays that literal 4-character token.
     """
     sentence: list[tuple[int, list[str]]] = []
-    number = 0
-    with path.open(encoding="utf-8") as handle:
-        try:
-            for number, raw in enumerate(handle, start=1):
-                text = raw.rstrip("\r\n")
-                if not text.strip():
-                    if sentence:
-                        yield sentence
-                    sentence = []
-                    continue
-                columns = text.split("\t")
-                if len(columns) != NER_COLUMNS:
-                    raise DataFormatError(
-                        path, number, f"expected {NER_COLUMNS} tab-separated columns (token, docid or '-', "
-                        f"offset, label), found {len(columns)}"
-                    )
-                sentence.append((number, columns))
-        except UnicodeDecodeError as exc:
-            raise DataFormatError(path, number + 1, f"not valid UTF-8 text ({exc.reason})") from None
+    for number, text in _lines(path):
+        if not text.strip():
+            if sentence:
+                yield sentence
+            sentence = []
+            continue
+        columns = text.split("\t")
+        if len(columns) != NER_COLUMNS:
+            raise DataFormatError(
+                path, number, f"expected {NER_COLUMNS} tab-separated columns (token, docid or '-', "
+                f"offset, label), found {len(columns)}"
+            )
+        sentence.append((number, columns))
     if sentence:  # the last sentence may lack its closing blank line
         yield sentence
 
@@ -239,7 +283,7 @@ def read_ner(path: Path, task: TaskSpec) -> list[Example]:
             _check_label(path, line, tag, task.labels)
         words = tuple(columns[0] for _, columns in sentence)
         tags = tuple(columns[3] for _, columns in sentence)
-        examples.append(Example(uid=f"{docid}.{first[2]}", text_a=words, label=tags, line=first_line))
+        examples.append(Example(uid=f"{docid}.{first[2]}", text_a=words, label=tags, line=first_line, cluster=docid))
     return examples
 
 
@@ -287,6 +331,54 @@ def _next_cut(legal: list[int], start: int, limit: int, size: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Clusters: the document a unit comes from
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _id_cluster(task: TaskSpec, index: str) -> str | None:
+    """Group 1 of the task's ``cluster_pattern`` at the start of an example id; None without a pattern or match."""
+    if task.cluster_pattern is None:
+        return None
+    found = _compiled(task.cluster_pattern).match(index)
+    return found.group(1) if found else None
+
+
+_PATTERNS: dict[str, re.Pattern] = {}
+
+
+def _compiled(pattern: str) -> re.Pattern:
+    if pattern not in _PATTERNS:
+        _PATTERNS[pattern] = re.compile(pattern)
+    return _PATTERNS[pattern]
+
+
+def legacy_cluster(task: TaskSpec, uid: str) -> str | None:
+    """The cluster the reader gives the unit with id ``uid``, derived from the id alone.
+
+    For prediction files written before records carried their cluster. NER uids are ``<docid>.<offset>``, HoC
+    uids ``<PMID>_s<i>``; other formats apply the task's ``cluster_pattern`` to the id without its repeat mark.
+    """
+    if task.reader == "ner":
+        docid, dot, offset = uid.rpartition(".")
+        return docid if dot and offset.isdigit() else None
+    if task.reader == "hoc":
+        pmid, separator, _ = uid.rpartition("_s")
+        return pmid if separator and pmid else None
+    base, mark, count = uid.rpartition(REPEAT_MARK)
+    index = base if mark and count.isdigit() else uid
+    return _id_cluster(task, index)
+
+
+def _warn_unclustered(path: Path, task: TaskSpec, examples: list[Example]) -> None:
+    missing = sum(example.cluster is None for example in examples)
+    if task.cluster_pattern is not None and missing:
+        first = next(example for example in examples if example.cluster is None)
+        logger.warning("%s: %d of %d example ids (first %r, line %d) do not match the task's cluster_pattern %r; "
+                       "those units count as independent", path, missing, len(examples), first.uid, first.line,
+                       task.cluster_pattern)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Registry and entry points
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -300,8 +392,7 @@ READERS: dict[str, Reader] = {
 
 
 def _line_after_end(path: Path) -> int:
-    with path.open("rb") as handle:
-        return sum(1 for _ in handle) + 1
+    return sum(1 for _ in _lines(path)) + 1
 
 
 def _check_unique_uids(path: Path, examples: list[Example]) -> None:
@@ -320,6 +411,7 @@ def read_split(path: Path, task: TaskSpec) -> list[Example]:
     if not examples:
         raise DataFormatError(path, _line_after_end(path), "no examples in the file (it is empty or only a header)")
     _check_unique_uids(path, examples)
+    _warn_unclustered(path, task, examples)
     logger.info("read %d examples of task %s from %s", len(examples), task.name, path)
     return examples
 

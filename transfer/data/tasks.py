@@ -7,6 +7,7 @@ Tasks are data (``tasks.toml`` next to this file, plus any user file given with 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +22,25 @@ DATA_DIR_ENV = "TRANSFER_DATA_DIR"
 TASK_FILE_ENV = "TRANSFER_TASK_FILE"
 DEFAULT_TASK_FILE = Path(__file__).with_name("tasks.toml")
 
-_TASK_KEYS = {"domain", "kind", "reader", "labels", "negative_label", "metric", "extra_metrics", "folder"}
+_TASK_KEYS = {"domain", "kind", "reader", "labels", "negative_label", "metric", "extra_metrics", "folder",
+              "cluster_pattern"}
 _DOMAIN_KEYS = {"folder", "tasks", "description", "alternative"}
+# Task, domain and folder names become parts of paths (data folders, cache files, prediction files), so they are
+# plain names: no separators, no "..", nothing absolute.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+# readers whose format carries its own document column, so a uid pattern would be redundant
+_FORMAT_CLUSTER_READERS = ("ner", "hoc")
 
 
 class TaskConfigError(UserError, ValueError):
     """A task or domain entry is malformed; the message names the file and the entry."""
+
+
+class UnknownNameError(UserError, KeyError):
+    """A task or domain name that the table does not define."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class DataNotFoundError(UserError, FileNotFoundError):
@@ -46,9 +60,13 @@ class TaskSpec:
     negative_label: str | None = None
     extra_metrics: tuple[str, ...] = ()
     folder: str = ""
+    cluster_pattern: str | None = None  # regex; group 1 at the start of a uid is the unit's document
 
     def __post_init__(self) -> None:
         where = f"task {self.name!r}"
+        check_safe_name(self.name, "task name")
+        if self.folder:
+            check_safe_name(self.folder, f"{where}: folder")
         if self.kind not in KINDS:
             raise TaskConfigError(f"{where}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
         if self.reader not in READERS:
@@ -68,6 +86,21 @@ class TaskSpec:
             raise TaskConfigError(f"{where}: negative_label {self.negative_label!r} is not in labels")
         if not self.folder:
             object.__setattr__(self, "folder", self.name)
+        if self.cluster_pattern is not None:
+            self._check_cluster_pattern(where)
+
+    def _check_cluster_pattern(self, where: str) -> None:
+        if self.reader in _FORMAT_CLUSTER_READERS:
+            raise TaskConfigError(f"{where}: the {self.reader} format names each unit's document itself; "
+                                  "drop cluster_pattern")
+        try:
+            groups = re.compile(self.cluster_pattern).groups
+        except re.error as exc:
+            raise TaskConfigError(f"{where}: cluster_pattern {self.cluster_pattern!r} is not a valid regular "
+                                  f"expression ({exc})") from None
+        if groups < 1:
+            raise TaskConfigError(f"{where}: cluster_pattern {self.cluster_pattern!r} needs a group, e.g. "
+                                  r"'^(\d+)\.' (group 1 is the document)")
 
     @property
     def num_labels(self) -> int:
@@ -95,12 +128,12 @@ class TaskTable:
 
     def task(self, name: str) -> TaskSpec:
         if name not in self.tasks:
-            raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(self.tasks))}")
+            raise UnknownNameError(f"unknown task {name!r}; known tasks: {', '.join(sorted(self.tasks))}")
         return self.tasks[name]
 
     def domain(self, name: str) -> DomainSpec:
         if name not in self.domains:
-            raise KeyError(f"unknown domain {name!r}; known domains: {', '.join(sorted(self.domains))}")
+            raise UnknownNameError(f"unknown domain {name!r}; known domains: {', '.join(sorted(self.domains))}")
         return self.domains[name]
 
     def domain_of(self, task_names: list[str] | tuple[str, ...], domain: str | None = None) -> DomainSpec | None:
@@ -117,6 +150,40 @@ class TaskTable:
         return self.domain(self.task(task_name).domain)
 
 
+def check_safe_name(name: object, what: str) -> None:
+    """``name`` must be a plain name (it becomes part of a path)."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise TaskConfigError(f"{what} {name!r} is not a plain name: use letters, digits and . _ + - only, "
+                              "starting with a letter or digit (it is used in file paths)")
+
+
+def _string(entry: dict, key: str, where: str, default=None):
+    value = entry.get(key, default)
+    if value is not None and not isinstance(value, str):
+        raise TaskConfigError(f"{where}: {key} must be a string, got {_type_name(value)} {value!r}")
+    return value
+
+
+def _strings(entry: dict, key: str, where: str) -> tuple[str, ...]:
+    value = entry.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise TaskConfigError(f"{where}: {key} must be a list of strings, e.g. {key} = [\"a\", \"b\"], "
+                              f"got {_type_name(value)} {value!r}")
+    return tuple(value)
+
+
+def _type_name(value: object) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _table(raw: dict, key: str, where: str) -> dict:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise TaskConfigError(f"{where}: {key} must be a table of entries ([{key}.<name>]), got {_type_name(value)}")
+    return value
+
+
 def _check_keys(entry: dict, allowed: set[str], where: str) -> None:
     unknown = set(entry) - allowed
     if unknown:
@@ -125,13 +192,22 @@ def _check_keys(entry: dict, allowed: set[str], where: str) -> None:
 
 def _parse_file(path: Path) -> tuple[dict[str, TaskSpec], dict[str, DomainSpec]]:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is accepted
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise TaskConfigError(f"{path}, line {line}: not valid UTF-8 text ({exc.reason}); save it as UTF-8") from None
+    except OSError as exc:
+        raise TaskConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise TaskConfigError(f"{path}: not valid TOML: {exc}") from exc
+        raise TaskConfigError(f"{path}: not valid TOML: {exc}") from None
     _check_keys(raw, {"tasks", "domains"}, str(path))
     tasks: dict[str, TaskSpec] = {}
-    for name, entry in raw.get("tasks", {}).items():
+    for name, entry in _table(raw, "tasks", str(path)).items():
         where = f"{path}: [tasks.{name}]"
+        if not isinstance(entry, dict):
+            raise TaskConfigError(f"{where}: must be a table of keys (domain, kind, ...), got {_type_name(entry)}")
         _check_keys(entry, _TASK_KEYS, where)
         missing = {"domain", "kind", "reader", "metric"} - set(entry)
         if missing:
@@ -139,29 +215,40 @@ def _parse_file(path: Path) -> tuple[dict[str, TaskSpec], dict[str, DomainSpec]]
         try:
             tasks[name] = TaskSpec(
                 name=name,
-                domain=entry["domain"],
-                kind=entry["kind"],
-                reader=entry["reader"],
-                metric=entry["metric"],
-                labels=tuple(entry.get("labels", ())),
-                negative_label=entry.get("negative_label"),
-                extra_metrics=tuple(entry.get("extra_metrics", ())),
-                folder=entry.get("folder", ""),
+                domain=_string(entry, "domain", where),
+                kind=_string(entry, "kind", where),
+                reader=_string(entry, "reader", where),
+                metric=_string(entry, "metric", where),
+                labels=_strings(entry, "labels", where),
+                negative_label=_string(entry, "negative_label", where),
+                extra_metrics=_strings(entry, "extra_metrics", where),
+                folder=_string(entry, "folder", where, ""),
+                cluster_pattern=_string(entry, "cluster_pattern", where),
             )
         except TaskConfigError as exc:
-            raise TaskConfigError(f"{path}: {exc}") from None
+            message = str(exc)
+            raise TaskConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
     domains: dict[str, DomainSpec] = {}
-    for name, entry in raw.get("domains", {}).items():
+    for name, entry in _table(raw, "domains", str(path)).items():
         where = f"{path}: [domains.{name}]"
+        if not isinstance(entry, dict):
+            raise TaskConfigError(f"{where}: must be a table of keys (folder, tasks, ...), got {_type_name(entry)}")
         _check_keys(entry, _DOMAIN_KEYS, where)
         if "folder" not in entry or "tasks" not in entry:
             raise TaskConfigError(f"{where}: needs `folder` and `tasks`")
+        try:
+            check_safe_name(name, "domain name")
+            folder = _string(entry, "folder", where)
+            check_safe_name(folder, f"{where}: folder")
+        except TaskConfigError as exc:
+            message = str(exc)
+            raise TaskConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
         domains[name] = DomainSpec(
             name=name,
-            folder=entry["folder"],
-            tasks=tuple(entry["tasks"]),
-            description=entry.get("description", ""),
-            alternative=entry.get("alternative"),
+            folder=folder,
+            tasks=_strings(entry, "tasks", where),
+            description=_string(entry, "description", where, ""),
+            alternative=_string(entry, "alternative", where),
         )
     return tasks, domains
 
