@@ -94,3 +94,45 @@ def test_collate_pads_to_the_longest_row(tokenizer, table):
     assert batch["input_ids"].shape == (2, width)
     assert batch["attention_mask"].sum(1).tolist() == [len(x) for x in feats.input_ids]
     assert batch["targets"].tolist() == [5, 0]
+
+
+PIECELESS = ["\u200b", "\u00ad", "\u0301", ""]  # zero-width space, soft hyphen, lone combining mark, empty token
+
+
+@pytest.mark.parametrize("odd", PIECELESS)
+def test_word_without_pieces_does_not_shift_later_words(tokenizer, table, odd, caplog):
+    """A perfect model (it predicts every first piece's gold tag) scores perfectly around a word with no pieces."""
+    import logging
+
+    from transfer.scoring import metrics
+    from transfer.training.features import SplitData
+    from transfer.training.loop import _assemble
+
+    task = table.task("bc5cdr-chemical")
+    assert tokenizer.tokenize(odd) == []
+    short = (("Aspirin", odd, "helps", "a", "Aspirin"), ("B", "O", "O", "O", "B"))
+    # a long sentence cut into sub-sentences, with the odd word in the second one
+    words = tuple(f"w{i}" for i in range(40)) + (odd, "Aspirin", "x", "Aspirin", "y")
+    tags = ("O",) * 40 + ("O", "B", "O", "B", "O")
+    examples = [Example("d.0", short[0], label=short[1]), Example("d.9", words, label=tags)]
+    with caplog.at_level(logging.WARNING, logger="transfer.training.features"):
+        feats = build_features(examples, task, tokenizer, max_length=128)
+    assert len(feats) == 3 and feats.pieceless_words == 2 and feats.truncated_words == 0
+    assert "no word pieces" in caplog.text and "beyond max_length" not in caplog.text
+    perfect = {r: np.where(feats.targets[r] == IGNORE_INDEX, 0, feats.targets[r]) for r in range(len(feats))}
+    split = SplitData(task, "test", examples, feats, np.arange(len(feats)))
+    assembled = _assemble(split, perfect)
+    assert assembled == {0: short[1], 1: tags}
+    gold = [e.label for e in examples]
+    assert metrics.score_task(task, gold, [assembled[0], assembled[1]], None)["entity_f1"] == 1.0
+
+
+def test_words_beyond_max_length_are_named_as_such(tokenizer, table, caplog):
+    import logging
+
+    task = table.task("bc5cdr-chemical")
+    ex = Example("d.0", tuple(f"word{i}" for i in range(20)), label=("O",) * 20)
+    with caplog.at_level(logging.WARNING, logger="transfer.training.features"):
+        feats = build_features([ex], task, tokenizer, max_length=10)
+    assert feats.truncated_words > 0 and feats.pieceless_words == 0
+    assert "beyond max_length=10" in caplog.text and "no word pieces" not in caplog.text
