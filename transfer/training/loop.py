@@ -186,8 +186,10 @@ def _assemble(split: SplitData, outputs: dict[int, np.ndarray]) -> dict[int, obj
         ex = int(feats.example_index[r])
         tags = labels.setdefault(ex, [task.negative_label] * len(split.examples[ex].text_a))
         words = ops.to_label(out[feats.word_starts[r]], task)
-        offset = int(feats.word_offset[r])
-        tags[offset:offset + len(words)] = words
+        # by word number, not as a slice from the row's offset: a word with no pieces has no start, and
+        # every later word of the row would otherwise shift onto its left neighbour
+        for number, tag in zip(feats.word_numbers[r].tolist(), words):
+            tags[number] = tag
     return {ex: tuple(tags) for ex, tags in labels.items()}
 
 
@@ -199,7 +201,8 @@ def score_split(split: SplitData, predicted: dict[int, object]) -> tuple[dict[st
     pred = [predicted[i] for i in ids]
     groups = [ex.group for ex in examples] if examples and examples[0].group is not None else None
     scores = metrics.score_task(split.task, gold, pred, groups)
-    records = [{"uid": ex.uid, "gold": _jsonable(ex.label), "pred": _jsonable(p), **({"group": ex.group} if ex.group else {})}
+    records = [{"uid": ex.uid, "gold": _jsonable(ex.label), "pred": _jsonable(p), **({"group": ex.group} if ex.group else {}),
+                "cluster": ex.cluster}  # the unit's document (None: independent), for clustered resampling
                for ex, p in zip(examples, pred)]
     return scores, records
 
