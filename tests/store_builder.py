@@ -136,8 +136,12 @@ def _task_metrics(task_name: str, preds: list) -> dict:
 def write_run(root: Path, tasks: tuple[str, ...], stage: str, seed: int, predictions: dict[str, list],
               status: str = "done", parent: str | None = None, domain: str = DOMAIN, profile: str = "quick",
               model: str = "minilm", with_predictions: bool = True, wall_seconds: float = 2.0,
-              affinity_every: int | None = None, affinity: dict | None = None) -> str:
+              affinity_every: int | None = None, affinity: dict | None = None,
+              roles: list[str] | None = None) -> str:
     """One run folder as transfer.training.loop and transfer.experiment.store write it; returns the run id.
+
+    ``roles`` (None: left out, as in stores written before the grid recorded them) goes into spec.json outside
+    the hashed part, as the grid writes it.
 
     ``affinity_every`` None leaves the key out of spec.json (as in specs written before affinity runs existed);
     ``affinity`` is the metrics.json "affinity" block of an affinity run.
@@ -151,7 +155,8 @@ def write_run(root: Path, tasks: tuple[str, ...], stage: str, seed: int, predict
     run_id = f"{stage}-{'+'.join(tasks)}-s{seed}-{digest}"
     folder = root / "runs" / run_id
     (folder / "predictions").mkdir(parents=True)
-    (folder / "spec.json").write_text(json.dumps({**spec, "run_id": run_id}, indent=2))
+    stored = {**spec, "run_id": run_id, **({"roles": roles} if roles is not None else {})}
+    (folder / "spec.json").write_text(json.dumps(stored, indent=2))
     (folder / "status.json").write_text(json.dumps({"status": status, "owner": "test", "time": 0.0}))
     if status != "done":
         return run_id

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from store_builder import TASKS3, build_store, stored_score, write_affinity_run
-from transfer.graph import main
+from transfer.graph import build_parser, main
 
 SLUG = "clinical-public"
 TABLE_FILES = [f"models_{SLUG}.md", f"models_{SLUG}.csv", f"models_{SLUG}.tex", f"edges_{SLUG}.md",
@@ -147,8 +147,8 @@ def test_partial_store_reports_missing_and_draws_them(partial_run):
     assert row["n_seeds"] == 1 and "seed 13: no pair run" in row["note"]
     models = pd.read_csv(out / f"models_{SLUG}.csv").set_index(["model_type", "task"])
     assert math.isnan(models.loc[("mt-finetune", "mednli"), "mean"])
-    for stem in FIGURE_STEMS:
-        assert (out / f"{stem}.png").stat().st_size > 0
+    for stem in FIGURE_STEMS:  # what the figures show is tested on the Figure objects (test_report.py)
+        assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(out / f"{stem}.png") in printed
 
 
 def test_a_pair_missing_for_every_seed_is_drawn_missing(tmp_path):
@@ -169,14 +169,44 @@ def test_unknown_domain_and_not_a_store_exit_with_2(tmp_path, capsys):
     assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
 
 
-def test_help_states_defaults(capsys):
-    with pytest.raises(SystemExit):
-        main(["--help"])
-    text = " ".join(capsys.readouterr().out.split())
-    for expected in ["--alpha", "(default: 0.05)", "--min-delta", "(default: 0.0)", "--n-boot", "(default: auto)",
-                     "--seed", "--formats", "(default: ['png', 'svg'])", "--out", "--domain", "affinity_<slug>",
-                     "affinity_graph_<slug>", "affinity_validation.{md,csv}", "Spearman rho", "sign agreement"]:
-        assert expected in text
+def test_parser_defaults():
+    args = build_parser().parse_args(["results"])
+    assert args.results_dir == Path("results") and args.out == Path("figures")
+    assert (args.alpha, args.min_delta, args.n_boot, args.seed) == (0.05, 0.0, None, 0)
+    assert args.formats == ["png", "svg"] and args.figures is True and args.quiet is False
+    assert args.domain is None and args.model is None and args.profile is None and args.task_file == []
+    assert build_parser().parse_args(["r", "--n-boot", "300"]).n_boot == 300
+
+
+def test_malformed_task_file_is_one_error_line(tmp_path, capsys):
+    root = build_store(tmp_path / "store", tasks=("shareclefe", "mednli"), effects={})
+    bad = tmp_path / "tasks.toml"
+    bad.write_text("[tasks.extra]\nkind = 'tagging'\n")  # no domain, reader or metric
+    assert main([str(root), "--task-file", str(bad), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "tasks.toml" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+COMMITTED = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(not (COMMITTED / "results" / "runs").is_dir(), reason="the committed results/ store is absent")
+def test_committed_store_reproduces_the_committed_tables(tmp_path):
+    """The tables of figures/ are what the analysis makes of results/ (figures/ is regenerated with the analysis)."""
+    import shutil
+
+    store = tmp_path / "results"
+    shutil.copytree(COMMITTED / "results", store)  # the CLI rebuilds scores.csv: never write into the checkout
+    out = tmp_path / "figures"
+    printed, status = _run_cli([str(store), "--out", str(out), "--no-figures", "--quiet"])
+    assert status == 0
+    names = sorted(p.name for p in out.iterdir() if p.suffix in (".md", ".csv", ".tex", ".graphml"))
+    committed = sorted(p.name for p in (COMMITTED / "figures").iterdir()
+                       if p.suffix in (".md", ".csv", ".tex", ".graphml"))
+    assert names == committed
+    for name in names:
+        assert (out / name).read_bytes() == (COMMITTED / "figures" / name).read_bytes(), name
 
 
 def test_graph_cli_never_imports_torch(affinity_cli, tmp_path):

@@ -53,7 +53,17 @@ def _approx(*values):
 
 
 def test_registry_covers_every_metric_name():
+    """transfer.data.tasks keeps the valid names (data never imports scoring); they must be the registry's."""
     assert set(METRICS) == set(task_module.METRICS)
+
+
+def test_every_metric_record_has_its_function_decomposition_and_name():
+    from transfer.scoring.units import Decomposition
+
+    for name, metric in METRICS.items():
+        assert metric.name == name and metric.display and callable(metric.score)
+        assert isinstance(metric.units, Decomposition) and metric.units.unit in ("uid", "group")
+    assert len({m.display for m in METRICS.values()}) == len(METRICS)
 
 
 def test_micro_f1_excludes_the_negative_label():

@@ -24,6 +24,11 @@ DEBUG_ENV = "TRANSFER_DEBUG"
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
     """``--data-dir`` and ``--task-file``, as every command that reads tasks takes them."""
     parser.add_argument("--data-dir", default=None, help="data directory (else $TRANSFER_DATA_DIR, else ./data)")
+    add_task_file_flag(parser)
+
+
+def add_task_file_flag(parser: argparse.ArgumentParser) -> None:
+    """``--task-file`` alone, for a command that reads the task table but no data (``transfer.graph``)."""
     parser.add_argument("--task-file", action="append", default=[],
                         help="extra task table (TOML) to load; repeat for several (else $TRANSFER_TASK_FILE)")
 

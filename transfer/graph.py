@@ -23,8 +23,10 @@ from pathlib import Path
 
 from transfer.analysis import (COLOURS, DEFAULT_ALPHA, DEFAULT_MIN_DELTA, DEFAULT_SEED,
                                DomainAnalysis, analyse_store, load_runs)
-from transfer.experiment.store import ResultsStore
+from transfer.cli import add_common_flags, add_task_file_flag, command
 from transfer.data.tasks import load_task_table
+from transfer.errors import UsageError
+from transfer.experiment.store import ResultsStore
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the bootstrap random generator")
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=["png", "svg"],
                         help="figure formats (PNG at 200 dpi)")
-    parser.add_argument("--task-file", action="append", default=[], help="extra task table (TOML) to load")
+    add_task_file_flag(parser)
     parser.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                         help="draw the figures (--no-figures: tables only)")
     parser.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False,
                         help="only warnings in the log")
+    add_common_flags(parser)
     return parser
 
 
@@ -156,15 +159,12 @@ def run(args: argparse.Namespace) -> int:
     table = load_task_table(args.task_file)
     store = ResultsStore(args.results_dir)
     if not store.runs_dir.is_dir():
-        print(f"error: {args.results_dir} has no runs/ folder: nothing stored yet (run python -m transfer.grid), "
-              "or not a results store", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.results_dir} has no runs/ folder: nothing stored yet (run python -m transfer.grid), "
+                         "or not a results store")
     present = sorted({r.setting.domain for r in load_runs(store, table)})
     unknown = sorted(set(args.domain or []) - set(present))
     if unknown:
-        print(f"error: domain(s) {', '.join(unknown)} not in the store; present: {', '.join(present) or 'none'}",
-              file=sys.stderr)
-        return 2
+        raise UsageError(f"domain(s) {', '.join(unknown)} not in the store; present: {', '.join(present) or 'none'}")
     written = [store.write_scores_table()]
     analyses = analyse_store(args.results_dir, table, args.domain, args.n_boot, args.alpha, args.min_delta,
                              args.seed, args.model, args.profile)
@@ -189,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,

@@ -8,56 +8,21 @@ Pure formatting of ``transfer.analysis.DomainAnalysis``; nothing here computes a
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import networkx as nx
 import pandas as pd
 
-from transfer.analysis import MODEL_LABELS, MODEL_TYPES, VALIDATION_COLUMNS, AffinityPreview, DomainAnalysis
+from transfer.analysis import VALIDATION_COLUMNS, AffinityPreview, DomainAnalysis
 from transfer.experiment.store import write_text_atomic
+from transfer.report.present import (NA, affinity_caption, fmt_delta, fmt_p, fmt_score, fmt_sci, fmt_seconds,
+                                     fmt_share, is_missing, model_label, plural, models_wide, setting_caption, transfer_digraph)
 
 logger = logging.getLogger(__name__)
-
-NA = "n/a"
-METRIC_NAMES = {"entity_f1": "entity F1", "micro_f1": "micro-F1", "macro_f1": "macro-F1", "accuracy": "accuracy",
-                "pearson": "Pearson r", "hoc_f1": "HoC F1"}
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def fmt_score(value, digits: int = 3) -> str:
-    return NA if _missing(value) else f"{value:.{digits}f}"
-
-
-def fmt_delta(value, digits: int = 4) -> str:
-    return NA if _missing(value) else f"{value:+.{digits}f}"
-
-
-def fmt_p(value) -> str:
-    if _missing(value):
-        return NA
-    return f"{value:.1e}" if value < 0.0005 else f"{value:.3f}"  # 1/(n_boot+1) = 0.000999 shows as 0.001
-
-
-def setting_caption(analysis: DomainAnalysis) -> str:
-    seeds = ", ".join(map(str, analysis.seeds)) or "none"
-    return (f"domain {analysis.setting.domain}, model {analysis.setting.model}, profile {analysis.setting.profile}, "
-            f"seeds {seeds}")
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Model table (paper Tables 2 and 3)
 # ---------------------------------------------------------------------------------------------------------------
-
-def models_wide(models: pd.DataFrame, column: str = "mean") -> pd.DataFrame:
-    """Rows: model types in paper order; columns: tasks then Avg."""
-    wide = models.pivot(index="model_type", columns="task", values=column)
-    tasks = list(dict.fromkeys(models["task"]))
-    return wide.reindex(index=list(MODEL_TYPES), columns=tasks)
-
 
 def _best_per_column(wide: pd.DataFrame) -> dict[str, str | None]:
     best = {}
@@ -69,9 +34,9 @@ def _best_per_column(wide: pd.DataFrame) -> dict[str, str | None]:
 
 def _model_cell(mean, std, bold: bool, markdown: bool) -> str:
     text = fmt_score(mean)
-    if not _missing(mean) and not _missing(std):
+    if not is_missing(mean) and not is_missing(std):
         text += f" ± {std:.3f}" if markdown else f" $\\pm$ {std:.3f}"
-    if bold and not _missing(mean):
+    if bold and not is_missing(mean):
         text = f"**{text}**" if markdown else f"\\textbf{{{text}}}"
     return text
 
@@ -85,7 +50,7 @@ def models_markdown(analysis: DomainAnalysis) -> str:
     for model_type in means.index:
         cells = [_model_cell(means.at[model_type, c], stds.at[model_type, c], best[c] == model_type, True)
                  for c in means.columns]
-        lines.append("| " + " | ".join([MODEL_LABELS[model_type], *cells]) + " |")
+        lines.append("| " + " | ".join([model_label(model_type), *cells]) + " |")
     lines += ["", "Mean over seeds (± sample standard deviation where there are two or more seeds); best per "
               "column in bold. Avg is given only when every task has a score."]
     return "\n".join(lines + _missing_note(analysis)) + "\n"
@@ -121,7 +86,7 @@ def models_latex(analysis: DomainAnalysis) -> str:
     for model_type in means.index:
         cells = [_model_cell(means.at[model_type, c], stds.at[model_type, c], best[c] == model_type, False)
                  for c in columns]
-        lines.append(" & ".join([latex_escape(MODEL_LABELS[model_type]), *cells]) + r" \\")
+        lines.append(" & ".join([latex_escape(model_label(model_type)), *cells]) + r" \\")
     caption = (f"Test results, {latex_escape(setting_caption(analysis))}. Mean over seeds; best per column in bold."
                + (" n/a: missing runs." if analysis.missing else ""))
     lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{caption}}}",
@@ -134,7 +99,7 @@ def models_latex(analysis: DomainAnalysis) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 def _edge_cells(row) -> list[str]:
-    ci = NA if _missing(row["ci_low"]) else f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
+    ci = NA if is_missing(row["ci_low"]) else f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
     return [str(row["source"]), str(row["target"]), fmt_delta(row["delta"]), fmt_score(row["delta_std"], 4), ci,
             fmt_p(row["p"]), fmt_p(row["p_holm"]), str(row["colour"]), str(int(row["n_seeds"]))]
 
@@ -189,39 +154,13 @@ def models_csv(analysis: DomainAnalysis) -> str:
     frame.insert(0, "domain", analysis.setting.domain)
     frame.insert(1, "model", analysis.setting.model)
     frame.insert(2, "profile", analysis.setting.profile)
-    frame.insert(4, "model_label", frame["model_type"].map(MODEL_LABELS))
+    frame.insert(4, "model_label", frame["model_type"].map(model_label))
     return frame_to_csv(frame)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Graph
 # ---------------------------------------------------------------------------------------------------------------
-
-def _graphml_value(value):
-    """GraphML takes str, int, float and bool; NaN stays a float (written as 'nan')."""
-    if value is None:
-        return ""
-    if hasattr(value, "item"):
-        value = value.item()
-    return value
-
-
-def transfer_digraph(analysis: DomainAnalysis) -> nx.DiGraph:
-    """Nodes = tasks (with their single-task score), edges s->t with delta, CI, p, p_holm, colour, n_seeds."""
-    graph = nx.DiGraph(domain=analysis.setting.domain, model=analysis.setting.model,
-                       profile=analysis.setting.profile, alpha=float(analysis.alpha),
-                       min_delta=float(analysis.min_delta), n_boot=int(analysis.n_boot))
-    single = analysis.models[analysis.models["model_type"] == "single"].set_index("task")["mean"]
-    for task in analysis.tasks:
-        graph.add_node(task, label=task, single_score=float(single.get(task, math.nan)))
-    for _, row in analysis.edges.iterrows():
-        attributes = {key: _graphml_value(row[key]) for key in
-                      ("delta", "delta_std", "ci_low", "ci_high", "p", "p_holm", "colour", "n_seeds", "metric",
-                       "note")}
-        attributes["note"] = str(attributes["note"] or "")
-        graph.add_edge(row["source"], row["target"], **attributes)
-    return graph
-
 
 def write_graphml(analysis: DomainAnalysis, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,58 +194,6 @@ def write_tables(analysis: DomainAnalysis, out: Path) -> list[Path]:
 # Look-ahead affinity preview vs the measured edges
 # ---------------------------------------------------------------------------------------------------------------
 
-def fmt_sci(value, digits: int = 3) -> str:
-    """Signed scientific notation (Z is typically 1e-4 .. 1e-2)."""
-    return NA if _missing(value) else f"{value:+.{digits}e}"
-
-
-def fmt_seconds(value) -> str:
-    return NA if _missing(value) else f"{value:,.0f} s" if value >= 100 else f"{value:.1f} s"
-
-
-def fmt_share(hits: int, total: int, share) -> str:
-    return NA if not total or _missing(share) else f"{hits}/{total} = {share:.3f}"
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
-def affinity_caption(analysis: DomainAnalysis, short: bool = False) -> str:
-    """Setting and measurement settings of the preview (one line; ``short``: without the probe batches)."""
-    preview = analysis.affinity
-    every = "/".join(map(str, sorted(set(preview.every))))
-    batches = "/".join(map(str, sorted(set(preview.num_batches))))
-    text = (f"domain {analysis.setting.domain}, model {analysis.setting.model}, profile {analysis.setting.profile}; "
-            f"{_plural(len(preview.run_ids), 'affinity run')} (seed{'s' if len(preview.seeds) > 1 else ''} "
-            f"{', '.join(map(str, preview.seeds))}), Z measured every {every} steps")
-    return text if short else f"{text} on {batches} probe batch{'es' if batches != '1' else ''} per task"
-
-
-def affinity_validation_text(preview: AffinityPreview) -> str:
-    """Two lines: how well Z predicts the measured deltas, and what the preview cost."""
-    v = preview.validation
-    if v["n_edges"] == 0:
-        agreement = "validation n/a: no measured pairwise edge in the store to compare with"
-    else:
-        if _missing(v["spearman_rho"]):  # p_method says why: "n/a (fewer than 3 edges)", "n/a (constant values)"
-            rho = f"n/a (n = {v['n_edges']} edges: {v['p_method'].removeprefix('n/a (').rstrip(')')})"
-        else:
-            p_text = "" if _missing(v["spearman_p"]) else f"{v['p_method']} p = {fmt_p(v['spearman_p'])}, "
-            rho = f"{v['spearman_rho']:+.3f} ({p_text}n = {v['n_edges']} edges)"
-        shares = fmt_share(v["n_sign_agree_significant"], v["n_significant"], v["sign_agreement_significant"])
-        significant = f"on significant edges {shares}" if v["n_significant"] else "no significant (green/red) edge"
-        agreement = (f"Spearman ρ(Z, Δ) = {rho}; sign agreement "
-                     f"{fmt_share(v['n_sign_agree'], v['n_edges'], v['sign_agreement'])}, {significant}")
-    grid = (f"grid {fmt_seconds(v['grid_wall_s'])} ({_plural(v['n_grid_runs'], 'single/pair run')}), ratio "
-            f"{fmt_score(v['time_ratio'])}" if v["n_grid_runs"] else "no single/pair runs (ratio n/a)")
-    overhead = (f"tracking overhead {fmt_score(v['tracking_overhead'])} × the plain all-task run"
-                if not _missing(v["tracking_overhead"]) else "tracking overhead n/a (no plain all-task run to match)")
-    cost = (f"wall time: preview {fmt_seconds(v['preview_wall_s'])}, {grid}; {overhead}; tracker "
-            f"{fmt_seconds(v['tracker_s'])} (+{fmt_score(v['tracker_overhead'])} over the run's own training)")
-    return f"{agreement}\n{cost}"
-
-
 AFFINITY_DEFINITIONS = (
     "Z(s→t) = 1 − L_t(after one look-ahead optimiser step on s's loss) / L_t(before), on probe batches of t's "
     "training data, averaged over the measurements of an epoch, then over epochs (and over seeds); > 0: a step on "
@@ -326,13 +213,13 @@ def _summary_rows(preview: AffinityPreview) -> list[tuple[str, str]]:
     p_label = "p" if v["p_method"].startswith(NA) else f"p ({v['p_method']})"
     return [
         ("edges with Z and measured Δ", str(v["n_edges"])),
-        ("Spearman ρ (Z vs Δ)", v["p_method"] if _missing(v["spearman_rho"]) else f"{v['spearman_rho']:+.3f}"),
+        ("Spearman ρ (Z vs Δ)", v["p_method"] if is_missing(v["spearman_rho"]) else f"{v['spearman_rho']:+.3f}"),
         (p_label, fmt_p(v["spearman_p"])),
         ("sign agreement, all edges", fmt_share(v["n_sign_agree"], v["n_edges"], v["sign_agreement"])),
         ("sign agreement, significant (green/red) edges",
          fmt_share(v["n_sign_agree_significant"], v["n_significant"], v["sign_agreement_significant"])),
-        (f"preview wall time ({_plural(v['affinity_runs'], 'affinity run')})", fmt_seconds(v["preview_wall_s"])),
-        (f"grid wall time ({_plural(v['n_grid_runs'], 'single/pair run')})", fmt_seconds(v["grid_wall_s"])),
+        (f"preview wall time ({plural(v['affinity_runs'], 'affinity run')})", fmt_seconds(v["preview_wall_s"])),
+        (f"grid wall time ({plural(v['n_grid_runs'], 'single/pair run')})", fmt_seconds(v["grid_wall_s"])),
         ("time ratio, preview / grid", fmt_score(v["time_ratio"])),
         ("plain all-task run wall time", fmt_seconds(v["plain_all_wall_s"])),
         ("tracking overhead, affinity / plain all-task wall", fmt_score(v["tracking_overhead"])),
@@ -343,7 +230,7 @@ def _summary_rows(preview: AffinityPreview) -> list[tuple[str, str]]:
 
 def _sign_agree_cell(row) -> str:
     value = row["sign_agree"]
-    if value is None or _missing(value):
+    if value is None or is_missing(value):
         return NA
     return "yes" if value else ("no (Δ = 0)" if row["delta"] == 0 else "no (Z = 0)" if row["z"] == 0 else "no")
 
@@ -370,7 +257,7 @@ def affinity_markdown(analysis: DomainAnalysis) -> str:
 
 
 def _latex_sci(value) -> str:
-    if _missing(value):
+    if is_missing(value):
         return NA
     mantissa, exponent = f"{value:+.3e}".split("e")
     return f"${mantissa} \\times 10^{{{int(exponent)}}}$"
@@ -403,22 +290,6 @@ def affinity_csv(analysis: DomainAnalysis) -> str:
     return frame_to_csv(frame)
 
 
-def affinity_digraph(analysis: DomainAnalysis) -> nx.DiGraph:
-    """Nodes = the preview's tasks; edges s->t with z, z_std, delta, colour = sign of Z (green > 0, red < 0, grey
-    = 0, missing: not measured) and measured_colour = the measured edge's call."""
-    preview = analysis.affinity
-    graph = nx.DiGraph(domain=analysis.setting.domain, model=analysis.setting.model,
-                       profile=analysis.setting.profile, preview=True)
-    for task in preview.tasks:
-        graph.add_node(task, label=task)
-    for _, row in preview.edges.iterrows():
-        z = float(row["z"])
-        colour = "missing" if math.isnan(z) else "green" if z > 0 else "red" if z < 0 else "grey"
-        graph.add_edge(row["source"], row["target"], z=z, z_std=float(row["z_std"]), delta=float(row["delta"]),
-                       colour=colour, measured_colour=str(row["colour"]))
-    return graph
-
-
 def validation_frame(analyses: list[DomainAnalysis]) -> pd.DataFrame:
     """One row per setting with an affinity preview: domain, model, profile and VALIDATION_COLUMNS."""
     rows = [{"domain": a.setting.domain, "model": a.setting.model, "profile": a.setting.profile,
@@ -435,7 +306,7 @@ def affinity_validation_markdown(analyses: list[DomainAnalysis]) -> str:
              "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * 10) + "|"]
     for _, v in frame.iterrows():
         cells = [str(v["domain"]), str(v["model"]), str(v["profile"]), str(v["n_edges"]),
-                 NA if _missing(v["spearman_rho"]) else f"{v['spearman_rho']:+.3f}", fmt_p(v["spearman_p"]),
+                 NA if is_missing(v["spearman_rho"]) else f"{v['spearman_rho']:+.3f}", fmt_p(v["spearman_p"]),
                  fmt_share(v["n_sign_agree"], v["n_edges"], v["sign_agreement"]),
                  fmt_share(v["n_sign_agree_significant"], v["n_significant"], v["sign_agreement_significant"]),
                  fmt_seconds(v["preview_wall_s"]), fmt_seconds(v["grid_wall_s"]), fmt_score(v["time_ratio"]),

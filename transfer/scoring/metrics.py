@@ -4,7 +4,10 @@ Gold and predictions come per example, in the form of ``Example.label``: a label
 (regression), a tuple of tags (tagging) or a tuple of active label names (multilabel). Every function that
 counts classes takes the label list explicitly, so a class absent from a small split never shifts anything.
 
-``METRICS`` maps each metric name of the task table to one signature, ``(task, gold, pred, groups) -> float``;
+``METRICS`` is the one registry of metrics: per name of the task table, a ``Metric`` record with its function
+(one signature, ``(task, gold, pred, groups) -> float``), its per-unit decomposition for resampling
+(``transfer.scoring.units``) and its display name. A new metric is a function here, a decomposition there and one
+record below (plus its name in ``transfer.data.tasks.METRICS``, which a test checks against this registry).
 ``compute_metric`` and ``score_task`` are the entry points the trainer and the analysis use.
 """
 
@@ -12,14 +15,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy import stats
-from seqeval.metrics.sequence_labeling import precision_recall_fscore_support as entity_prfs
-from sklearn.metrics import precision_recall_fscore_support
 
 from transfer.data.tasks import TaskSpec
+from transfer.scoring import units
+from transfer.scoring.units import Decomposition
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,8 @@ def _class_prf(
     _check_known(gold, labels, "gold values")
     _check_known(pred, labels, "predictions")
     positive = _positive_labels(labels, negative_label)
+    from sklearn.metrics import precision_recall_fscore_support  # lazy: the analysis reads the registry only
+
     precision, recall, f1, _ = precision_recall_fscore_support(
         list(gold), list(pred), labels=positive, average=average, zero_division=0
     )
@@ -108,6 +113,8 @@ def pearson(gold: Sequence[float], pred: Sequence[float]) -> float:
         if np.ptp(values) == 0:
             logger.warning("pearson: the %s are constant (%g), r is undefined; returning 0.0", name, values[0])
             return 0.0
+    from scipy import stats
+
     return float(stats.pearsonr(gold_array, pred_array).statistic)
 
 
@@ -124,6 +131,8 @@ def entity_f1(gold_sentences: Sequence[Sequence[str]], pred_sentences: Sequence[
             raise ValueError(f"sentence {number}: {len(gold)} gold tags but {len(pred)} predicted tags")
     gold_lists = [list(tags) for tags in gold_sentences]
     pred_lists = [list(tags) for tags in pred_sentences]
+    from seqeval.metrics.sequence_labeling import precision_recall_fscore_support as entity_prfs
+
     precision, recall, f1, _ = entity_prfs(gold_lists, pred_lists, average="micro", zero_division=0)
     return PRF(float(precision), float(recall), float(f1))
 
@@ -214,14 +223,29 @@ def _hoc(task: TaskSpec, gold: Sequence, pred: Sequence, groups: Sequence[str] |
     return hoc_f1(gold, pred, groups, task.labels).f1
 
 
-METRICS: dict[str, MetricFn] = {
-    "entity_f1": _entity,
-    "micro_f1": _micro,
-    "macro_f1": _macro,
-    "accuracy": _accuracy,
-    "pearson": _pearson,
-    "hoc_f1": _hoc,
-}
+@dataclass(frozen=True)
+class Metric:
+    """Everything the project knows of one metric: its function, its decomposition and its display name."""
+
+    name: str
+    display: str  # as tables and figures print it
+    score: MetricFn
+    units: Decomposition  # per-unit statistics for the vectorised resampling of transfer.analysis
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("entity_f1", "entity F1", _entity, units.ENTITY_F1),
+    Metric("micro_f1", "micro-F1", _micro, units.MICRO_F1),
+    Metric("macro_f1", "macro-F1", _macro, units.MACRO_F1),
+    Metric("accuracy", "accuracy", _accuracy, units.ACCURACY),
+    Metric("pearson", "Pearson r", _pearson, units.PEARSON),
+    Metric("hoc_f1", "HoC F1", _hoc, units.HOC_F1),
+)}
+
+
+def display_name(name: str) -> str:
+    """The metric's display name; the bare name for one the registry lacks (a table from a newer version)."""
+    return METRICS[name].display if name in METRICS else name
 
 
 def compute_metric(
@@ -230,7 +254,7 @@ def compute_metric(
     """Score ``pred`` against ``gold`` with metric ``name``: a float in [0, 1] (Pearson: [-1, 1])."""
     if name not in METRICS:
         raise KeyError(f"unknown metric {name!r}; known metrics: {', '.join(METRICS)}")
-    return METRICS[name](task, gold, pred, groups)
+    return METRICS[name].score(task, gold, pred, groups)
 
 
 def score_task(task: TaskSpec, gold: Sequence, pred: Sequence, groups: Sequence[str] | None = None) -> dict[str, float]:

@@ -1,0 +1,120 @@
+"""Tests for transfer.report: the one number formatter, and the figures as matplotlib objects (cell texts of the
+heatmap, labels and colours of the graph's edges, legend entries, bars per model type)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.colors import to_hex
+from matplotlib.patches import FancyArrowPatch, Rectangle
+
+from store_builder import TABLE, TASKS3, build_store
+from transfer.analysis import analyse_store
+from transfer.report import plots
+from transfer.report.draw import GREEN, GREY, MISSING, RED
+from transfer.report.present import fmt_delta, metric_name, models_wide, transfer_digraph
+
+
+@pytest.fixture(scope="module")
+def analysis(tmp_path_factory):
+    (result,) = analyse_store(build_store(tmp_path_factory.mktemp("store")), TABLE, n_boot=1000, seed=0)
+    return result
+
+
+def _row(analysis, source, target):
+    edges = analysis.edges
+    return edges[(edges["source"] == source) & (edges["target"] == target)].iloc[0]
+
+
+def test_one_delta_format_for_tables_and_figures():
+    assert fmt_delta(0.01234) == "+0.0123" and fmt_delta(-0.01234) == "-0.0123"
+    assert fmt_delta(-0.01234, typographic=True) == "\u22120.0123"
+    assert fmt_delta(-0.00001) == "-0.0000" and fmt_delta(-0.00001, typographic=True) == "0.0000"
+    assert fmt_delta(float("nan")) == "n/a" and fmt_delta(None, typographic=True) == "n/a"
+    assert metric_name("micro_f1") == "micro-F1" and metric_name("") == ""
+
+
+def _edge_texts(figure) -> list[str]:
+    ax = figure.axes[0]
+    return [t.get_text() for t in ax.texts if t.get_bbox_patch() is not None]
+
+
+def test_graph_edges_carry_the_call_in_colour_and_label(analysis):
+    figure = plots.plot_transfer_graph(analysis)
+    ax = figure.axes[0]
+    arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
+    assert len(arrows) == len(analysis.edges) == 6
+    colours = sorted(to_hex(a.get_edgecolor()) for a in arrows)
+    expected = {"green": GREEN, "red": RED, "grey": GREY, "missing": MISSING}
+    assert colours == sorted(expected[c] for c in analysis.edges["colour"])
+    labels = _edge_texts(figure)
+    for _, row in analysis.edges.iterrows():
+        text = fmt_delta(row["delta"], typographic=True) + ("*" if row["colour"] in ("green", "red") else "")
+        assert text in labels
+    red = analysis.edges[analysis.edges["colour"] == "red"].iloc[0]
+    assert fmt_delta(red["delta"], typographic=True).startswith("\u2212")  # a loss reads as a true minus
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[0].startswith("s helps t") and legend[1].startswith("s hurts t") and len(legend) == 4
+
+
+def test_graph_draws_a_missing_edge_dashed_with_na(tmp_path):
+    root = build_store(tmp_path, skip={("pair", "shareclefe", "mednli", 13)})
+    (result,) = analyse_store(root, TABLE, n_boot=100)
+    figure = plots.plot_transfer_graph(result)
+    arrows = [p for p in figure.axes[0].patches if isinstance(p, FancyArrowPatch)]
+    dashed = [a for a in arrows if to_hex(a.get_edgecolor()) == MISSING]
+    assert len(dashed) == 2 and all(a.get_linestyle() not in ("-", "solid") for a in dashed)
+    assert _edge_texts(figure).count("n/a") == 2
+
+
+def test_heatmap_cells_show_each_delta_and_its_mark(analysis):
+    figure = plots.plot_delta_heatmap(analysis)
+    ax = figure.axes[0]
+    texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts
+             if t.get_text() and t.get_position()[0] >= 0 and t.get_position()[1] >= 0 and "\n" not in t.get_text()}
+    for i, source in enumerate(TASKS3):
+        for j, target in enumerate(TASKS3):
+            if i == j:
+                assert texts[(i, j)] == "—"
+                continue
+            row = _row(analysis, source, target)
+            mark = "*" if row["colour"] in ("green", "red") else ""
+            assert texts[(i, j)] == fmt_delta(row["delta"], typographic=True) + mark
+    assert [t.get_text() for t in ax.get_xticklabels()] == [plots.wrap_task(t, 12) for t in TASKS3]
+
+
+def test_heatmap_hatches_a_missing_cell(tmp_path):
+    root = build_store(tmp_path, skip={("pair", "clinicalsts", "mednli", 13)})
+    (result,) = analyse_store(root, TABLE, n_boot=100)
+    ax = plots.plot_delta_heatmap(result).axes[0]
+    hatched = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_hatch()]
+    assert len(hatched) == 2 and [t.get_text() for t in ax.texts].count("n/a") == 2
+
+
+def test_bar_chart_takes_any_number_of_model_types(analysis):
+    extra = analysis.models[analysis.models["model_type"] == "single"].assign(model_type="step-matched")
+    extra["mean"] = extra["mean"] + 0.01
+    wider = dataclasses.replace(analysis, models=pd.concat([analysis.models, extra], ignore_index=True))
+    assert list(models_wide(wider.models).index) == ["single", "mt-refinement", "mt-finetune", "step-matched"]
+    ax = plots.plot_model_bars(wider).axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["BERT (single task)", "MT-Refinement", "MT-Fine-Tune", "step-matched"]
+    bars = [p for p in ax.patches if isinstance(p, Rectangle) and not p.get_hatch() and p.get_height() > 0]
+    assert len(bars) == 4 * (len(TASKS3) + 1)  # every type has a score for every task and the average
+    centres = sorted({round(b.get_x() + b.get_width() / 2, 6) for b in bars})
+    assert len(centres) == 4 * (len(TASKS3) + 1)  # no two bars drawn on top of each other
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0].endswith("(Pearson r)") and labels[-1] == "Average"
+
+
+def test_digraph_attributes_are_the_edge_rows(analysis):
+    graph = transfer_digraph(analysis)
+    for _, row in analysis.edges.iterrows():
+        data = graph.edges[row["source"], row["target"]]
+        assert data["colour"] == row["colour"] and data["delta"] == pytest.approx(row["delta"])
+    assert graph.nodes["mednli"]["single_score"] == pytest.approx(
+        float(analysis.models.set_index(["model_type", "task"]).loc[("single", "mednli"), "mean"]))
+    assert np.isfinite(graph.graph["alpha"])

@@ -1,0 +1,30 @@
+"""Transfer analysis from the results store (no torch, no transformers).
+
+    index.py    store -> settings -> roles -> seeds: which runs form which edge (the only reader of the store)
+    stats.py    pure statistics: resampling counts, p-values, multiplicity corrections, rank correlation
+    paired.py   predictions -> resampling units -> the paired bootstrap of one edge
+    edges.py    edge and model tables of a setting, and the driver over the store (``analyse_store``)
+    preview.py  the look-ahead affinity preview against the measured edges
+
+The names below are the package's public interface; import them from ``transfer.analysis``.
+"""
+
+from transfer.analysis.edges import (COLOURS, DEFAULT_ALPHA, DEFAULT_MIN_DELTA, DEFAULT_N_BOOT, DEFAULT_SEED,
+                                     EDGE_COLUMNS, MIN_N_BOOT, MODEL_LABELS, MODEL_TYPES, DomainAnalysis,
+                                     analyse_store, auto_n_boot, edge_colour, edge_table, model_scores,
+                                     resolve_n_boot)
+from transfer.analysis.index import DomainRuns, RunInfo, Setting, index_runs, load_runs, missing_runs
+from transfer.analysis.paired import (BootstrapResult, UnitData, bootstrap_edge, decomposed_score, unit_data,
+                                      unit_statistics)
+from transfer.analysis.preview import (AFFINITY_EDGE_COLUMNS, VALIDATION_COLUMNS, AffinityPreview, affinity_preview,
+                                       validate_affinity)
+from transfer.analysis.stats import bootstrap_p_value, exact_spearman_p, holm, resample_counts, spearman
+
+__all__ = [
+    "AFFINITY_EDGE_COLUMNS", "COLOURS", "DEFAULT_ALPHA", "DEFAULT_MIN_DELTA", "DEFAULT_N_BOOT", "DEFAULT_SEED",
+    "EDGE_COLUMNS", "MIN_N_BOOT", "MODEL_LABELS", "MODEL_TYPES", "VALIDATION_COLUMNS", "AffinityPreview",
+    "BootstrapResult", "DomainAnalysis", "DomainRuns", "RunInfo", "Setting", "UnitData", "affinity_preview",
+    "analyse_store", "auto_n_boot", "bootstrap_edge", "bootstrap_p_value", "decomposed_score", "edge_colour",
+    "edge_table", "exact_spearman_p", "holm", "index_runs", "load_runs", "missing_runs", "model_scores",
+    "resample_counts", "resolve_n_boot", "spearman", "unit_data", "unit_statistics", "validate_affinity",
+]

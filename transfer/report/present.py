@@ -1,0 +1,164 @@
+"""What tables and figures share: number formats, captions, the wide model table, metric display names and the
+networkx graphs of a setting (the measured transfer graph and the affinity preview graph).
+
+Pure formatting of ``transfer.analysis.DomainAnalysis``; nothing here computes a statistic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+import pandas as pd
+
+from transfer.analysis import MODEL_LABELS, MODEL_TYPES, AffinityPreview, DomainAnalysis
+from transfer.scoring.metrics import display_name
+
+NA = "n/a"
+DELTA_DIGITS = 4
+
+
+def metric_name(metric: str) -> str:
+    """Display name of a metric ("" for none)."""
+    return display_name(metric) if metric else ""
+
+
+def model_label(model_type: str) -> str:
+    """How tables and figures name a model type (the type itself where it has no label)."""
+    return MODEL_LABELS.get(model_type, model_type)
+
+
+def is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def fmt_score(value, digits: int = 3) -> str:
+    return NA if is_missing(value) else f"{value:.{digits}f}"
+
+
+def fmt_delta(value, typographic: bool = False) -> str:
+    """A delta: signed, 4 decimals. ``typographic`` (figures): a true minus sign, and a delta that rounds to
+    zero shown as 0.0000 without a sign."""
+    if is_missing(value):
+        return NA
+    text = f"{value:+.{DELTA_DIGITS}f}"
+    if not typographic:
+        return text
+    return f"{0:.{DELTA_DIGITS}f}" if float(text) == 0 else text.replace("-", "\u2212")
+
+
+def fmt_p(value) -> str:
+    if is_missing(value):
+        return NA
+    return f"{value:.1e}" if value < 0.0005 else f"{value:.3f}"  # 1/(n_boot+1) = 0.000999 shows as 0.001
+
+
+def fmt_sci(value, digits: int = 3) -> str:
+    """Signed scientific notation (Z is typically 1e-4 .. 1e-2)."""
+    return NA if is_missing(value) else f"{value:+.{digits}e}"
+
+
+def fmt_seconds(value) -> str:
+    return NA if is_missing(value) else f"{value:,.0f} s" if value >= 100 else f"{value:.1f} s"
+
+
+def fmt_share(hits: int, total: int, share) -> str:
+    return NA if not total or is_missing(share) else f"{hits}/{total} = {share:.3f}"
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def affinity_caption(analysis: DomainAnalysis, short: bool = False) -> str:
+    """Setting and measurement settings of the preview (one line; ``short``: without the probe batches)."""
+    preview = analysis.affinity
+    every = "/".join(map(str, sorted(set(preview.every))))
+    batches = "/".join(map(str, sorted(set(preview.num_batches))))
+    text = (f"domain {analysis.setting.domain}, model {analysis.setting.model}, profile {analysis.setting.profile}; "
+            f"{plural(len(preview.run_ids), 'affinity run')} (seed{'s' if len(preview.seeds) > 1 else ''} "
+            f"{', '.join(map(str, preview.seeds))}), Z measured every {every} steps")
+    return text if short else f"{text} on {batches} probe batch{'es' if batches != '1' else ''} per task"
+
+
+def affinity_validation_text(preview: AffinityPreview) -> str:
+    """Two lines: how well Z predicts the measured deltas, and what the preview cost."""
+    v = preview.validation
+    if v["n_edges"] == 0:
+        agreement = "validation n/a: no measured pairwise edge in the store to compare with"
+    else:
+        if is_missing(v["spearman_rho"]):  # p_method says why: "n/a (fewer than 3 edges)", "n/a (constant values)"
+            rho = f"n/a (n = {v['n_edges']} edges: {v['p_method'].removeprefix('n/a (').rstrip(')')})"
+        else:
+            p_text = "" if is_missing(v["spearman_p"]) else f"{v['p_method']} p = {fmt_p(v['spearman_p'])}, "
+            rho = f"{v['spearman_rho']:+.3f} ({p_text}n = {v['n_edges']} edges)"
+        shares = fmt_share(v["n_sign_agree_significant"], v["n_significant"], v["sign_agreement_significant"])
+        significant = f"on significant edges {shares}" if v["n_significant"] else "no significant (green/red) edge"
+        agreement = (f"Spearman ρ(Z, Δ) = {rho}; sign agreement "
+                     f"{fmt_share(v['n_sign_agree'], v['n_edges'], v['sign_agreement'])}, {significant}")
+    grid = (f"grid {fmt_seconds(v['grid_wall_s'])} ({plural(v['n_grid_runs'], 'single/pair run')}), ratio "
+            f"{fmt_score(v['time_ratio'])}" if v["n_grid_runs"] else "no single/pair runs (ratio n/a)")
+    overhead = (f"tracking overhead {fmt_score(v['tracking_overhead'])} × the plain all-task run"
+                if not is_missing(v["tracking_overhead"]) else "tracking overhead n/a (no plain all-task run to match)")
+    cost = (f"wall time: preview {fmt_seconds(v['preview_wall_s'])}, {grid}; {overhead}; tracker "
+            f"{fmt_seconds(v['tracker_s'])} (+{fmt_score(v['tracker_overhead'])} over the run's own training)")
+    return f"{agreement}\n{cost}"
+
+
+def setting_caption(analysis: DomainAnalysis) -> str:
+    seeds = ", ".join(map(str, analysis.seeds)) or "none"
+    return (f"domain {analysis.setting.domain}, model {analysis.setting.model}, profile {analysis.setting.profile}, "
+            f"seeds {seeds}")
+
+
+def models_wide(models: pd.DataFrame, column: str = "mean") -> pd.DataFrame:
+    """Rows: model types (the paper's three in its order, then any other in order of appearance); columns: tasks
+    then Avg."""
+    wide = models.pivot(index="model_type", columns="task", values=column)
+    tasks, present = list(dict.fromkeys(models["task"])), list(dict.fromkeys(models["model_type"]))
+    order = [m for m in MODEL_TYPES if m in present] + [m for m in present if m not in MODEL_TYPES]
+    return wide.reindex(index=order, columns=tasks)
+
+
+def _graphml_value(value):
+    """GraphML takes str, int, float and bool; NaN stays a float (written as 'nan')."""
+    if value is None:
+        return ""
+    if hasattr(value, "item"):
+        value = value.item()
+    return value
+
+
+def transfer_digraph(analysis: DomainAnalysis) -> nx.DiGraph:
+    """Nodes = tasks (with their single-task score), edges s->t with delta, CI, p, p_holm, colour, n_seeds."""
+    graph = nx.DiGraph(domain=analysis.setting.domain, model=analysis.setting.model,
+                       profile=analysis.setting.profile, alpha=float(analysis.alpha),
+                       min_delta=float(analysis.min_delta), n_boot=int(analysis.n_boot))
+    single = analysis.models[analysis.models["model_type"] == "single"].set_index("task")["mean"]
+    for task in analysis.tasks:
+        graph.add_node(task, label=task, single_score=float(single.get(task, math.nan)))
+    for _, row in analysis.edges.iterrows():
+        attributes = {key: _graphml_value(row[key]) for key in
+                      ("delta", "delta_std", "ci_low", "ci_high", "p", "p_holm", "colour", "n_seeds", "metric",
+                       "note")}
+        attributes["note"] = str(attributes["note"] or "")
+        graph.add_edge(row["source"], row["target"], **attributes)
+    return graph
+
+
+def affinity_digraph(analysis: DomainAnalysis) -> nx.DiGraph:
+    """Nodes = the preview's tasks; edges s->t with z, z_std, delta, colour = sign of Z (green > 0, red < 0, grey
+    = 0, missing: not measured) and measured_colour = the measured edge's call."""
+    preview = analysis.affinity
+    graph = nx.DiGraph(domain=analysis.setting.domain, model=analysis.setting.model,
+                       profile=analysis.setting.profile, preview=True)
+    for task in preview.tasks:
+        graph.add_node(task, label=task)
+    for _, row in preview.edges.iterrows():
+        z = float(row["z"])
+        colour = "missing" if math.isnan(z) else "green" if z > 0 else "red" if z < 0 else "grey"
+        graph.add_edge(row["source"], row["target"], z=z, z_std=float(row["z_std"]), delta=float(row["delta"]),
+                       colour=colour, measured_colour=str(row["colour"]))
+    return graph
+
+
