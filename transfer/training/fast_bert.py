@@ -61,7 +61,7 @@ def explicit_attention(x: torch.Tensor) -> bool:
 class MaskSource:
     """Dropout masks for CPU tensors from a seeded NumPy SFC64 stream (four 16-bit uniforms per draw)."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int | np.random.SeedSequence):
         self.generator = np.random.Generator(np.random.SFC64(seed))
 
     def keep_mask(self, shape: torch.Size, p: float) -> torch.Tensor:

@@ -1,21 +1,24 @@
 """The one training loop (single, mtl and finetune stages).
 
 A single-task run is a multi-task run with one task. Each epoch pools one-task mini-batches of every task,
-shuffles the pool (the paper's Algorithm 1) and steps on each batch with its own task's loss. After each
-epoch every task is scored on dev; when a task's dev score improves, its test set is scored at that epoch,
-so the reported test score is the one of the epoch with the best dev score *of that task*.
+shuffles the pool (the paper's Algorithm 1) and steps on each batch with its own task's loss. Every random draw
+of a task comes from that task's own streams (``transfer.training.streams``). After each epoch every task is
+scored on dev; with ``patience`` the run stops once no task's dev score improved for that many epochs. Test is
+scored with the weights of the chosen epoch (``transfer.training.selection``): each task's own best dev epoch,
+or, in the all-task refinement run, the one epoch with the best mean dev score (one model, whose encoder the
+fine-tune runs start from).
 
 The command line is ``transfer.train``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +26,15 @@ import torch
 
 from transfer.scoring import metrics
 from transfer.experiment.config import RunSpec
-from transfer.training.fast_bert import MaskSource, unsupported_reason
+from transfer.training.fast_bert import unsupported_reason
 from transfer.training.features import SplitData, load_split
 from transfer.training.batches import collate, make_batches, sample_examples
 from transfer.training.kinds import kind_ops
 from transfer.training.lookahead import AffinityTracker
 from transfer.training.model import MultiTaskModel, load_tokenizer
+from transfer.training.provenance import cpu_supports_bf16, provenance
+from transfer.training.selection import Selection, is_all_task_run
+from transfer.training.streams import TaskStreams
 from transfer.experiment.progress import Reporter
 from transfer.data.tasks import TaskTable, load_task_table, locate_tasks
 
@@ -50,15 +56,6 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 matmul instructions (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> bf16 where the hardware runs it natively (Ampere+ GPUs, AVX512-BF16/AMX CPUs), else fp32."""
     if precision != "auto":
@@ -77,9 +74,13 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def prepare_data(spec: RunSpec, table: TaskTable, tokenizer, paths: dict[str, dict[str, Path]]
-                 ) -> tuple[dict[str, dict[str, SplitData]], int]:
-    """Examples and features of every split of every task (capped by the profile); also the cache hits."""
+def prepare_data(spec: RunSpec, table: TaskTable, tokenizer, paths: dict[str, dict[str, Path]],
+                 streams: TaskStreams) -> tuple[dict[str, dict[str, SplitData]], int]:
+    """Examples and features of every split of every task (capped by the profile); also the cache hits.
+
+    A capped training set is sampled from the task's own stream (it changes with the seed); capped dev and test
+    sets are fixed samples, so every run and seed scores the same examples.
+    """
     caps = {"train": spec.profile.max_train_examples, "dev": spec.profile.max_dev_examples,
             "test": spec.profile.max_test_examples}
     data: dict[str, dict[str, SplitData]] = {}
@@ -90,7 +91,8 @@ def prepare_data(spec: RunSpec, table: TaskTable, tokenizer, paths: dict[str, di
         for split, path in paths[name].items():
             examples, features, hit = load_split(task, split, path, tokenizer, spec.profile.max_length)
             hits += hit
-            chosen = sample_examples(len(examples), caps[split])
+            rng = streams.sample_generator(name) if split == "train" else None
+            chosen = sample_examples(len(examples), caps[split], rng)
             data[name][split] = SplitData(task, split, examples, features, features.rows_of(chosen))
     return data, hits
 
@@ -111,11 +113,12 @@ def build_optimizer(model: torch.nn.Module, optimizer: str, learning_rate: float
     return torch.optim.Adamax(groups, lr=learning_rate, foreach=True)
 
 
-def setup_encoder(model: MultiTaskModel, impl: str, device: torch.device, seed: int) -> str:
+def setup_encoder(model: MultiTaskModel, impl: str, device: torch.device, masks=None) -> str:
     """Switch ``model`` to the lean BERT forward when ``impl`` asks for it; return the one in use.
 
     ``auto`` takes ``transfer.training.fast_bert`` for BERT-architecture encoders and the Hugging Face forward for
     anything else (the choice is logged and stored with the run); ``transfer`` insists on the former.
+    ``masks``: the CPU dropout mask source (``TaskStreams.mask_source``); None keeps torch's dropout (CUDA).
     """
     if impl == "hf":
         return "hf"
@@ -125,8 +128,8 @@ def setup_encoder(model: MultiTaskModel, impl: str, device: torch.device, seed: 
             raise ValueError(f"encoder_impl = 'transfer' cannot run this encoder: {reason}; use 'auto' or 'hf'")
         logger.info("encoder_impl auto -> hf: %s", reason)
         return "hf"
-    # CPU dropout masks from a seeded stream of their own (see transfer.training.fast_bert); CUDA keeps torch's dropout
-    model.use_fast_encoder(MaskSource(seed + 7919) if device.type == "cpu" else None)
+    # CPU dropout masks from the tasks' own streams (see transfer.training.fast_bert); CUDA keeps torch's dropout
+    model.use_fast_encoder(masks if device.type == "cpu" else None)
     return "transfer"
 
 
@@ -141,15 +144,13 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warm
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def epoch_batches(train: dict[str, SplitData], batch_size: int, rng: np.random.Generator,
+def epoch_batches(train: dict[str, SplitData], batch_size: int, streams: TaskStreams,
                   group_by_length: bool) -> list[tuple[str, np.ndarray]]:
-    """Algorithm 1: every task's one-task mini-batches, pooled and shuffled."""
-    pool = []
-    for name, split in train.items():
-        lengths = split.features.lengths
-        pool += [(name, rows) for rows in make_batches(lengths, batch_size, rng, group_by_length, split.rows)]
-    order = rng.permutation(len(pool))
-    return [pool[i] for i in order]
+    """Algorithm 1: every task's one-task mini-batches (from its own stream), pooled and shuffled."""
+    names = list(train)
+    own = [make_batches(split.features.lengths, batch_size, streams.batch_generator(name), group_by_length, split.rows)
+           for name, split in train.items()]
+    return [(names[k], own[k][i]) for k, i in streams.interleave([len(batches) for batches in own])]
 
 
 def count_steps(train: dict[str, SplitData], batch_size: int) -> int:
@@ -213,41 +214,31 @@ def _jsonable(value):
 
 # ----------------------------------------------------------------------------------------------- training
 
-@dataclass
-class TaskBest:
-    """Best-dev bookkeeping of one task."""
-
-    dev_score: float = -math.inf
-    epoch: int = 0
-    dev: dict | None = None
-    test: dict | None = None
-    predictions: list | None = None
-    weights: dict | None = None  # CPU copy of encoder + this task's head at the best epoch
+SELECTION_FILE = "selection.json"  # beside a saved encoder: the run and the epoch it comes from
 
 
 def train(spec: RunSpec, *, data_dir: str | Path | None = None, device: str | None = None,
           reporter: Reporter | None = None, table: TaskTable | None = None, parent_dir: Path | None = None,
           encoder_dir: Path | None = None) -> dict:
-    """Train one run; return its result (scores, history, per-example test predictions, timings).
+    """Train one run; return its result (scores, history, per-example test predictions, timings, provenance).
 
     ``parent_dir``: the mtl run folder a finetune run starts from (holds ``encoder/``).
     ``encoder_dir``: where to save the encoder when ``spec.save_encoder`` is set.
     """
     wall_start = time.perf_counter()
+    if spec.save_encoder and encoder_dir is None:
+        raise ValueError("save_encoder is set but no encoder_dir was given")
     reporter = reporter or Reporter()
     table = table or load_task_table()
     dev = pick_device(device)
     precision = resolve_precision(spec.profile.precision, dev)
+    streams = TaskStreams(spec.seed, spec.tasks, dev, shared=spec.profile.random_streams == "shared")
     paths = locate_tasks(table, spec.tasks, spec.domain, data_dir)
     tokenizer = load_tokenizer(spec.model)
-    data, cache_hits = prepare_data(spec, table, tokenizer, paths)
-    set_seed(spec.seed)
-    model = MultiTaskModel.from_pretrained(spec.model, [table.task(n) for n in spec.tasks], spec.profile.dropout)
-    if spec.stage == "finetune":
-        if parent_dir is None or not (Path(parent_dir) / "encoder").is_dir():
-            raise FileNotFoundError(f"finetune needs the refinement run's encoder; none in {parent_dir}/encoder")
-        model.load_encoder_state(Path(parent_dir) / "encoder")
-    encoder_impl = setup_encoder(model, spec.profile.encoder_impl, dev, spec.seed)
+    data, cache_hits = prepare_data(spec, table, tokenizer, paths, streams)
+    model = build_model(spec, table, streams)
+    parent = load_parent(model, spec, parent_dir) if spec.stage == "finetune" else None
+    encoder_impl = setup_encoder(model, spec.profile.encoder_impl, dev, streams.mask_source())
     model.to(dev)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -259,20 +250,40 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, device: str | No
     summary = _summary(spec, data, total_steps, dev, precision, cache_hits)
     summary["encoder_impl"] = encoder_impl
     reporter.start(summary)
-    loop = _Loop(spec, model, optimizer, scheduler, data, dev, precision, tokenizer.pad_token_id, reporter, total_steps)
+    one_model = spec.profile.refinement_selection == "mean" and is_all_task_run(spec.stage, spec.tasks, spec.domain, table)
+    loop = _Loop(spec, model, optimizer, scheduler, data, dev, precision, tokenizer.pad_token_id, reporter, total_steps,
+                 streams, "mean" if one_model else "task")
     if spec.affinity_every:
         loop.tracker = AffinityTracker(train_data, spec.affinity_every, spec.affinity_batches, spec.profile.batch_size,
                                        tokenizer.pad_token_id, dev, lambda: autocast(dev, precision),
                                        spec.profile.max_grad_norm, spec.seed)
     loop.run()
-    if spec.save_encoder:
-        if encoder_dir is None:
-            raise ValueError("save_encoder is set but no encoder_dir was given")
-        model.save_encoder(Path(encoder_dir))
-    loop.score_test()
+    loop.finish(Path(encoder_dir) if spec.save_encoder else None)
     result = loop.result(summary, time.perf_counter() - wall_start)
+    result["provenance"] = provenance(dev, precision, encoder_impl, spec.profile.random_streams)
+    if parent is not None:
+        result["parent"] = parent
     reporter.finish(result)
     return result
+
+
+def build_model(spec: RunSpec, table: TaskTable, streams: TaskStreams) -> MultiTaskModel:
+    """The pretrained encoder and one fresh head per task, each head drawn from its task's own generator."""
+    set_seed(spec.seed)  # whatever loading the encoder draws (a missing pooler, say) is the same for every task set
+    model = MultiTaskModel.from_pretrained(spec.model, [table.task(n) for n in spec.tasks], spec.profile.dropout)
+    if not (streams.shared and spec.profile.head_init == "torch"):  # else nn.Linear's own draws, as stored runs had
+        model.initialise_heads(spec.profile.head_init, {name: streams.head_generator(name) for name in spec.tasks})
+    return model
+
+
+def load_parent(model: MultiTaskModel, spec: RunSpec, parent_dir: Path | None) -> dict:
+    """Start from the refinement run's saved encoder; return which run and epoch it is (None: not recorded)."""
+    folder = Path(parent_dir) / "encoder" if parent_dir is not None else None
+    if folder is None or not folder.is_dir():
+        raise FileNotFoundError(f"finetune needs the refinement run's encoder; none in {parent_dir}/encoder")
+    model.load_encoder_state(folder)
+    info = json.loads((folder / SELECTION_FILE).read_text()) if (folder / SELECTION_FILE).is_file() else {}
+    return {"run_id": info.get("run_id", spec.parent), "epoch": info.get("epoch"), "rule": info.get("rule")}
 
 
 def _summary(spec, data, total_steps, dev, precision, cache_hits) -> dict:
@@ -280,23 +291,29 @@ def _summary(spec, data, total_steps, dev, precision, cache_hits) -> dict:
         "run_id": spec.run_id, "stage": spec.stage, "tasks": list(spec.tasks), "seed": spec.seed,
         "model": spec.model, "profile": spec.profile.name, "device": str(dev), "precision": precision,
         "examples": {name: {split: s.num_examples for split, s in splits.items()} for name, splits in data.items()},
-        "epochs": spec.epochs, "steps": total_steps, "batch_size": spec.profile.batch_size,
-        "effective_batch": spec.profile.batch_size, "learning_rate": spec.learning_rate,
-        "optimizer": spec.profile.optimizer, "feature_cache_hits": cache_hits, "threads": torch.get_num_threads(),
+        "epochs": spec.epochs, "patience": spec.profile.patience, "steps": total_steps,
+        "batch_size": spec.profile.batch_size, "effective_batch": spec.profile.batch_size,
+        "learning_rate": spec.learning_rate, "optimizer": spec.profile.optimizer, "feature_cache_hits": cache_hits,
+        "threads": torch.get_num_threads(),
     }
 
 
 class _Loop:
     """State of one run's training; ``run`` reads top to bottom as the paper's Algorithm 1."""
 
-    def __init__(self, spec, model, optimizer, scheduler, data, device, precision, pad_id, reporter, total_steps):
+    def __init__(self, spec, model, optimizer, scheduler, data, device, precision, pad_id, reporter, total_steps,
+                 streams: TaskStreams, rule: str):
         self.spec, self.model, self.optimizer, self.scheduler = spec, model, optimizer, scheduler
         # fp16 needs loss scaling against gradient underflow; with bf16/fp32 the scaler is a pass-through.
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.data, self.device, self.precision, self.pad_id = data, device, precision, pad_id
         self.reporter, self.total_steps = reporter, total_steps
-        self.rng = np.random.default_rng(spec.seed)
-        self.best = {name: TaskBest() for name in spec.tasks}
+        self.streams, self.rule = streams, rule  # rule: "task" (each task its own epoch) or "mean" (one model)
+        self.selection = Selection({name: splits["dev"].task.metric for name, splits in data.items()})
+        # the mean-dev epoch's weights are kept when they are reported or will be saved for fine-tuning
+        self.keeps_mean = rule == "mean" or (spec.save_encoder and spec.profile.refinement_selection == "mean")
+        self.snapshots: dict[int, dict] = {}  # epoch -> CPU copy of the model's weights, while a choice needs it
+        self.tests: dict[tuple[int, str], tuple[dict, list]] = {}  # (epoch, task) -> test metrics, predictions
         self.history: list[dict] = []
         self.losses: list[float] = []
         self.step_count = 0
@@ -304,29 +321,36 @@ class _Loop:
         self.train_seconds = 0.0
         self.eval_seconds = 0.0
         self.epochs_run = 0
+        self.stopped_early = False
+        self.saved_epoch: int | None = None
         self.tracker: AffinityTracker | None = None
 
     def run(self) -> None:
-        stale = 0
+        stale, patience = 0, self.spec.profile.patience
         for epoch in range(1, self.spec.epochs + 1):
             self.train_epoch()
             improved = self.evaluate(epoch)
             self.epochs_run = epoch
             stale = 0 if improved else stale + 1
-            if self.spec.profile.patience and stale >= self.spec.profile.patience:
+            self.stopped_early = bool(patience) and stale >= patience and epoch < self.spec.epochs
+            last = epoch == self.spec.epochs or self.stopped_early
+            self._keep_weights(epoch, last)
+            if self.stopped_early:
                 logger.info("no task improved on dev for %d epochs; stopping after epoch %d", stale, epoch)
+            if last:
                 break
 
     def train_epoch(self) -> None:
         self.model.train()
         profile = self.spec.profile
         train = {name: splits["train"] for name, splits in self.data.items()}
-        batches = epoch_batches(train, profile.batch_size, self.rng, profile.group_by_length)
+        batches = epoch_batches(train, profile.batch_size, self.streams, profile.group_by_length)
         running = torch.zeros((), device=self.device)
         since_log, start = 0, time.perf_counter()
         for task_name, rows in batches:
             if self.tracker is not None and self.tracker.due(self.step_count):
                 self.tracker.probe(self.model, self.optimizer, self.scheduler.get_last_lr()[0])
+            self.streams.activate(task_name)  # this batch's dropout draws from its own task's streams
             batch = collate(train[task_name].features, rows, self.pad_id)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with autocast(self.device, self.precision):
@@ -350,75 +374,96 @@ class _Loop:
                 since_log = 0
             elapsed = self.train_seconds + time.perf_counter() - start
             self.reporter.step(self.step_count, self.total_steps, mean_loss, self.examples_seen / max(elapsed, 1e-9))
+        self.streams.deactivate()
         self.train_seconds += time.perf_counter() - start
         if self.tracker is not None:
             self.tracker.end_epoch()
 
     def evaluate(self, epoch: int) -> bool:
-        """Score dev; keep a weight snapshot of each task whose dev score improved. True if any improved."""
+        """Score dev and update the choices of epoch; True if any task's own best improved."""
         start = time.perf_counter()
-        record, improved = {"epoch": epoch, "dev": {}}, False
-        for name, splits in self.data.items():
-            dev_scores, _ = score_split(splits["dev"], self._predict(splits["dev"]))
-            record["dev"][name] = dev_scores
-            primary = dev_scores[splits["dev"].task.metric]
-            if primary > self.best[name].dev_score:
-                improved = True
-                snapshot = None if epoch == self.spec.epochs else self._snapshot(name)  # the last epoch's weights stay live
-                self.best[name] = TaskBest(primary, epoch, dev_scores, weights=snapshot)
-        self.history.append(record)
+        dev = {name: score_split(splits["dev"], self._predict(splits["dev"]))[0] for name, splits in self.data.items()}
+        improved, mean = self.selection.update(epoch, dev)
+        self.history.append({"epoch": epoch, "dev": dev, "mean_dev": round(mean, 6)})
         self.eval_seconds += time.perf_counter() - start
-        self.reporter.epoch_end(epoch, {n: s[self.data[n]["dev"].task.metric] for n, s in record["dev"].items()})
+        self.reporter.epoch_end(epoch, {n: s[self.data[n]["dev"].task.metric] for n, s in dev.items()})
         return improved
 
-    def _snapshot(self, name: str) -> dict:
-        return {"encoder": {k: v.detach().to("cpu", copy=True) for k, v in self.model.encoder.state_dict().items()},
-                "head": {k: v.detach().to("cpu", copy=True) for k, v in self.model.heads[name].state_dict().items()}}
+    def _keep_weights(self, epoch: int, last: bool) -> None:
+        """Copy this epoch's weights if a choice points at it (the last epoch's stay live); drop unneeded copies."""
+        needed = self.selection.epochs(with_mean=self.keeps_mean)
+        self.snapshots = {e: weights for e, weights in self.snapshots.items() if e in needed}
+        if epoch in needed and not last:
+            self.snapshots[epoch] = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
-    def score_test(self) -> None:
-        """Score each task's test set once, with the weights of its best dev epoch.
+    def finish(self, encoder_dir: Path | None) -> None:
+        """Score test once per chosen (epoch, task), and save the encoder of the epoch chosen for fine-tuning.
 
-        Equivalent to scoring test after every epoch and keeping the best-dev one, at a fraction of the cost.
-        Tasks whose best epoch is the current one go first, before any snapshot is loaded.
+        Equivalent to scoring test after every epoch and keeping the chosen ones, at a fraction of the cost. The
+        live (last) epoch goes first, before any copy is loaded.
         """
         start = time.perf_counter()
-        current = [n for n, b in self.best.items() if b.weights is None and b.epoch == self.epochs_run]
-        for name in current + [n for n in self.best if n not in current]:
-            best = self.best[name]
-            if best.epoch == 0:
-                continue
-            if best.weights is not None:
-                self.model.encoder.load_state_dict(best.weights["encoder"])
-                self.model.heads[name].load_state_dict(best.weights["head"])
-            best.test, best.predictions = score_split(self.data[name]["test"], self._predict(self.data[name]["test"]))
-            best.weights = None
+        wanted: dict[int, set[str]] = {}
+        for name in self.data:
+            for choice in (self.selection.per_task[name], self.selection.chosen(self.rule, name)):
+                if choice.epoch:
+                    wanted.setdefault(choice.epoch, set()).add(name)
+        if encoder_dir is not None:
+            mean_epoch = self.selection.mean.epoch if self.spec.profile.refinement_selection == "mean" else 0
+            self.saved_epoch = mean_epoch or self.epochs_run  # "task" selection keeps the last epoch, as before
+            wanted.setdefault(self.saved_epoch, set())
+        for epoch in sorted(wanted, key=lambda e: (e != self.epochs_run, e)):
+            if epoch != self.epochs_run:
+                self.model.load_state_dict(self.snapshots.pop(epoch))
+            if epoch == self.saved_epoch:
+                self._save_encoder(encoder_dir, epoch)
+            for name in sorted(wanted[epoch]):
+                self.tests[epoch, name] = score_split(self.data[name]["test"], self._predict(self.data[name]["test"]))
         self.eval_seconds += time.perf_counter() - start
+
+    def _save_encoder(self, folder: Path, epoch: int) -> None:
+        self.model.save_encoder(folder)
+        rule = "mean dev score" if self.spec.profile.refinement_selection == "mean" else "last epoch"
+        (folder / SELECTION_FILE).write_text(json.dumps({"run_id": self.spec.run_id, "epoch": epoch, "rule": rule}))
 
     def _predict(self, split: SplitData) -> dict[int, object]:
         return predict_split(self.model, split, self.spec.profile.eval_batch_size, self.device, self.precision, self.pad_id)
 
+    def _task_entry(self, name: str, rule: str) -> dict:
+        choice = self.selection.chosen(rule, name)
+        metric = self.data[name]["dev"].task.metric
+        dev = choice.dev.get(name)
+        test = self.tests.get((choice.epoch, name), (None, None))[0]
+        return {"metric": metric, "best_epoch": choice.epoch, "dev": dev, "test": test,
+                "dev_score": dev[metric] if dev else None, "test_score": test[metric] if test else None}
+
     def result(self, summary: dict, wall_seconds: float) -> dict:
-        tasks = {}
-        for name, best in self.best.items():
-            task = self.data[name]["dev"].task
-            tasks[name] = {
-                "metric": task.metric, "best_epoch": best.epoch, "dev": best.dev, "test": best.test,
-                "dev_score": best.dev[task.metric] if best.dev else None,
-                "test_score": best.test[task.metric] if best.test else None,
-                "examples": {split: s.num_examples for split, s in self.data[name].items()},
-            }
+        tasks, predictions = {}, {}
+        for name, splits in self.data.items():
+            own_epoch = self.selection.per_task[name].epoch
+            tasks[name] = {**self._task_entry(name, self.rule), "selection": self.rule,
+                           "own_best_epoch": own_epoch, "peaked_at_last_epoch": own_epoch == self.epochs_run,
+                           "examples": {split: s.num_examples for split, s in splits.items()}}
+            if self.rule == "mean":  # the per-task choice stays as an extra column
+                tasks[name]["per_task_selection"] = self._task_entry(name, "task")
+            predictions[name] = self.tests.get((tasks[name]["best_epoch"], name), (None, None))[1]
         extra = {"affinity": self.tracker.result()} if self.tracker is not None else {}
+        mean = self.selection.mean
         return {
             "run_id": self.spec.run_id,
             "spec": self.spec.to_dict(),
             "tasks": tasks,
+            "model_selection": {"rule": self.rule, "mean_dev_epoch": mean.epoch,
+                                "mean_dev_score": round(mean.score, 6) if mean.epoch else None,
+                                "saved_encoder_epoch": self.saved_epoch},
             **extra,
             "history": self.history,
-            "predictions": {name: best.predictions for name, best in self.best.items()},
+            "predictions": predictions,
             "train": {
-                **summary, "epochs_run": self.epochs_run, "steps_run": self.step_count,
-                "train_examples_seen": self.examples_seen, "train_seconds": round(self.train_seconds, 3),
-                "eval_seconds": round(self.eval_seconds, 3), "wall_seconds": round(wall_seconds, 3),
+                **summary, "epochs_run": self.epochs_run, "stopped_early": self.stopped_early,
+                "steps_run": self.step_count, "train_examples_seen": self.examples_seen,
+                "train_seconds": round(self.train_seconds, 3), "eval_seconds": round(self.eval_seconds, 3),
+                "wall_seconds": round(wall_seconds, 3),
                 "train_examples_per_s": round(self.examples_seen / max(self.train_seconds, 1e-9), 2),
                 **peak_memory(self.device),
                 "losses": self.losses,

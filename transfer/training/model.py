@@ -2,11 +2,15 @@
 
 Heads follow the paper: dropout 0.1 then a linear layer, on the [CLS] vector (classification, regression,
 multilabel) or on every token (tagging). Which one is decided by the task's kind (``transfer.training.kinds``).
+A head's weights start as BERT's and MT-DNN's do, N(0, 0.02) with zero bias (``head_init = "normal"``), or as
+torch's ``nn.Linear`` default (``"torch"``, the scheme of runs stored before the option existed), drawn from the
+task's own generator (``transfer.training.streams``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -56,6 +60,20 @@ class TaskHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(hidden_size, num_labels)
 
+    @torch.no_grad()
+    def initialise(self, scheme: str, generator: torch.Generator | None = None) -> None:
+        """Redraw the linear layer's weights: ``normal`` N(0, 0.02) and zero bias, or ``torch`` (nn.Linear's rule)."""
+        weight, bias = self.linear.weight, self.linear.bias
+        if scheme == "normal":
+            weight.normal_(0.0, 0.02, generator=generator)
+            bias.zero_()
+        elif scheme == "torch":
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+            bound = 1.0 / math.sqrt(weight.shape[1])
+            bias.uniform_(-bound, bound, generator=generator)
+        else:
+            raise ValueError(f"unknown head initialisation {scheme!r}; use 'normal' or 'torch'")
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         features = hidden if self.token_level else hidden[:, 0]
         return self.linear(self.dropout(features))
@@ -83,6 +101,11 @@ class MultiTaskModel(nn.Module):
         if source is not None:
             for head in self.heads.values():
                 head.dropout = FastDropout(head.dropout.p, source).train(head.dropout.training)
+
+    def initialise_heads(self, scheme: str, generators: dict[str, torch.Generator | None]) -> None:
+        """Redraw every head from its task's generator (None: torch's global generator, in task order)."""
+        for name, head in self.heads.items():
+            head.initialise(scheme, generators.get(name))
 
     @property
     def encoder_impl(self) -> str:

@@ -1,0 +1,69 @@
+"""How a run was computed: resolved precision, encoder implementation, device class, library versions, commit.
+
+The run id hashes what a run was asked to do (the spec); these values say how this machine did it. A bf16 and an
+fp32 run of one spec share a run id, so each run records them in ``metrics.json`` and the analysis compares them
+before it puts runs into one edge.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matmul instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def device_class(device: torch.device) -> str:
+    """``cuda:<device name>``, or ``cpu (bf16)`` / ``cpu (no bf16)``: what changes the arithmetic, not the unit."""
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    if device.type == "cpu":
+        return "cpu (bf16)" if cpu_supports_bf16() else "cpu (no bf16)"
+    return device.type
+
+
+def git_commit(start: Path | None = None) -> str | None:
+    """The commit checked out where the package lives, read from ``.git`` directly; None when there is none."""
+    root = Path(start) if start is not None else Path(__file__).resolve().parents[2]
+    try:
+        git = root / ".git"
+        if git.is_file():  # a worktree or submodule: ".git" names the real git directory
+            git = (root / git.read_text().split(":", 1)[1].strip()).resolve()
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head or None
+        ref = head.split(":", 1)[1].strip()
+        common = (git / (git / "commondir").read_text().strip()).resolve() if (git / "commondir").is_file() else git
+        for folder in (git, common):
+            if (folder / ref).is_file():
+                return (folder / ref).read_text().strip()
+        for line in (common / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split(" ", 1)[0]
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def provenance(device: torch.device, precision: str, encoder_impl: str, random_streams: str) -> dict:
+    """The provenance block of a run's metrics."""
+    import transformers
+
+    import transfer
+
+    return {
+        "precision": precision, "encoder_impl": encoder_impl, "device_class": device_class(device),
+        "random_streams": random_streams, "torch": torch.__version__, "transformers": transformers.__version__,
+        "numpy": np.__version__, "python": platform.python_version(), "transfer": transfer.__version__,
+        "git_commit": git_commit(),
+    }
