@@ -34,7 +34,7 @@ def _args(results: Path, data_dir: Path, *extra: str) -> list[str]:
 
 
 def _stage_counts(runs) -> Counter:
-    return Counter(stage for stage, _ in runs)
+    return Counter("+".join(roles) for roles, _ in runs)
 
 
 def _expand(tasks=BIOMEDICAL, stages=grid.GRID_STAGES, seeds=(1,)):
@@ -62,7 +62,7 @@ def test_plan_sizes_per_stage_and_seed():
 
 
 def test_plan_links_finetune_to_refinement_and_saves_its_encoder_only_then():
-    runs = dict((spec.run_id, (stage, spec)) for stage, spec in _expand())
+    runs = dict((spec.run_id, ("+".join(roles), spec)) for roles, spec in _expand())
     refinement = [spec for stage, spec in runs.values() if stage == "all"][0]
     assert refinement.save_encoder and refinement.stage == "mtl" and refinement.tasks == BIOMEDICAL
     for stage, spec in runs.values():
@@ -74,9 +74,9 @@ def test_plan_links_finetune_to_refinement_and_saves_its_encoder_only_then():
 def test_two_tasks_pair_and_all_task_run_are_one_run():
     runs = _expand(tasks=TWO)
     assert _stage_counts(runs) == {"single": 2, "pair+all": 1, "finetune": 2}
-    merged = [spec for stage, spec in runs if stage == "pair+all"][0]
+    merged = [spec for roles, spec in runs if roles == ("pair", "all")][0]
     assert merged.save_encoder  # the finetune runs need its encoder
-    assert {spec.parent for stage, spec in runs if stage == "finetune"} == {merged.run_id}
+    assert {spec.parent for roles, spec in runs if roles == ("finetune",)} == {merged.run_id}
 
 
 def test_plan_grid_fingerprints_and_estimates(tiny_data_dir):
@@ -85,7 +85,7 @@ def test_plan_grid_fingerprints_and_estimates(tiny_data_dir):
     tasks = grid.ordered_tasks(table, "biomedical", ["ddi2013-type", "chemprot"])
     assert tasks == TWO  # the domain's order, whatever the command line's
     plan = grid.plan_grid(table, "biomedical", tasks, grid.GRID_STAGES, (1,), profile, "minilm", str(tiny_data_dir))
-    by_stage = {p.stage: p for p in plan}
+    by_stage = {p.label: p for p in plan}
     single = by_stage["single"]
     assert {key.split("/")[0] for key, _ in single.spec.data_fingerprints} == {single.spec.tasks[0]}
     assert {key for key, _ in by_stage["pair+all"].spec.data_fingerprints} == {

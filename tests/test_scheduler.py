@@ -8,7 +8,7 @@ import pytest
 
 from transfer.scheduling import scheduler
 from transfer.experiment.config import RunSpec, load_profile
-from transfer.grid import PlannedRun
+from transfer.scheduling.plan import PlannedRun
 from transfer.scheduling.scheduler import Board, claim_run, device_slots, parse_devices, settle_run
 from transfer.experiment.store import ResultsStore, read_json
 
@@ -86,7 +86,7 @@ def test_claim_run_outcomes(tmp_path):
     store.release(run_id)
     assert claim_run(store, run_id, data, "b") == ("failed", "boom")
     assert claim_run(store, run_id, data, "b", retry_failed=True) == ("claimed", None)
-    (store.folder(run_id) / "metrics.json").write_text("{}")
+    store.run(run_id).write_result({"tasks": {}, "predictions": {t: [] for t in spec.tasks}})
     store.set_status(run_id, "done")
     store.release(run_id)
     assert claim_run(store, run_id, data, "c") == ("done", None)

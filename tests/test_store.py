@@ -11,12 +11,20 @@ from transfer.experiment.store import ResultsStore, read_json
 SPEC = {"tasks": ["chemprot"], "stage": "single", "seed": 1, "model": "m", "profile": {"name": "test"}}
 
 
+def finish(store: ResultsStore, run_id: str, tasks=("chemprot",)) -> None:
+    """Record a run as done with a (tiny) result, as the worker does."""
+    result = {"run_id": run_id, "tasks": {t: {"metric": "acc", "test_score": 0.5} for t in tasks},
+              "predictions": {t: [{"uid": "u1", "gold": "a", "pred": "a"}] for t in tasks}}
+    store.run(run_id).write_result(result)
+    store.set_status(run_id, "done")
+
+
 def test_claim_is_exclusive_and_done_runs_are_not_claimed(tmp_path):
     store = ResultsStore(tmp_path)
     assert store.try_claim("r1", SPEC, "a")
     assert not store.try_claim("r1", SPEC, "b")
     assert read_json(store.folder("r1") / "spec.json")["run_id"] == "r1"
-    store.set_status("r1", "done")
+    finish(store, "r1")
     store.release("r1")
     assert not store.try_claim("r1", SPEC, "b")
     assert store.try_claim("r1", SPEC, "b", force=True)

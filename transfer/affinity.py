@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import sys
 
+from transfer.cli import command
+from transfer.errors import UsageError
 
+
+@command
 def main(argv: list[str] | None = None) -> int:
     from transfer import grid
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "--stages" in args:
-        print("error: transfer.affinity plans only the affinity run; use python -m transfer.grid --stages ... "
-              "to combine stages", file=sys.stderr)
-        return 2
+        raise UsageError("transfer.affinity plans only the affinity run; use python -m transfer.grid --stages ... "
+                         "to combine stages")
     if "-h" in args or "--help" in args:
         print(__doc__.strip() + "\n")
     return grid.main(["--stages", "affinity", *args])

@@ -33,6 +33,32 @@ def add_task_file_flag(parser: argparse.ArgumentParser) -> None:
                         help="extra task table (TOML) to load; repeat for several (else $TRANSFER_TASK_FILE)")
 
 
+def add_profile_flags(parser: argparse.ArgumentParser, default_model: str) -> None:
+    """``--profile``, ``--set`` and ``--model``: what every command that plans or trains runs takes."""
+    parser.add_argument("--profile", default="quick", help="profile name in experiments/ or a .toml path")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a profile value, e.g. --set epochs=3 --set max_train_examples=none")
+    parser.add_argument("--model", default=default_model,
+                        help="encoder: a local path or Hugging Face id; 'minilm' is the bundled all-MiniLM-L6-v2")
+
+
+def add_results_flag(parser: argparse.ArgumentParser, **kwargs) -> None:
+    """``--results``: the results store folder (one folder per run)."""
+    kwargs.setdefault("default", "results")
+    parser.add_argument("--results", help="results store folder (one folder per run)", **kwargs)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true",
                         help=f"show the full traceback of an input error (also ${DEBUG_ENV}=1)")

@@ -1,47 +1,94 @@
 """The results store: one folder per run, keyed by the run id (a hash of its canonical spec).
 
-Layout under the store root (``results/`` by default)::
+This module is the only one that knows the files of a run folder; everything else goes through
+:class:`RunFolder` (one folder) or :class:`ResultsStore` (the store of them). Layout under the store root
+(``results/`` by default)::
 
-    runs/<run_id>/spec.json               the run spec (RunSpec.to_dict() plus run_id)
+    runs/<run_id>/spec.json               the run spec (RunSpec.to_dict()) plus "run_id" and, from the grid, "roles"
     runs/<run_id>/status.json             {"status": running|done|failed, "owner", "pid", "host", times, "traceback"}
-    runs/<run_id>/metrics.json            scores, history and timings (written by transfer.training.loop.write_result)
+    runs/<run_id>/metrics.json            scores, history and timings
     runs/<run_id>/predictions/<task>.jsonl  per-example test predictions at the task's best dev epoch
     runs/<run_id>/log.txt                 the run's log
     runs/<run_id>/progress.json           live progress of a running run (epoch, step/total, last dev scores)
-    runs/<run_id>/claim                   present while a process owns the run (owner, pid, host)
+    runs/<run_id>/claim                   present while a process owns the run (see transfer.experiment.claims)
     runs/<run_id>/encoder/                refinement encoder, only where a finetune run needs it (not committed)
+    runs/<run_id>/damaged-<time>/         files of a damaged attempt, set aside when the run was redone
     scores.csv                            tidy table, one row per run x task, rebuilt from the folders
 
-Writes are atomic (temporary file + rename). A run is claimed by creating ``claim`` with ``O_EXCL``, so two
-grid processes on one store never run the same spec at once; a claim whose owner died is taken over.
+``roles`` (what the run is for in the grid, see ``transfer.experiment.roles``) sits outside the spec's hashed
+part: recording it changes no run id. Writes are atomic (temporary file, flushed to disk, then renamed). A run
+is *done* only when its status says so, ``metrics.json`` parses and every task's predictions file exists and
+parses; a folder whose files do not parse is *damaged* (:attr:`RunRecord.damage` names the file and the
+problem): the analysis skips it and says so, the grid redoes it after moving the damaged files aside.
 This module never imports torch: analysis code reads the store through it.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import os
-import socket
+import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from transfer.experiment import claims
+from transfer.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 STATUSES = ("running", "done", "failed")
 SCORE_COLUMNS = ("run_id", "stage", "tasks", "task", "seed", "domain", "model", "profile", "affinity_every", "metric",
                  "dev_score", "test_score", "best_epoch", "status", "train_seconds", "wall_seconds")
-STALE_AFTER_S = 15 * 60  # a claim from another host with no heartbeat for this long is taken as dead
+SPEC_KEYS = ("tasks", "stage", "seed", "model", "profile")  # what makes a spec.json a run spec
+STALE_AFTER_S = claims.STALE_AFTER_S
 
+_SPEC, _STATUS, _METRICS, _PROGRESS, _LOG = "spec.json", "status.json", "metrics.json", "progress.json", "log.txt"
+_CLAIM, _ENCODER, _PREDICTIONS, _DAMAGED = "claim", "encoder", "predictions", "damaged-"
+
+
+class DamagedRunError(UserError):
+    """A run-folder file that exists but cannot be read as what it should be (empty, cut short, not a run)."""
+
+
+# ----------------------------------------------------------------------------------------------- atomic files
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``text`` to ``path``: a temporary file in the same folder, flushed to disk, then renamed over it.
+
+    The flush comes before the rename so that a crash (or power loss) leaves the old file or the new one,
+    never a renamed file whose blocks were not written yet.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (best effort: not every file system lets a folder be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -53,33 +100,314 @@ def read_json(path: Path):
         return json.load(handle)
 
 
-def _pid_alive(pid: int) -> bool:
+def _read_json_checked(path: Path, what: str = "a JSON object"):
+    """The JSON object in ``path``; ``DamagedRunError`` naming the file when it is empty, cut short or no object."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        data = read_json(path)
+    except UnicodeDecodeError:
+        raise DamagedRunError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        problem = "empty" if path.stat().st_size == 0 else f"not valid JSON (cut short?): {exc.msg} at line {exc.lineno}"
+        raise DamagedRunError(f"{path}: {problem}") from None
+    if not isinstance(data, dict):
+        raise DamagedRunError(f"{path}: expected {what}, found {type(data).__name__}")
+    return data
 
+
+def read_predictions(path: Path) -> list[dict]:
+    """Per-example records (uid, gold, pred[, group]) of one task of one run; ``DamagedRunError`` for a cut file."""
+    path = Path(path)
+    records = []
+    with open(path, encoding="utf-8", errors="strict") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise DamagedRunError(f"{path}, line {number}: not a JSON record (file cut mid-line?)") from None
+    return records
+
+
+# ----------------------------------------------------------------------------------------------- one run folder
+
+class RunFolder:
+    """One run's folder: the files it holds, read and written."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # -- where things are ------------------------------------------------------------------------------------
+    @property
+    def spec_file(self) -> Path:
+        return self.path / _SPEC
+
+    @property
+    def status_file(self) -> Path:
+        return self.path / _STATUS
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / _METRICS
+
+    @property
+    def progress_file(self) -> Path:
+        return self.path / _PROGRESS
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / _LOG
+
+    @property
+    def claim_file(self) -> Path:
+        return self.path / _CLAIM
+
+    @property
+    def encoder_dir(self) -> Path:
+        return self.path / _ENCODER
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.path / _PREDICTIONS
+
+    def predictions_file(self, task: str) -> Path:
+        return self.predictions_dir / f"{task}.jsonl"
+
+    def has_spec(self) -> bool:
+        return self.spec_file.is_file()
+
+    def has_encoder(self) -> bool:
+        return self.encoder_dir.is_dir()
+
+    # -- the spec --------------------------------------------------------------------------------------------
+    def write_spec(self, spec: dict, run_id: str, roles: Iterable[str] | None = None) -> None:
+        """``spec.json``: the spec's own keys, ``run_id``, and the grid roles when known (never hashed)."""
+        document = {k: v for k, v in spec.items() if k not in ("run_id", "roles")}
+        document["run_id"] = run_id
+        if roles is not None:
+            document["roles"] = list(roles)
+        write_json_atomic(self.spec_file, document)
+
+    def read_spec_document(self) -> dict:
+        """All of ``spec.json``; ``DamagedRunError`` when it is unreadable or not a run spec."""
+        data = _read_json_checked(self.spec_file, "a run spec (an object)")
+        missing = [key for key in SPEC_KEYS if key not in data]
+        if missing:
+            raise DamagedRunError(f"{self.spec_file}: not a run spec (no {', '.join(missing)})")
+        if not isinstance(data["tasks"], list) or not data["tasks"] or not isinstance(data["profile"], dict):
+            raise DamagedRunError(f"{self.spec_file}: not a run spec (tasks must be a list, profile an object)")
+        roles = data.get("roles")
+        if roles is not None and not (isinstance(roles, list) and all(isinstance(r, str) for r in roles)):
+            raise DamagedRunError(f"{self.spec_file}: roles must be a list of role names")
+        return data
+
+    def read_spec(self) -> dict:
+        """The spec alone (what ``run_spec_from_dict`` takes): ``spec.json`` without ``run_id`` and ``roles``."""
+        return {k: v for k, v in self.read_spec_document().items() if k not in ("run_id", "roles")}
+
+    def read_roles(self) -> tuple[str, ...] | None:
+        """The grid roles recorded with the spec; None for folders written before roles were recorded."""
+        roles = self.read_spec_document().get("roles")
+        return None if roles is None else tuple(roles)
+
+    # -- status ----------------------------------------------------------------------------------------------
+    def read_status(self) -> dict:
+        """``status.json`` ({} when there is none yet); ``DamagedRunError`` when it is unreadable."""
+        if not self.status_file.is_file():
+            return {}
+        info = _read_json_checked(self.status_file, "a status object")
+        if info.get("status") not in STATUSES:
+            raise DamagedRunError(f"{self.status_file}: status must be one of {', '.join(STATUSES)}, "
+                                  f"got {info.get('status')!r}")
+        return info
+
+    def status_or_empty(self) -> dict:
+        """``status.json``, or {} when it is missing or damaged (callers that only need a hint)."""
+        try:
+            return self.read_status()
+        except (OSError, DamagedRunError):
+            return {}
+
+    def set_status(self, status: str, **info) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        previous = self.status_or_empty()
+        record = {**previous, **info, "status": status, "time": time.time()}
+        if status == "running":
+            record["started"] = record["time"]
+            for stale_key in ("traceback", "error", "log_tail", "returncode", "skipped"):
+                record.pop(stale_key, None)  # left by an earlier failed attempt
+            record["attempts"] = previous.get("attempts", 0) + 1
+        write_json_atomic(self.status_file, record)
+
+    # -- progress --------------------------------------------------------------------------------------------
+    def write_progress(self, state: dict) -> None:
+        write_json_atomic(self.progress_file, state)
+
+    def read_progress(self) -> dict:
+        """The live progress record; {} when there is none or it cannot be read (it is only a view)."""
+        try:
+            data = read_json(self.progress_file)
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    # -- results ---------------------------------------------------------------------------------------------
+    def write_result(self, result: dict) -> list[Path]:
+        """``predictions/<task>.jsonl`` (test set, best dev epoch), then ``metrics.json`` (all but predictions)."""
+        written = []
+        for name, records in result["predictions"].items():
+            target = self.predictions_file(name)
+            write_text_atomic(target, "".join(json.dumps(r) + "\n" for r in records or []))
+            written.append(target)
+        write_json_atomic(self.metrics_file, {k: v for k, v in result.items() if k != "predictions"})
+        written.append(self.metrics_file)
+        return written
+
+    def read_metrics(self) -> dict:
+        return _read_json_checked(self.metrics_file, "a metrics object")
+
+    def read_predictions(self, task: str) -> list[dict]:
+        return read_predictions(self.predictions_file(task))
+
+    # -- damage ----------------------------------------------------------------------------------------------
+    def damage(self) -> str | None:
+        """What makes this folder unusable (file and problem), or None. A done run must have its results."""
+        if not self.spec_file.exists() and not self.status_file.exists():
+            return None  # a folder being claimed, or not a run folder at all
+        try:
+            spec = self.read_spec_document()
+            status = self.read_status()
+            if status.get("status") != "done":
+                return None
+            if not self.metrics_file.is_file():
+                return f"{self.metrics_file}: missing although {_STATUS} says done"
+            self.read_metrics()
+            for task in spec["tasks"]:
+                path = self.predictions_file(str(task))
+                if not path.is_file():
+                    return f"{path}: missing although {_STATUS} says done"
+                read_predictions(path)
+        except DamagedRunError as exc:
+            return str(exc)
+        except (OSError, UnicodeDecodeError) as exc:
+            return f"{self.path}: cannot be read: {exc}"
+        return None
+
+    def is_done(self) -> bool:
+        return self.status_or_empty().get("status") == "done" and self.damage() is None
+
+    def set_aside_damage(self) -> Path | None:
+        """Move the files of a damaged attempt into ``damaged-<time>/`` in the folder; returns it (None if sound).
+
+        The spec is moved too when it is the damaged part; the encoder and the log stay (the log tells the story).
+        """
+        problem = self.damage()
+        if problem is None:
+            return None
+        aside = self.path / f"{_DAMAGED}{time.strftime('%Y%m%dT%H%M%S')}-{time.monotonic_ns() % 10**6:06d}"
+        aside.mkdir(parents=True)
+        names = [_STATUS, _METRICS, _PROGRESS, _PREDICTIONS]
+        try:
+            self.read_spec_document()
+        except (OSError, DamagedRunError):
+            names.append(_SPEC)
+        for name in names:
+            if (self.path / name).exists():
+                shutil.move(str(self.path / name), str(aside / name))
+        write_text_atomic(aside / "why.txt", problem + "\n")
+        logger.warning("damaged run folder %s (%s): files moved to %s", self.path, problem, aside.name)
+        return aside
+
+    def damaged_attempts(self) -> list[Path]:
+        return sorted(p for p in self.path.glob(f"{_DAMAGED}*") if p.is_dir())
+
+
+def write_result(result: dict, folder: Path) -> list[Path]:
+    """A run's outputs in ``folder`` (see :meth:`RunFolder.write_result`)."""
+    return RunFolder(folder).write_result(result)
+
+
+# ----------------------------------------------------------------------------------------------- records
 
 @dataclass(frozen=True)
 class RunRecord:
-    """What the store knows of one run folder."""
+    """What the store knows of one run folder: its spec, roles, status and whether it is damaged.
+
+    ``damage`` is None for a sound folder, else the file and what is wrong with it; a damaged record's
+    ``spec`` may be empty (when the spec is the damaged part), and it is never done.
+    """
 
     run_id: str
     folder: Path
     spec: dict
     status: str | None
     status_info: dict
+    roles: tuple[str, ...] | None = None  # None: written before roles were recorded (infer them)
+    damage: str | None = None
+
+    @property
+    def run(self) -> RunFolder:
+        return RunFolder(self.folder)
 
     @property
     def metrics_file(self) -> Path:
-        return self.folder / "metrics.json"
+        return self.run.metrics_file
 
     def predictions_file(self, task: str) -> Path:
-        return self.folder / "predictions" / f"{task}.jsonl"
+        return self.run.predictions_file(task)
 
+    @property
+    def done(self) -> bool:
+        return self.status == "done" and self.damage is None
+
+    @property
+    def stage(self) -> str:
+        return self.spec["stage"]
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(self.spec["tasks"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.spec["seed"])
+
+    @property
+    def parent(self) -> str | None:
+        return self.spec.get("parent")
+
+    @property
+    def affinity_every(self) -> int:
+        """The spec's look-ahead affinity interval; 0 for plain runs and for specs older than the key."""
+        return int(self.spec.get("affinity_every") or 0)
+
+    def metrics(self) -> dict:
+        """``metrics.json`` of a done run ({} for any other)."""
+        return self.run.read_metrics() if self.done else {}
+
+    @classmethod
+    def of(cls, folder: RunFolder) -> "RunRecord":
+        damage = folder.damage()
+        try:
+            document = folder.read_spec_document()
+        except (OSError, DamagedRunError):
+            document = {}
+        info = folder.status_or_empty()
+        roles = document.get("roles")
+        spec = {k: v for k, v in document.items() if k not in ("run_id", "roles")}
+        return cls(folder.name, folder.path, spec, info.get("status"), info,
+                   None if roles is None else tuple(roles), damage)
+
+
+# ----------------------------------------------------------------------------------------------- the store
 
 class ResultsStore:
     """A results folder: claim, record and list runs."""
@@ -91,74 +419,55 @@ class ResultsStore:
     def folder(self, run_id: str) -> Path:
         return self.runs_dir / run_id
 
+    def run(self, run_id: str) -> RunFolder:
+        return RunFolder(self.folder(run_id))
+
     # -- claiming --------------------------------------------------------------------------------------------
-    def try_claim(self, run_id: str, spec: dict, owner: str, force: bool = False) -> bool:
+    def try_claim(self, run_id: str, spec: dict, owner: str, force: bool = False,
+                  roles: Iterable[str] | None = None) -> bool:
         """Atomically claim a run for ``owner``; False if someone live holds it or it is already done.
 
-        ``force`` claims a done run too (to run it again).
+        ``force`` claims a done run too (to run it again). A damaged folder is claimed like an unfinished one,
+        its damaged files moved aside first. ``roles`` are recorded in spec.json (kept from the old spec if None).
         """
-        folder = self.folder(run_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        if self.status(run_id) == "done" and not force:
+        run = self.run(run_id)
+        run.path.mkdir(parents=True, exist_ok=True)
+        if run.is_done() and not force:
             return False
-        claim = folder / "claim"
-        info = {"owner": owner, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
-        for _ in range(2):
-            try:
-                fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if not self._claim_is_stale(claim):
-                    return False
-                self._break_claim(claim)
-                continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump(info, handle)
-            if self.status(run_id) == "done" and not force:  # finished between our check and the claim
-                claim.unlink(missing_ok=True)
-                return False
-            write_json_atomic(folder / "spec.json", {**spec, "run_id": run_id})
-            self.set_status(run_id, "running", owner=owner)
-            return True
-        return False
-
-    def _claim_is_stale(self, claim: Path) -> bool:
+        if not claims.acquire(run.claim_file, owner):
+            return False
+        if run.is_done() and not force:  # finished between our check and the claim
+            run.claim_file.unlink(missing_ok=True)
+            return False
         try:
-            info = read_json(claim)
-        except (OSError, json.JSONDecodeError):
-            # Being written right now, or left half-written by a crash: judge by age.
-            try:
-                return time.time() - claim.stat().st_mtime > 60
-            except FileNotFoundError:
-                return True
-        if info.get("host") == socket.gethostname():
-            return not _pid_alive(int(info.get("pid", -1)))
-        try:
-            return time.time() - claim.stat().st_mtime > STALE_AFTER_S
-        except FileNotFoundError:
-            return True
+            if roles is None:
+                roles = self._stored_roles(run)
+            run.set_aside_damage()
+            run.write_spec(spec, run_id, roles)
+            run.set_status("running", owner=owner)
+        except BaseException:
+            run.claim_file.unlink(missing_ok=True)  # a claim we cannot follow up must not hold the run
+            raise
+        return True
 
     @staticmethod
-    def _break_claim(claim: Path) -> None:
-        # Rename first so two processes breaking the same stale claim cannot both delete a fresh one.
-        grave = claim.with_name(f"claim.stale.{os.getpid()}.{time.monotonic_ns()}")
+    def _stored_roles(run: RunFolder) -> tuple[str, ...] | None:
         try:
-            os.rename(claim, grave)
-            grave.unlink(missing_ok=True)
-        except FileNotFoundError:
-            pass
+            return run.read_roles() if run.has_spec() else None
+        except (OSError, DamagedRunError):
+            return None
 
     def heartbeat(self, run_id: str) -> None:
         """Touch the claim so other hosts see the owner is alive."""
-        claim = self.folder(run_id) / "claim"
-        if claim.exists():
-            os.utime(claim)
+        claims.heartbeat(self.run(run_id).claim_file)
 
     def claim_info(self, run_id: str) -> dict | None:
-        """Who holds the run's claim (owner, pid, host, time), or None when nobody does."""
-        try:
-            return read_json(self.folder(run_id) / "claim")
-        except (OSError, json.JSONDecodeError):
-            return None
+        """Who holds the run's claim (owner, pid, host, time, process identity), or None when nobody does."""
+        return claims.read(self.run(run_id).claim_file)
+
+    def describe_claim(self, run_id: str) -> str:
+        """Who holds the run, in words (for a grid that keeps finding it held)."""
+        return claims.describe(self.run(run_id).claim_file)
 
     def adopt_claim(self, run_id: str, owner: str) -> bool:
         """Move ``owner``'s claim to this process (a worker started by the grid that claimed the run).
@@ -166,106 +475,87 @@ class ResultsStore:
         The claim then names the process that does the work, so it is judged alive or dead by that process.
         False if the claim is missing or held by another owner.
         """
-        info = self.claim_info(run_id)
-        if info is None or info.get("owner") != owner:
-            return False
-        info.update(pid=os.getpid(), host=socket.gethostname(), time=time.time())
-        write_json_atomic(self.folder(run_id) / "claim", info)
-        return True
+        return claims.adopt(self.run(run_id).claim_file, owner)
 
     def release(self, run_id: str, owner: str | None = None) -> None:
         """Drop the claim; with ``owner``, only if that owner still holds it."""
-        if owner is not None:
-            info = self.claim_info(run_id)
-            if info is not None and info.get("owner") != owner:
-                return
-        (self.folder(run_id) / "claim").unlink(missing_ok=True)
+        claims.release(self.run(run_id).claim_file, owner)
 
     # -- status ----------------------------------------------------------------------------------------------
     def set_status(self, run_id: str, status: str, **info) -> None:
-        if status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-        path = self.folder(run_id) / "status.json"
-        previous = read_json(path) if path.is_file() else {}
-        record = {**previous, **info, "status": status, "time": time.time()}
-        if status == "running":
-            record["started"] = record["time"]
-            for stale_key in ("traceback", "error", "log_tail", "returncode", "skipped"):
-                record.pop(stale_key, None)  # left by an earlier failed attempt
-            record["attempts"] = previous.get("attempts", 0) + 1
-        write_json_atomic(path, record)
+        self.run(run_id).set_status(status, **info)
 
     def status(self, run_id: str) -> str | None:
-        path = self.folder(run_id) / "status.json"
-        if not path.is_file():
+        """The recorded status, or None when there is none or status.json is damaged."""
+        return self.run(run_id).status_or_empty().get("status")
+
+    def status_info(self, run_id: str) -> dict:
+        """All of status.json ({} when missing or damaged)."""
+        return self.run(run_id).status_or_empty()
+
+    def state(self, run_id: str) -> str | None:
+        """``done``, ``running``, ``failed``, ``damaged``, or None when the store has no such run."""
+        run = self.run(run_id)
+        if not run.path.is_dir() or not (run.has_spec() or run.status_file.is_file()):
             return None
-        return read_json(path).get("status")
+        if run.damage() is not None:
+            return "damaged"
+        return run.status_or_empty().get("status")
 
     def is_done(self, run_id: str) -> bool:
-        return self.status(run_id) == "done" and (self.folder(run_id) / "metrics.json").is_file()
+        """Done and whole: status done, metrics.json parses, every task's predictions exist and parse."""
+        return self.run(run_id).is_done()
 
     # -- reading ---------------------------------------------------------------------------------------------
     def records(self) -> list[RunRecord]:
-        """Every run folder with a spec, sorted by run id."""
-        out = []
+        """Every run folder with a spec.json (damaged ones included, with ``damage`` set), sorted by run id."""
         if not self.runs_dir.is_dir():
-            return out
-        for folder in sorted(p for p in self.runs_dir.iterdir() if p.is_dir()):
-            spec_file, status_file = folder / "spec.json", folder / "status.json"
-            if not spec_file.is_file():
-                continue
-            info = read_json(status_file) if status_file.is_file() else {}
-            out.append(RunRecord(folder.name, folder, read_json(spec_file), info.get("status"), info))
-        return out
+            return []
+        folders = sorted(p for p in self.runs_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return [RunRecord.of(RunFolder(p)) for p in folders if RunFolder(p).has_spec()]
 
     def score_rows(self) -> list[dict]:
         """One row per run x task (runs without metrics give rows with empty scores and their status)."""
         rows = []
         for record in self.records():
+            if not record.spec:
+                logger.warning("skipped in %s: %s", _SCORES, record.damage)
+                continue
             spec = record.spec
-            metrics = read_json(record.metrics_file) if record.status == "done" and record.metrics_file.is_file() else None
+            metrics = record.metrics()
+            status = "damaged" if record.damage else record.status or ""
             for task in spec["tasks"]:
-                info = (metrics or {}).get("tasks", {}).get(task, {})
-                timing = (metrics or {}).get("train", {})
+                info = (metrics.get("tasks") or {}).get(task, {})
+                timing = metrics.get("train") or {}
                 rows.append({
                     "run_id": record.run_id, "stage": spec["stage"], "tasks": "+".join(spec["tasks"]), "task": task,
                     "seed": spec["seed"], "domain": spec.get("domain") or "", "model": spec["model"],
-                    "profile": spec["profile"]["name"], "affinity_every": spec.get("affinity_every", 0),
+                    "profile": spec["profile"].get("name", ""), "affinity_every": spec.get("affinity_every", 0),
                     "metric": info.get("metric", ""),
                     "dev_score": info.get("dev_score"), "test_score": info.get("test_score"),
-                    "best_epoch": info.get("best_epoch"), "status": record.status or "",
+                    "best_epoch": info.get("best_epoch"), "status": status,
                     "train_seconds": timing.get("train_seconds"), "wall_seconds": timing.get("wall_seconds"),
                 })
         return rows
 
     def write_scores_table(self) -> Path:
         """Rebuild ``scores.csv`` from the run folders (atomic)."""
-        import io
-
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=SCORE_COLUMNS, lineterminator="\n")
         writer.writeheader()
         for row in self.score_rows():
             writer.writerow({k: "" if row[k] is None else row[k] for k in SCORE_COLUMNS})
-        target = self.root / "scores.csv"
+        target = self.root / _SCORES
         write_text_atomic(target, buffer.getvalue())
         return target
 
-
-def write_result(result: dict, folder: Path) -> list[Path]:
-    """A run's outputs: ``metrics.json`` (all but predictions) and ``predictions/<task>.jsonl`` (test set, best dev epoch)."""
-    folder = Path(folder)
-    written = []
-    for name, records in result["predictions"].items():
-        target = folder / "predictions" / f"{name}.jsonl"
-        write_text_atomic(target, "".join(json.dumps(r) + "\n" for r in records or []))
-        written.append(target)
-    write_json_atomic(folder / "metrics.json", {k: v for k, v in result.items() if k != "predictions"})
-    written.append(folder / "metrics.json")
-    return written
+    def try_write_scores_table(self) -> Path | None:
+        """``write_scores_table``, or a warning and None when the store cannot be written (read-only, full)."""
+        try:
+            return self.write_scores_table()
+        except OSError as exc:
+            logger.warning("could not rewrite %s: %s", self.root / _SCORES, exc)
+            return None
 
 
-def read_predictions(path: Path) -> list[dict]:
-    """Per-example records (uid, gold, pred[, group]) of one task of one run."""
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+_SCORES = "scores.csv"

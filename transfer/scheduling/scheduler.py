@@ -12,11 +12,15 @@ process is restarted, and a finished run is never redone (unless forced).
   worker host and starts the same worker subprocess there, whose GPU is the Dask worker's own.
 
 Ready runs start longest first (estimated training examples); a finetune run starts once its refinement
-run is done, and is recorded failed (``skipped``) when that run failed.
+run is done, and is recorded failed (``skipped``) when that run failed. A done refinement run whose
+``encoder/`` is gone is redone only while one of its finetune runs still has to run. A damaged run folder (see
+``transfer.experiment.store``) counts as not done: the run is redone, its damaged files set aside. A failure
+that cannot be recorded (disk full) is logged, and the run is left for the next grid to redo.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -26,20 +30,20 @@ import sys
 import time
 import uuid
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from transfer.experiment.store import ResultsStore, read_json
+from transfer.errors import UsageError
+from transfer.experiment.store import ResultsStore
+from transfer.scheduling.plan import PlannedRun
 from transfer.scheduling.worker import EXIT_INTERRUPTED, EXIT_NOT_CLAIMED
-
-if TYPE_CHECKING:  # pragma: no cover
-    from transfer.grid import PlannedRun
 
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.25  # how often the local loop looks at its subprocesses
 HELD_RETRY_S = 2.0  # how soon a run held by another process is looked at again
+HELD_REPORT_S = 60.0  # a run held this long by another process is reported (and again every this long)
 LOG_TAIL_LINES = 40
 CPU_RUN_MEMORY = 5 << 30  # bytes per concurrent CPU run for --jobs-per-device auto (quick-profile runs: up to 4.0 GB)
 TERMINAL = ("done", "failed", "skipped")
@@ -155,10 +159,13 @@ def device_slots(devices: str | list[str], jobs_per_device: int | None = None, c
 class GridRun:
     """What this grid knows of one planned run."""
 
-    planned: "PlannedRun"
+    planned: PlannedRun
     state: str = "pending"  # pending | running | done | failed | skipped
     cached: bool = False  # done before this grid started
     force: bool = False  # a done run to run again (--force, or its encoder is missing)
+    needs_encoder: bool = False  # its encoder/ must exist for it to count as done (a child still has to run)
+    held_since: float | None = None  # first found claimed by another process (monotonic clock)
+    held_reported: float = 0.0
     not_before: float = 0.0
     slot: str | None = None
     started: float | None = None
@@ -176,7 +183,7 @@ class Board:
     runs: dict[str, GridRun] = field(default_factory=dict)
 
     @classmethod
-    def from_plan(cls, plan: list["PlannedRun"]) -> "Board":
+    def from_plan(cls, plan: list[PlannedRun]) -> "Board":
         return cls({p.run_id: GridRun(p) for p in plan})
 
     def count(self, state: str) -> int:
@@ -208,59 +215,85 @@ class Board:
     def mark(self, run: GridRun, state: str, error: str | None = None) -> None:
         run.state, run.error = state, error
 
+    def children(self, run: GridRun) -> list[GridRun]:
+        """Planned runs that start from this run's encoder."""
+        return [child for child in self.runs.values() if child.planned.spec.parent == run.run_id]
+
 
 def survey(board: Board, store: ResultsStore, force: bool, retry_failed: bool) -> None:
-    """Sort out, before anything starts, runs the store already has as done (skipped) or failed (reported)."""
+    """Sort out, before anything starts, runs the store already has as done (skipped) or failed (reported).
+
+    A run that saves its encoder needs ``encoder/`` only while one of its children is not done: a store
+    without encoders whose finetune runs are all done (as committed) is complete, not to be redone.
+    """
+    done = {run_id: store.is_done(run_id) and not force for run_id in board.runs}
     for run in board.runs.values():
-        info = _status_info(store, run.run_id)
+        run.needs_encoder = run.planned.spec.save_encoder and not all(done[c.run_id] for c in board.children(run))
+        info = store.status_info(run.run_id)
         status = info.get("status")
-        if status == "done" and store.is_done(run.run_id) and _encoder_ok(store, run.planned) and not force:
+        if done[run.run_id] and (not run.needs_encoder or store.run(run.run_id).has_encoder()):
             run.cached = True
             board.mark(run, "done")
         elif status == "done":
-            run.force = True
+            run.force = True  # done but damaged, forced, or its encoder is needed again
         elif status == "failed" and not retry_failed and not info.get("skipped"):
             board.mark(run, "failed", f"failed in an earlier grid (use --retry-failed): {info.get('error', '?')}")
-
-
-def _status_info(store: ResultsStore, run_id: str) -> dict:
-    try:
-        return read_json(store.folder(run_id) / "status.json")
-    except (OSError, ValueError):
-        return {}
-
-
-def _encoder_ok(store: ResultsStore, planned: "PlannedRun") -> bool:
-    return not planned.spec.save_encoder or (store.folder(planned.run_id) / "encoder").is_dir()
 
 
 # ----------------------------------------------------------------------------------------------- claim protocol
 
 def claim_run(store: ResultsStore, run_id: str, spec: dict, owner: str, *, force: bool = False,
-              retry_failed: bool = False, needs_encoder: bool = False) -> tuple[str, str | None]:
-    """Decide a run's fate at its turn: ``claimed``, ``done``, ``failed`` (not retried) or ``held`` elsewhere."""
-    info = _status_info(store, run_id)
+              retry_failed: bool = False, needs_encoder: bool = False,
+              roles: tuple[str, ...] | None = None) -> tuple[str, str | None]:
+    """Decide a run's fate at its turn: ``claimed``, ``done``, ``failed`` (not retried) or ``held`` elsewhere.
+
+    ``roles`` are recorded in the run's spec.json when it is claimed.
+    """
+    info = store.status_info(run_id)
     status = info.get("status")
-    encoder_ok = not needs_encoder or (store.folder(run_id) / "encoder").is_dir()
-    if status == "done" and store.is_done(run_id) and encoder_ok and not force:
+    encoder_ok = not needs_encoder or store.run(run_id).has_encoder()
+    if store.is_done(run_id) and encoder_ok and not force:
         return "done", None
     if status == "failed" and not retry_failed and not info.get("skipped"):
         return "failed", info.get("error")
-    if store.try_claim(run_id, spec, owner, force=status == "done"):
+    if store.try_claim(run_id, spec, owner, force=status == "done", roles=roles):
         return "claimed", None
     if store.is_done(run_id) and encoder_ok:
         return "done", None  # another process finished it meanwhile
     return "held", None
 
 
+def note_held(store: ResultsStore, run: GridRun, now: float | None = None) -> None:
+    """A run another process holds: say who, once it has been held ``HELD_REPORT_S`` (and every so often)."""
+    now = time.monotonic() if now is None else now
+    run.not_before = now + HELD_RETRY_S
+    if run.held_since is None:
+        run.held_since = now
+    waited = now - run.held_since
+    if waited >= HELD_REPORT_S and now - run.held_reported >= HELD_REPORT_S:
+        run.held_reported = now
+        logger.warning("%s is held by %s; waiting for it (%.0f s so far)", run.run_id, store.describe_claim(run.run_id),
+                       waited)
+
+
 def record_skipped(store: ResultsStore, run: GridRun, owner: str, reason: str) -> None:
     """Record a run that cannot start (its parent failed) as failed with ``skipped`` set."""
-    info = _status_info(store, run.run_id)
+    info = store.status_info(run.run_id)
     if info.get("skipped") and info.get("error") == reason:
         return  # recorded by an earlier grid
-    if store.try_claim(run.run_id, run.planned.spec.to_dict(), owner):
-        store.set_status(run.run_id, "failed", error=reason, skipped=True)
-        store.release(run.run_id, owner=owner)
+    try:
+        if store.try_claim(run.run_id, run.planned.spec.to_dict(), owner, roles=run.planned.roles):
+            try:
+                store.set_status(run.run_id, "failed", error=reason, skipped=True)
+            finally:
+                store.release(run.run_id, owner=owner)
+    except OSError as exc:
+        _log_unrecorded(run.run_id, "its skip", exc)
+
+
+def _log_unrecorded(run_id: str, what: str, exc: OSError) -> None:
+    full = " (disk full)" if exc.errno == errno.ENOSPC else ""
+    logger.error("could not record %s of %s%s: %s; the next grid redoes it", what, run_id, full, exc)
 
 
 def skip_orphans(board: Board, store: ResultsStore, owner: str) -> None:
@@ -296,7 +329,7 @@ def _package_env(env: dict) -> dict:
 def start_worker(store: ResultsStore, run_id: str, owner: str, cmd: list[str], env: dict,
                  slot_name: str) -> subprocess.Popen:
     """Start a worker subprocess; its stdout/stderr go to the run's log.txt (after a header line)."""
-    log_path = store.folder(run_id) / "log.txt"
+    log_path = store.run(run_id).log_file
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {socket.gethostname()} slot {slot_name}: "
                   f"{' '.join(cmd)}\n")
@@ -322,13 +355,17 @@ def describe_exit(returncode: int) -> str:
 
 def settle_run(store: ResultsStore, run_id: str, owner: str, returncode: int) -> tuple[str, str | None]:
     """After a worker exits: ``done``, ``failed`` (recorded here when the worker could not), ``held`` or
-    ``interrupted`` (left ``running`` for the next grid). Releases ``owner``'s claim."""
-    info = _status_info(store, run_id)
+    ``interrupted`` (left ``running`` for the next grid). Releases ``owner``'s claim.
+
+    A failure that cannot be recorded (a full disk) is logged and the run left ``running``, so the next grid
+    redoes it; the grid process goes on.
+    """
+    info = store.status_info(run_id)
     status = info.get("status")
     try:
         if returncode == EXIT_NOT_CLAIMED:
             return "held", None
-        if status == "done" and store.is_done(run_id):
+        if store.is_done(run_id):
             return "done", None
         if returncode == EXIT_INTERRUPTED or returncode in (-signal.SIGINT, -signal.SIGTERM):
             return "interrupted", "interrupted (left 'running'; the next grid restarts it)"
@@ -337,11 +374,18 @@ def settle_run(store: ResultsStore, run_id: str, owner: str, returncode: int) ->
         reason = describe_exit(returncode)
         claim = store.claim_info(run_id)
         if claim is None or claim.get("owner") == owner:  # nobody else has taken the run over meanwhile
-            store.set_status(run_id, "failed", error=reason, returncode=returncode,
-                             log_tail=log_tail(store.folder(run_id) / "log.txt"))
+            try:
+                store.set_status(run_id, "failed", error=reason, returncode=returncode,
+                                 log_tail=log_tail(store.run(run_id).log_file))
+            except OSError as exc:
+                _log_unrecorded(run_id, "the failure", exc)
+                return "failed", f"{reason} (not recorded: {exc})"
         return "failed", reason
     finally:
-        store.release(run_id, owner=owner)
+        try:
+            store.release(run_id, owner=owner)
+        except OSError as exc:  # pragma: no cover - unlink hardly fails on a full disk
+            logger.error("could not release the claim of %s: %s", run_id, exc)
 
 
 def new_owner(kind: str) -> str:
@@ -397,23 +441,37 @@ class LocalScheduler:
         for run in board.ready(time.monotonic()):
             if not self.free:
                 return
-            outcome, error = claim_run(self.store, run.run_id, run.planned.spec.to_dict(), self.owner,
-                                       force=run.force, retry_failed=self.options.retry_failed,
-                                       needs_encoder=run.planned.spec.save_encoder)
+            try:
+                outcome, error = claim_run(self.store, run.run_id, run.planned.spec.to_dict(), self.owner,
+                                           force=run.force, retry_failed=self.options.retry_failed,
+                                           needs_encoder=run.needs_encoder, roles=run.planned.roles)
+            except OSError as exc:  # disk full or store not writable: this run cannot start now
+                _log_unrecorded(run.run_id, "the claim", exc)
+                board.mark(run, "failed", f"could not be claimed: {exc}")
+                continue
             if outcome == "claimed":
-                self._launch(run, self.free.pop(0))
+                run.held_since = None
+                self._launch(board, run, self.free.pop(0))
             elif outcome == "held":
-                run.not_before = time.monotonic() + HELD_RETRY_S
+                note_held(self.store, run)
             else:
                 board.mark(run, outcome, error)
 
-    def _launch(self, run: GridRun, slot: Slot) -> None:
+    def _launch(self, board: Board, run: GridRun, slot: Slot) -> None:
         cmd = worker_command(self.store, run.run_id, self.owner, slot.device, slot.threads,
                              self.options.data_dir, self.options.task_files)
-        process = start_worker(self.store, run.run_id, self.owner, cmd, slot.env(), slot.name)
+        try:
+            process = start_worker(self.store, run.run_id, self.owner, cmd, slot.env(), slot.name)
+        except OSError as exc:
+            self.free.insert(0, slot)
+            self.free.sort(key=self.slots.index)
+            self.store.release(run.run_id, owner=self.owner)
+            _log_unrecorded(run.run_id, "the start", exc)
+            board.mark(run, "failed", f"could not start its worker: {exc}")
+            return
         run.state, run.slot, run.started, run.force = "running", slot.name, time.time(), False
         self.running[run.run_id] = _Running(run, slot, process)
-        logger.info("started %s (%s) on %s, pid %d", run.run_id, run.planned.stage, slot.name, process.pid)
+        logger.info("started %s (%s) on %s, pid %d", run.run_id, run.planned.label, slot.name, process.pid)
 
     def _collect(self, board: Board) -> None:
         for run_id, entry in list(self.running.items()):
@@ -424,7 +482,7 @@ class LocalScheduler:
             self.free.append(entry.slot)
             self.free.sort(key=self.slots.index)
             outcome, error = settle_run(self.store, run_id, self.owner, returncode)
-            _apply_outcome(board, entry.run, outcome, error)
+            _apply_outcome(board, entry.run, outcome, error, self.store)
 
     def _stop_all(self, board: Board) -> None:
         """Interrupted: stop the workers (they leave their runs 'running' for the next grid) and release."""
@@ -442,10 +500,15 @@ class LocalScheduler:
         self.running.clear()
 
 
-def _apply_outcome(board: Board, run: GridRun, outcome: str, error: str | None) -> None:
+def _apply_outcome(board: Board, run: GridRun, outcome: str, error: str | None,
+                   store: ResultsStore | None = None) -> None:
     seconds = time.time() - (run.started or time.time())
     if outcome == "held":
-        run.state, run.not_before = "pending", time.monotonic() + HELD_RETRY_S
+        run.state = "pending"
+        if store is not None:
+            note_held(store, run)
+        else:
+            run.not_before = time.monotonic() + HELD_RETRY_S
     elif outcome == "done":
         board.mark(run, "done")
         logger.info("done %s in %.1fs", run.run_id, seconds)
@@ -456,6 +519,32 @@ def _apply_outcome(board: Board, run: GridRun, outcome: str, error: str | None) 
 
 # ----------------------------------------------------------------------------------------------- Dask backend
 
+LOOPBACK = "127.0.0.1"
+
+
+@contextmanager
+def dask_client(address: str | None):
+    """A Dask client of the cluster at ``address``, or of a cluster in this process bound to loopback only.
+
+    The local cluster (threads of this process) listens on 127.0.0.1 alone: its scheduler, its worker and its
+    dashboard (on a free port) serve unauthenticated connections, so nothing else may reach them. A real
+    cluster (``address``) is the cluster's to secure (Dask's TLS options); see the README.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise UsageError("--backend dask needs dask[distributed]: pip install 'dask[distributed]'") from None
+    if address:
+        with Client(address) as client:
+            yield client
+        return
+    with LocalCluster(processes=False, protocol="tcp://", host=LOOPBACK, dashboard_address=f"{LOOPBACK}:0") as cluster, \
+            Client(cluster) as client:
+        logger.info("local Dask cluster at %s (dashboard %s), loopback only", cluster.scheduler_address,
+                    cluster.dashboard_link)
+        yield client
+
+
 def run_on_dask_worker(request: dict) -> dict:
     """A Dask task: claim one run on this worker's host, run it in a worker subprocess, settle it.
 
@@ -465,7 +554,8 @@ def run_on_dask_worker(request: dict) -> dict:
     owner = new_owner("dask")
     run_id = request["run_id"]
     outcome, error = claim_run(store, run_id, request["spec"], owner, force=request["force"],
-                               retry_failed=request["retry_failed"], needs_encoder=request["spec"]["save_encoder"])
+                               retry_failed=request["retry_failed"], needs_encoder=request["needs_encoder"],
+                               roles=tuple(request["roles"]))
     if outcome != "claimed":
         return {"run_id": run_id, "outcome": outcome, "error": error}
     threads = max(1, usable_cores() // _dask_worker_threads())
@@ -515,7 +605,8 @@ class DaskScheduler:
 
     def _submit(self, run: GridRun) -> None:
         request = {"results": str(self.store.root.resolve()), "run_id": run.run_id,
-                   "spec": run.planned.spec.to_dict(), "force": run.force, "retry_failed": self.options.retry_failed,
+                   "spec": run.planned.spec.to_dict(), "roles": list(run.planned.roles), "force": run.force,
+                   "needs_encoder": run.needs_encoder, "retry_failed": self.options.retry_failed,
                    "data_dir": str(Path(self.options.data_dir).resolve()) if self.options.data_dir else None,
                    "task_files": [str(Path(f).resolve()) for f in self.options.task_files]}
         future = self.client.submit(run_on_dask_worker, request, key=f"transfer-{run.run_id}-{uuid.uuid4().hex[:6]}",
@@ -523,7 +614,7 @@ class DaskScheduler:
                                     resources={"GPU": 1} if self.worker_gpus else None)
         run.state, run.slot, run.started, run.force = "running", "dask", time.time(), False
         self.futures[future] = run
-        logger.info("submitted %s (%s) to the Dask cluster", run.run_id, run.planned.stage)
+        logger.info("submitted %s (%s) to the Dask cluster", run.run_id, run.planned.label)
 
     def _collect(self, board: Board, future) -> None:
         run = self.futures.pop(future)
@@ -534,4 +625,4 @@ class DaskScheduler:
             return
         if reply.get("host"):
             run.slot = f"dask@{reply['host']}"
-        _apply_outcome(board, run, reply["outcome"], reply.get("error"))
+        _apply_outcome(board, run, reply["outcome"], reply.get("error"), self.store)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import os
 import signal
@@ -31,9 +30,12 @@ import time
 import traceback
 from pathlib import Path
 
+from transfer.cli import add_common_flags, add_data_flags, command
+from transfer.errors import UsageError
 from transfer.experiment.config import run_spec_from_dict
 from transfer.experiment.progress import LogReporter
-from transfer.experiment.store import ResultsStore, read_json, write_json_atomic, write_result
+from transfer.experiment.roles import stage_takes_parent
+from transfer.experiment.store import DamagedRunError, ResultsStore, RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +50,11 @@ class Interrupted(KeyboardInterrupt):
 
 
 class ProgressFileReporter(LogReporter):
-    """Logs like ``LogReporter`` and keeps ``progress.json`` in the run folder up to date (at most 1 write/s)."""
+    """Logs like ``LogReporter`` and keeps the run's progress record up to date (at most 1 write/s)."""
 
-    def __init__(self, folder: Path, every_s: float = PROGRESS_EVERY_S):
-        self.path = Path(folder) / "progress.json"
+    def __init__(self, folder: Path | RunFolder, every_s: float = PROGRESS_EVERY_S):
+        self.run = folder if isinstance(folder, RunFolder) else RunFolder(folder)
+        self.path = self.run.progress_file
         self.every_s = every_s
         self.state: dict = {"phase": "starting", "epoch": 0, "epochs": None, "step": 0, "total_steps": None,
                             "loss": None, "examples_per_s": None, "dev_scores": {}}
@@ -62,7 +65,10 @@ class ProgressFileReporter(LogReporter):
         now = time.time()
         if force or now - self._written >= self.every_s:
             self._written = now
-            write_json_atomic(self.path, {**self.state, "time": now})
+            try:
+                self.run.write_progress({**self.state, "time": now})
+            except OSError as exc:  # only a view: a full disk must not fail the run here
+                logger.warning("could not write the progress record: %s", exc)
 
     def start(self, summary: dict) -> None:
         super().start(summary)
@@ -125,10 +131,8 @@ def resolve_train_fn():
 
 
 def load_spec(store: ResultsStore, run_id: str):
-    """The RunSpec stored in the run folder (spec.json carries an extra ``run_id`` key)."""
-    data = read_json(store.folder(run_id) / "spec.json")
-    data.pop("run_id", None)
-    spec = run_spec_from_dict(data)
+    """The RunSpec stored in the run folder."""
+    spec = run_spec_from_dict(store.run(run_id).read_spec())
     if spec.run_id != run_id:
         logger.warning("spec.json of %s hashes to %s (spec written by another code version?)", run_id, spec.run_id)
     return spec
@@ -149,8 +153,8 @@ def execute(store: ResultsStore, run_id: str, *, data_dir: str | None = None, de
     """Train a run this process has claimed; record done/failed; release the claim. Returns the exit code."""
     from transfer.data.tasks import load_task_table
 
-    folder = store.folder(run_id)
-    handler = _log_to_file(folder / "log.txt")
+    run = store.run(run_id)
+    handler = _log_to_file(run.log_file)
     started = time.time()
     try:
         with Heartbeat(store, run_id):
@@ -158,14 +162,14 @@ def execute(store: ResultsStore, run_id: str, *, data_dir: str | None = None, de
             logger.info("worker pid %d on %s: run %s, device %s, CUDA_VISIBLE_DEVICES=%r", os.getpid(),
                         socket.gethostname(), run_id, device, os.environ.get("CUDA_VISIBLE_DEVICES"))
             train_fn = resolve_train_fn()
-            parent_dir = store.folder(spec.parent) if spec.stage == "finetune" else None
-            result = train_fn(spec, data_dir=data_dir, device=device, reporter=ProgressFileReporter(folder),
+            parent_dir = store.folder(spec.parent) if stage_takes_parent(spec.stage) else None
+            result = train_fn(spec, data_dir=data_dir, device=device, reporter=ProgressFileReporter(run),
                               table=load_task_table(task_files), parent_dir=parent_dir,
-                              encoder_dir=folder / "encoder")
+                              encoder_dir=run.encoder_dir)
 
-            write_result(result, folder)
-        store.set_status(run_id, "done", seconds=round(time.time() - started, 3), pid=os.getpid(),
-                         host=socket.gethostname())
+            run.write_result(result)
+            store.set_status(run_id, "done", seconds=round(time.time() - started, 3), pid=os.getpid(),
+                             host=socket.gethostname())
         logger.info("run %s done in %.1fs", run_id, time.time() - started)
         return EXIT_DONE
     except KeyboardInterrupt:
@@ -173,8 +177,11 @@ def execute(store: ResultsStore, run_id: str, *, data_dir: str | None = None, de
         return EXIT_INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 - any failure of a run is recorded, then the grid goes on
         logger.exception("run %s failed", run_id)
-        store.set_status(run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000],
-                         traceback=traceback.format_exc(), pid=os.getpid(), host=socket.gethostname())
+        try:
+            store.set_status(run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000],
+                             traceback=traceback.format_exc(), pid=os.getpid(), host=socket.gethostname())
+        except OSError as record_exc:  # disk full: the grid records it if it can, else the next grid redoes it
+            logger.error("could not record the failure of run %s: %s", run_id, record_exc)
         return EXIT_FAILED
     finally:
         store.release(run_id)
@@ -189,31 +196,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-id", required=True, help="run to execute (a folder under <results>/runs/ with spec.json)")
     parser.add_argument("--owner", default=None,
                         help="claim owner token of the grid that claimed the run; without it the worker claims it")
-    parser.add_argument("--data-dir", default=None, help="data directory (else $TRANSFER_DATA_DIR, else ./data)")
-    parser.add_argument("--task-file", action="append", default=[], help="extra task table (TOML) to load")
+    add_data_flags(parser)
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda or cuda:N (CUDA_VISIBLE_DEVICES decides which GPU 'cuda' is)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_common_flags(parser)
     return parser
 
 
 def _claim(store: ResultsStore, run_id: str, owner: str | None) -> bool:
     if owner is not None:
         return store.adopt_claim(run_id, owner)
-    spec_file = store.folder(run_id) / "spec.json"
-    if not spec_file.is_file():
-        raise SystemExit(f"{spec_file} does not exist: the grid writes it when it claims a run")
-    spec = json.loads(spec_file.read_text(encoding="utf-8"))
-    spec.pop("run_id", None)
-    return store.try_claim(run_id, spec, owner=f"worker:{socket.gethostname()}:{os.getpid()}")
+    run = store.run(run_id)
+    if not run.has_spec():
+        raise UsageError(f"{run.spec_file} does not exist: the grid writes it when it claims a run")
+    try:
+        spec, roles = run.read_spec(), run.read_roles()
+    except DamagedRunError as exc:
+        raise UsageError(f"{exc}; the grid rewrites it when it redoes the run") from None
+    return store.try_claim(run_id, spec, owner=f"worker:{socket.gethostname()}:{os.getpid()}", roles=roles)
 
 
 def _raise_interrupted(signum, frame) -> None:
     raise Interrupted(f"signal {signal.Signals(signum).name}")
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     store = ResultsStore(args.results)
     if not _claim(store, args.run_id, args.owner):
         print(f"run {args.run_id} is done or claimed by another process; nothing to do")
