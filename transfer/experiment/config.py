@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,43 @@ EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 
 class ConfigError(UserError, ValueError):
     """A profile or run spec value is invalid; the message says what to change."""
+
+
+SEED_RANGE = (0, 2**32 - 1)  # numpy's legacy seeding (np.random.seed) takes no more
+
+
+def _type_problem(annotation: str, value) -> str | None:
+    """Why ``value`` does not fit a field annotated ``annotation`` (None: it fits). Floats must be finite."""
+    optional = annotation.endswith(" | None")
+    base = annotation.removesuffix(" | None")
+    if value is None:
+        return None if optional else "must be given (it cannot be none)"
+    if base == "bool":
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    if isinstance(value, bool):
+        return f"must be {_describe(base)}, got the boolean {str(value).lower()}"
+    if base == "int":
+        return None if isinstance(value, int) else f"must be a whole number, got {value!r}"
+    if base == "float":
+        if not isinstance(value, int | float):
+            return f"must be a number, got {value!r}"
+        return None if math.isfinite(value) else f"must be a finite number, got {value!r}"
+    if base == "str":
+        return None if isinstance(value, str) else f"must be a string, got {value!r}"
+    if base == "tuple[int, ...]":
+        if not isinstance(value, list | tuple) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return f"must be a list of whole numbers, e.g. [13, 14], got {value!r}"
+    return None
+
+
+def _describe(base: str) -> str:
+    return {"int": "a whole number", "float": "a number", "str": "a string"}.get(base, base)
+
+
+def check_seed(seed, what: str = "seed") -> None:
+    low, high = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
+        raise ConfigError(f"{what} must be a whole number from {low} to {high}, got {seed!r}")
 
 
 @dataclass(frozen=True)
@@ -67,6 +105,7 @@ class Profile:
     refinement_selection: str = "mean"
 
     def __post_init__(self) -> None:
+        self._check_types()
         object.__setattr__(self, "seeds", tuple(self.seeds))
         positive = ("learning_rate", "finetune_learning_rate", "epochs", "finetune_epochs", "batch_size",
                     "eval_batch_size", "max_length", "max_grad_norm", "log_every")
@@ -94,8 +133,20 @@ class Profile:
                                   f"got {getattr(self, name)!r}")
         if not self.seeds:
             raise ConfigError(f"profile {self.name!r}: seeds must list at least one seed")
+        for seed in self.seeds:
+            check_seed(seed, f"profile {self.name!r}: each of seeds")
         if self.max_length < 8:
             raise ConfigError(f"profile {self.name!r}: max_length must be at least 8, got {self.max_length}")
+
+    def _check_types(self) -> None:
+        """Every value has its field's type (a float is no integer, a boolean no number, nan no value)."""
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            problem = _type_problem(str(item.type), value)
+            if problem:
+                raise ConfigError(f"profile {self.name!r}: {item.name} {problem}")
+            if str(item.type).startswith("float") and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, item.name, float(value))  # TOML's 1 for 1.0
 
     def replace(self, **changes) -> "Profile":
         return dataclasses.replace(self, **changes)
@@ -111,12 +162,6 @@ def profile_from_dict(values: dict, name: str, source: str = "<dict>") -> Profil
         raise ConfigError(f"{source}: unknown profile key(s) {', '.join(sorted(unknown))}; "
                           f"known keys: {', '.join(sorted(_PROFILE_FIELDS))}")
     kwargs = {key: value for key, value in values.items() if key != "description"}
-    for key, value in kwargs.items():
-        expected = _PROFILE_FIELDS[key].type
-        if isinstance(value, bool) and "bool" not in str(expected):
-            raise ConfigError(f"{source}: {key} must be {expected}, got a boolean")
-        if "float" in str(expected) and isinstance(value, int) and not isinstance(value, bool):
-            kwargs[key] = float(value)
     kwargs.setdefault("name", name)
     try:
         return Profile(**kwargs)
@@ -143,7 +188,14 @@ def load_profile(name_or_path: str) -> Profile:
     """Load a profile by name (``quick``, ``paper``, ``test``) or from a TOML file path."""
     path = profile_path(name_or_path)
     try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is accepted
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: not valid UTF-8 text ({exc.reason}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return profile_from_dict(values, name=path.stem, source=str(path))
@@ -175,6 +227,7 @@ class RunSpec:
             raise ConfigError(f"tasks listed twice: {', '.join(self.tasks)}")
         if self.stage not in STAGES:
             raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        check_seed(self.seed)
         if self.stage == "single" and len(self.tasks) != 1:
             raise ConfigError(f"a single-task run takes exactly one task, got {len(self.tasks)}; use --stage mtl")
         if self.affinity_every < 0 or self.affinity_batches < 1:
@@ -239,16 +292,21 @@ def parse_overrides(pairs: list[str]) -> dict:
     values = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
+            raise ConfigError(f"--set {pair}: expected key=value, e.g. --set epochs=3")
         key, raw = pair.split("=", 1)
         key = key.strip().replace("-", "_")
+        if key not in _PROFILE_FIELDS or key == "name":
+            raise ConfigError(f"--set {pair}: unknown profile key {key!r}; known keys: "
+                              f"{', '.join(sorted(set(_PROFILE_FIELDS) - {'name'}))}")
         if raw.strip().lower() in ("none", "null"):
             values[key] = None
             continue
         try:
             values[key] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
-            values[key] = raw
+            values[key] = raw  # a bare word: a string value such as optimizer=adamw
+        if isinstance(values[key], float) and not math.isfinite(values[key]):
+            raise ConfigError(f"--set {pair}: {key} must be a finite number")
     return values
 
 
