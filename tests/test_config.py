@@ -47,3 +47,62 @@ def test_run_spec_checks_stage_and_tasks():
         RunSpec(tasks=("a", "b"), stage="single", profile=profile)
     with pytest.raises(ConfigError, match="needs the mtl run"):
         RunSpec(tasks=("a",), stage="finetune", profile=profile)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"epochs": 2.5}, "epochs must be a whole number, got 2.5"),
+    ({"epochs": True}, "epochs must be a whole number, got the boolean true"),
+    ({"max_train_examples": 100.0}, "max_train_examples must be a whole number"),
+    ({"learning_rate": float("nan")}, "learning_rate must be a finite number"),
+    ({"dropout": float("inf")}, "dropout must be a finite number"),
+    ({"optimizer": 3}, "optimizer must be a string"),
+    ({"group_by_length": 1}, "group_by_length must be true or false"),
+    ({"seeds": (-1,)}, "seeds must be a whole number from 0 to 4294967295"),
+    ({"seeds": (2**32,)}, "seeds must be a whole number from 0"),
+    ({"seeds": (1.5,)}, "seeds must be a list of whole numbers"),
+])
+def test_profile_values_have_their_types(change, message):
+    with pytest.raises(ConfigError, match=message):
+        Profile(**change)
+
+
+def test_integer_given_for_a_float_is_a_float():
+    assert Profile(learning_rate=1).learning_rate == 1.0 and isinstance(Profile(learning_rate=1).learning_rate, float)
+
+
+@pytest.mark.parametrize("pair, message", [
+    ("epochs", "expected key=value"),
+    ("lr=1", "unknown profile key 'lr'"),
+    ("learning_rate=nan", "must be a finite number"),
+    ("learning_rate=-inf", "must be a finite number"),
+    ("epochs=2.0", "epochs must be a whole number"),
+])
+def test_bad_overrides_are_config_errors(pair, message):
+    from transfer.experiment.config import profile_with_overrides
+
+    with pytest.raises(ConfigError, match=message):
+        profile_with_overrides("test", [pair])
+
+
+def test_run_seed_in_range():
+    with pytest.raises(ConfigError, match="seed must be a whole number from 0"):
+        RunSpec(tasks=("chemprot",), stage="single", profile=load_profile("test"), seed=-3)
+
+
+def test_profile_file_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_bytes(b"\xef\xbb\xbfepochs = 2\n")
+    assert load_profile(str(path)).epochs == 2
+
+
+def test_stored_profiles_of_the_committed_store_still_load():
+    import json
+    from pathlib import Path
+
+    specs = sorted((Path(__file__).resolve().parents[1] / "results").glob("**/spec.json"))
+    assert specs
+    for spec_file in specs:
+        data = json.loads(spec_file.read_text())
+        data.pop("run_id", None)
+        data.pop("roles", None)
+        run_spec_from_dict(data)

@@ -317,24 +317,24 @@ def locate_tasks(
         homes.add(home.name)
         folder = root / home.folder / table.task(name).folder
         if not folder.is_dir():
-            problems.append(f"  {name}: folder {folder} does not exist")
+            problems.append(f"{name}: folder {folder} does not exist")
             continue
         paths = {split: split_path(folder, split) for split in SPLITS}
         absent = [split for split, path in paths.items() if path is None]
         if absent:
-            problems.append(f"  {name}: {folder} has no {', '.join(s + '.tsv' for s in absent)}")
+            problems.append(f"{name}: {folder} has no {', '.join(s + '.tsv' for s in absent)}")
             continue
         found[name] = paths  # type: ignore[assignment]
     if problems:
         message = (
             f"data for {', '.join(sorted(homes))} is missing (data directory {root.resolve()}, chosen by {how}; "
-            f"set it with --data-dir or ${DATA_DIR_ENV}):\n" + "\n".join(problems)
+            f"set it with --data-dir or ${DATA_DIR_ENV}): " + "; ".join(problems)
         )
         for name in sorted(homes):
             home = table.domain(name)
             if home.alternative:
                 message += (
-                    f"\nThe {home.name} tasks need data-use agreements and are read from your own copies. "
+                    f". The {home.name} tasks need data-use agreements and are read from your own copies. "
                     f"To run on the public stand-ins, use --domain {home.alternative}."
                 )
         raise DataNotFoundError(message)
