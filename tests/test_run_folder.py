@@ -25,7 +25,8 @@ from transfer.experiment.roles import MODEL_LABELS, MODEL_TYPES, ROLES, STAGES, 
 from transfer.experiment.store import DamagedRunError, ResultsStore, RunFolder, read_json, read_predictions
 from transfer.scheduling import scheduler, worker
 from transfer.scheduling.plan import PlannedRun, dedupe, expand_specs
-from transfer.scheduling.scheduler import Board, GridOptions, LocalScheduler, Slot, settle_run, survey
+from transfer.scheduling.dask_backend import dask_client
+from transfer.scheduling.scheduler import Board, GridOptions, LocalScheduler, Slot, settle_run
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "results"
@@ -337,7 +338,7 @@ def test_local_dask_cluster_listens_on_loopback_only():
         return {c.laddr.ip for c in psutil.Process().net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
 
     before = listening()
-    with scheduler.dask_client(None) as client:
+    with dask_client(None) as client:
         opened = listening() - before
         addresses = [client.scheduler.address, *client.scheduler_info()["workers"]]
         dashboard = client.dashboard_link

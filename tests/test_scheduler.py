@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from transfer.scheduling import scheduler
+from transfer.scheduling import slots as slot_finder
 from transfer.experiment.config import RunSpec, load_profile
 from transfer.scheduling.plan import PlannedRun
 from transfer.scheduling.scheduler import Board, claim_run, device_slots, parse_devices, settle_run
@@ -52,9 +53,9 @@ def test_auto_devices_follow_visible_gpus_without_cuda(monkeypatch, tmp_path):
     fake.write_text("#!/bin/sh\necho 'GPU 0: Fake (UUID: GPU-a)'\necho 'GPU 1: Fake (UUID: GPU-b)'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert scheduler.visible_gpus() == ["0", "1"]
+    assert slot_finder.visible_gpus() == ["0", "1"]
     fake.unlink()
-    assert scheduler.visible_gpus() == []
+    assert slot_finder.visible_gpus() == []
 
 
 def test_auto_jobs_give_one_single_thread_cpu_run_per_core_as_memory_allows():
@@ -62,11 +63,11 @@ def test_auto_jobs_give_one_single_thread_cpu_run_per_core_as_memory_allows():
     slots = device_slots("cpu", cores=2, memory=24 * gib)
     assert [s.name for s in slots] == ["cpu.0", "cpu.1"] and {s.threads for s in slots} == {1}
     # 16 cores but memory for three runs: three slots, the cores shared out among them
-    slots = device_slots("cpu", cores=16, memory=3 * scheduler.CPU_RUN_MEMORY + gib)
+    slots = device_slots("cpu", cores=16, memory=3 * slot_finder.CPU_RUN_MEMORY + gib)
     assert len(slots) == 3 and {s.threads for s in slots} == {5}
     assert [s.name for s in device_slots("cpu", cores=8, memory=gib)] == ["cpu"]  # never fewer than one
     assert [s.name for s in device_slots(["0", "1"], cores=8, memory=gib)] == ["gpu0", "gpu1"]  # GPUs: one each
-    assert scheduler.memory_bytes() > 0
+    assert slot_finder.memory_bytes() > 0
 
 
 def test_jobs_per_device_must_be_positive():

@@ -30,8 +30,8 @@ from transfer.experiment.config import DEFAULT_MODEL, Profile, profile_with_over
 from transfer.experiment.roles import DEFAULT_ROLES, ROLES, roles_help
 from transfer.experiment.store import ResultsStore
 from transfer.scheduling.plan import PlannedRun, check_roles, dedupe, expand_specs, ordered_tasks, plan_grid  # noqa: F401
-from transfer.scheduling.scheduler import Board, DaskScheduler, GridOptions, LocalScheduler, dask_client, \
-    device_slots, parse_devices
+from transfer.scheduling.scheduler import Board, GridOptions, LocalScheduler
+from transfer.scheduling.slots import device_slots, parse_devices
 from transfer.scheduling.view import GridView, LogView, plan_table
 
 logger = logging.getLogger(__name__)
@@ -145,6 +145,8 @@ def _execute(args: argparse.Namespace, plan: list[PlannedRun], store: ResultsSto
         logger.info("local slots: %s", ", ".join(f"{s.name} ({s.threads} threads)" for s in slots))
         with view:
             return LocalScheduler(store, slots, options, view).run(board)
+    from transfer.scheduling.dask_backend import DaskScheduler, dask_client
+
     with dask_client(args.scheduler_address) as client, view:
         return DaskScheduler(store, client, options, args.worker_gpus, view).run(board)
 

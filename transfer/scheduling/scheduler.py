@@ -5,6 +5,8 @@ file) by the process that decides to run it, the worker subprocess takes the cla
 failed, and releases it. So two grids on one store never run a spec twice, a run left ``running`` by a dead
 process is restarted, and a finished run is never redone (unless forced).
 
+The device slots are ``transfer.scheduling.slots``, the Dask backend ``transfer.scheduling.dask_backend``.
+
 * Local: one slot per GPU (or ``--jobs-per-device`` slots per GPU); without GPUs, one single-thread slot per
   core as memory allows (or ``--jobs-per-device`` CPU slots sharing the cores); each run
   is ``python -m transfer.scheduling.worker`` with ``CUDA_VISIBLE_DEVICES`` set to its slot's GPU before torch loads.
@@ -30,13 +32,12 @@ import sys
 import time
 import uuid
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transfer.errors import UsageError
 from transfer.experiment.store import ResultsStore
 from transfer.scheduling.plan import PlannedRun
+from transfer.scheduling.slots import Slot, device_slots, parse_devices, usable_cores  # noqa: F401  (the slots' API)
 from transfer.scheduling.worker import EXIT_INTERRUPTED, EXIT_NOT_CLAIMED
 
 logger = logging.getLogger(__name__)
@@ -45,112 +46,7 @@ POLL_S = 0.25  # how often the local loop looks at its subprocesses
 HELD_RETRY_S = 2.0  # how soon a run held by another process is looked at again
 HELD_REPORT_S = 60.0  # a run held this long by another process is reported (and again every this long)
 LOG_TAIL_LINES = 40
-CPU_RUN_MEMORY = 5 << 30  # bytes per concurrent CPU run for --jobs-per-device auto (quick-profile runs: up to 4.0 GB)
 TERMINAL = ("done", "failed", "skipped")
-
-
-# ----------------------------------------------------------------------------------------------- device slots
-
-@dataclass(frozen=True)
-class Slot:
-    """One place a run can execute: a GPU (CUDA_VISIBLE_DEVICES value) or a share of the CPU cores."""
-
-    name: str
-    gpu: str | None
-    threads: int
-
-    @property
-    def kind(self) -> str:
-        return "cpu" if self.gpu is None else "gpu"
-
-    @property
-    def device(self) -> str:
-        return "cpu" if self.gpu is None else "cuda"
-
-    def env(self, base: dict | None = None) -> dict:
-        """The worker's environment: one GPU (none on CPU slots) and the slot's thread count."""
-        env = dict(os.environ if base is None else base)
-        env["CUDA_VISIBLE_DEVICES"] = self.gpu or ""
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[name] = str(self.threads)
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        return env
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def visible_gpus() -> list[str]:
-    """GPU ids this process may use, found without initialising CUDA (so nothing breaks a later fork).
-
-    ``CUDA_VISIBLE_DEVICES`` when set (empty: none), else the GPUs ``nvidia-smi -L`` lists, else none.
-    """
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [d.strip() for d in listed.split(",") if d.strip() and d.strip() != "-1"]
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
-
-
-def parse_devices(text: str) -> str | list[str]:
-    """argparse type of ``--devices``: ``auto``, ``cpu`` or a comma-separated list of GPU ids."""
-    text = text.strip()
-    if text in ("auto", "cpu"):
-        return text
-    ids = [d.strip() for d in text.split(",")]
-    if not all(ids):
-        raise ValueError(f"--devices takes auto, cpu or GPU ids like 0,1; got {text!r}")
-    return ids
-
-
-def memory_bytes() -> int:
-    """Memory this process may use: the cgroup limit where one is set, else the machine's RAM."""
-    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(limit_file).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 1 << 60:  # "max" or a huge number: no limit
-            return int(text)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def auto_cpu_jobs(cores: int, memory: int) -> int:
-    """CPU runs at once for ``--jobs-per-device auto``: one single-thread run per core, as memory allows.
-
-    ``benchmarks/bench_threads.py`` measured 2 runs x 1 thread at 1.05x (AVX512-BF16) and 1.11x (AVX2 only) the
-    training throughput of 1 run x 2 threads on 2-core machines, and single-thread runs also overlap one run's evaluation and start-up with
-    another's training. Each run is given ``CPU_RUN_MEMORY``: the largest run of a quick biomedical grid peaked
-    at 4.0 GB resident.
-    """
-    return max(1, min(cores, memory // CPU_RUN_MEMORY))
-
-
-def device_slots(devices: str | list[str], jobs_per_device: int | None = None, cores: int | None = None,
-                 memory: int | None = None) -> list[Slot]:
-    """Slots for ``--devices`` (auto/cpu/ids); GPU slots interleave devices so runs spread over GPUs first.
-
-    ``jobs_per_device`` None is ``auto``: one run per GPU, or on the CPU :func:`auto_cpu_jobs` runs.
-    """
-    if jobs_per_device is not None and jobs_per_device < 1:
-        raise ValueError(f"--jobs-per-device must be at least 1, got {jobs_per_device}")
-    gpus = visible_gpus() if devices == "auto" else ([] if devices == "cpu" else list(devices))
-    cores = cores or usable_cores()
-    if jobs_per_device is None:
-        jobs_per_device = 1 if gpus else auto_cpu_jobs(cores, memory or memory_bytes())
-    count = len(gpus) * jobs_per_device if gpus else jobs_per_device
-    threads = max(1, cores // count)
-    if not gpus:
-        return [Slot("cpu" if count == 1 else f"cpu.{k}", None, threads) for k in range(count)]
-    suffix = (lambda k: "") if jobs_per_device == 1 else (lambda k: f".{k}")
-    return [Slot(f"gpu{gpu}{suffix(k)}", gpu, threads) for k in range(jobs_per_device) for gpu in gpus]
 
 
 # ----------------------------------------------------------------------------------------------- run states
@@ -320,7 +216,7 @@ def worker_command(store: ResultsStore, run_id: str, owner: str, device: str, th
 
 def _package_env(env: dict) -> dict:
     """Make the worker import this very copy of ``transfer`` (a checkout that is not installed, too)."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding the transfer package
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in paths if p != root]])
     return env
@@ -515,114 +411,3 @@ def _apply_outcome(board: Board, run: GridRun, outcome: str, error: str | None,
     else:  # failed or interrupted: reported, and the grid goes on
         board.mark(run, "failed", error)
         logger.warning("FAILED %s after %.1fs: %s", run.run_id, seconds, error)
-
-
-# ----------------------------------------------------------------------------------------------- Dask backend
-
-LOOPBACK = "127.0.0.1"
-
-
-@contextmanager
-def dask_client(address: str | None):
-    """A Dask client of the cluster at ``address``, or of a cluster in this process bound to loopback only.
-
-    The local cluster (threads of this process) listens on 127.0.0.1 alone: its scheduler, its worker and its
-    dashboard (on a free port) serve unauthenticated connections, so nothing else may reach them. A real
-    cluster (``address``) is the cluster's to secure (Dask's TLS options); see the README.
-    """
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise UsageError("--backend dask needs dask[distributed]: pip install 'dask[distributed]'") from None
-    if address:
-        with Client(address) as client:
-            yield client
-        return
-    with LocalCluster(processes=False, protocol="tcp://", host=LOOPBACK, dashboard_address=f"{LOOPBACK}:0") as cluster, \
-            Client(cluster) as client:
-        logger.info("local Dask cluster at %s (dashboard %s), loopback only", cluster.scheduler_address,
-                    cluster.dashboard_link)
-        yield client
-
-
-def run_on_dask_worker(request: dict) -> dict:
-    """A Dask task: claim one run on this worker's host, run it in a worker subprocess, settle it.
-
-    The subprocess inherits the Dask worker's environment, so its GPU is the one the Dask worker sees.
-    """
-    store = ResultsStore(request["results"])
-    owner = new_owner("dask")
-    run_id = request["run_id"]
-    outcome, error = claim_run(store, run_id, request["spec"], owner, force=request["force"],
-                               retry_failed=request["retry_failed"], needs_encoder=request["needs_encoder"],
-                               roles=tuple(request["roles"]))
-    if outcome != "claimed":
-        return {"run_id": run_id, "outcome": outcome, "error": error}
-    threads = max(1, usable_cores() // _dask_worker_threads())
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = worker_command(store, run_id, owner, "auto", threads, request["data_dir"], request["task_files"])
-    returncode = start_worker(store, run_id, owner, cmd, env, f"dask@{socket.gethostname()}").wait()
-    outcome, error = settle_run(store, run_id, owner, returncode)
-    return {"run_id": run_id, "outcome": outcome, "error": error, "host": socket.gethostname()}
-
-
-def _dask_worker_threads() -> int:
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-        return int(getattr(getattr(worker, "state", worker), "nthreads", 1)) or 1
-    except (ImportError, ValueError, AttributeError):
-        return 1
-
-
-class DaskScheduler:
-    """Runs a plan on a Dask distributed cluster: one task per run, children submitted when parents finish."""
-
-    def __init__(self, store: ResultsStore, client, options: GridOptions, worker_gpus: bool = False, view=None):
-        self.store, self.client, self.options = store, client, options
-        self.worker_gpus, self.view = worker_gpus, view
-        self.owner = new_owner("dask-client")
-        self.futures: dict = {}
-
-    def run(self, board: Board) -> Board:
-        survey(board, self.store, self.options.force, self.options.retry_failed)
-        try:
-            while not board.finished():
-                skip_orphans(board, self.store, self.owner)
-                for run in board.ready(time.monotonic()):
-                    self._submit(run)
-                for future in [f for f in self.futures if f.done()]:
-                    self._collect(board, future)
-                if self.view is not None:
-                    self.view.update(board)
-                if not board.finished():
-                    time.sleep(POLL_S)
-        except BaseException:
-            self.client.cancel(list(self.futures))
-            raise
-        return board
-
-    def _submit(self, run: GridRun) -> None:
-        request = {"results": str(self.store.root.resolve()), "run_id": run.run_id,
-                   "spec": run.planned.spec.to_dict(), "roles": list(run.planned.roles), "force": run.force,
-                   "needs_encoder": run.needs_encoder, "retry_failed": self.options.retry_failed,
-                   "data_dir": str(Path(self.options.data_dir).resolve()) if self.options.data_dir else None,
-                   "task_files": [str(Path(f).resolve()) for f in self.options.task_files]}
-        future = self.client.submit(run_on_dask_worker, request, key=f"transfer-{run.run_id}-{uuid.uuid4().hex[:6]}",
-                                    pure=False, priority=run.planned.estimated_examples,
-                                    resources={"GPU": 1} if self.worker_gpus else None)
-        run.state, run.slot, run.started, run.force = "running", "dask", time.time(), False
-        self.futures[future] = run
-        logger.info("submitted %s (%s) to the Dask cluster", run.run_id, run.planned.label)
-
-    def _collect(self, board: Board, future) -> None:
-        run = self.futures.pop(future)
-        try:
-            reply = future.result()
-        except Exception as exc:  # noqa: BLE001 - a lost Dask worker fails this run, not the grid
-            _apply_outcome(board, run, "failed", f"Dask task failed: {type(exc).__name__}: {exc}")
-            return
-        if reply.get("host"):
-            run.slot = f"dask@{reply['host']}"
-        _apply_outcome(board, run, reply["outcome"], reply.get("error"), self.store)
