@@ -679,13 +679,14 @@ def eval_transfer(workload: Workload, peaks: dict, precision: str = "auto", enco
     """(c) ``transfer.training.loop.predict_split``: inference_mode, length-sorted batches of ``eval_batch_size``, the
     encoder forward chosen as ``transfer.training.loop.setup_encoder`` chooses it."""
     import transfer.training.loop as tt
+    from transfer.training.fast_bert import MaskSource
     from transfer.training.features import SplitData
     from transfer.training.model import MultiTaskModel
 
     device, split = workload.device, workload.dev_split
     used = tt.resolve_precision(precision, device)
     model = MultiTaskModel.from_pretrained(workload.model, [workload.task])
-    impl = tt.setup_encoder(model, encoder_impl, device, SEED)
+    impl = tt.setup_encoder(model, encoder_impl, device, MaskSource(SEED))  # eval: no mask is drawn
     model.to(device)
     pad_id = workload.tokenizer.pad_token_id
     recorder = BatchRecorder(tt.collate, workload.arch)

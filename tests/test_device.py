@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from transfer.training import device as device_module
 from transfer.training import loop as train_module
 from transfer.experiment.config import RunSpec, load_profile
 
@@ -10,24 +11,24 @@ from transfer.experiment.config import RunSpec, load_profile
 def test_precision_auto_follows_the_hardware(monkeypatch):
     cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert train_module.resolve_precision("auto", cuda) == "bf16"  # Ampere and newer
+    assert device_module.resolve_precision("auto", cuda) == "bf16"  # Ampere and newer
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert train_module.resolve_precision("auto", cuda) == "fp16"  # older GPUs: fp16 with loss scaling
-    monkeypatch.setattr(train_module, "cpu_supports_bf16", lambda: True)
-    assert train_module.resolve_precision("auto", torch.device("cpu")) == "bf16"
-    monkeypatch.setattr(train_module, "cpu_supports_bf16", lambda: False)
-    assert train_module.resolve_precision("auto", torch.device("cpu")) == "fp32"
-    assert train_module.resolve_precision("fp32", cuda) == "fp32"
+    assert device_module.resolve_precision("auto", cuda) == "fp16"  # older GPUs: fp16 with loss scaling
+    monkeypatch.setattr(device_module, "cpu_supports_bf16", lambda: True)
+    assert device_module.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(device_module, "cpu_supports_bf16", lambda: False)
+    assert device_module.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert device_module.resolve_precision("fp32", cuda) == "fp32"
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        train_module.resolve_precision("fp16", torch.device("cpu"))
+        device_module.resolve_precision("fp16", torch.device("cpu"))
 
 
 def test_device_auto_picks_a_visible_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert train_module.pick_device("auto").type == "cuda"
+    assert device_module.pick_device("auto").type == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert train_module.pick_device(None).type == "cpu"
-    assert train_module.pick_device("cuda:1") == torch.device("cuda", 1)
+    assert device_module.pick_device(None).type == "cpu"
+    assert device_module.pick_device("cuda:1") == torch.device("cuda", 1)
 
 
 def test_fp16_path_scales_the_loss_and_still_learns(tiny_model_dir, tiny_data_dir, monkeypatch):
@@ -69,6 +70,6 @@ def test_bf16_and_fp32_paths_leave_the_scaler_disabled(tiny_model_dir, tiny_data
 
 def test_peak_memory_reports_the_cuda_peak_on_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 2**20)
-    peak = train_module.peak_memory(torch.device("cuda", 0))
+    peak = device_module.peak_memory(torch.device("cuda", 0))
     assert peak["peak_cuda_mb"] == 3.0 and peak["peak_rss_mb"] > 0
-    assert set(train_module.peak_memory(torch.device("cpu"))) == {"peak_rss_mb"}
+    assert set(device_module.peak_memory(torch.device("cpu"))) == {"peak_rss_mb"}

@@ -46,6 +46,38 @@ def test_losses_by_kind_are_finite_and_backpropagate(model):
 
 
 def test_heads_share_one_encoder(model):
-    assert set(model.heads) == {"bc5cdr-chemical", "chemprot", "biosses", "hoc"}
-    assert sum(1 for _ in model.encoder.modules()) > 0
+    """A step on one task's loss moves the shared encoder (so every task's output) and no other task's head."""
+    import copy
+
+    twin = copy.deepcopy(model).eval()
+    ids = torch.randint(1000, 2000, (2, 5))
+    mask, types = torch.ones_like(ids), torch.zeros_like(ids)
+    before = twin("bc5cdr-chemical", ids, mask, types).detach()
+    other_head = {k: v.clone() for k, v in twin.heads["bc5cdr-chemical"].state_dict().items()}
+    twin.zero_grad()
+    twin.loss("chemprot", {"input_ids": ids, "attention_mask": mask, "token_type_ids": types,
+                           "targets": torch.tensor([0, 5])}).backward()
+    with torch.no_grad():
+        for param in twin.parameters():
+            if param.grad is not None:
+                param -= 0.5 * param.grad
+    assert not torch.allclose(twin("bc5cdr-chemical", ids, mask, types), before)
+    assert all(torch.equal(v, other_head[k]) for k, v in twin.heads["bc5cdr-chemical"].state_dict().items())
     assert all(head.dropout.p == 0.1 for head in model.heads.values())
+
+
+def test_head_initialisation_schemes():
+    from torch import nn
+
+    from transfer.training.model import TaskHead
+
+    head = TaskHead(64, 5, 0.1, token_level=False)
+    head.initialise("normal", torch.Generator().manual_seed(1))
+    assert abs(float(head.linear.weight.detach().std()) - 0.02) < 0.004 and not head.linear.bias.any()
+    torch.manual_seed(7)
+    reference = nn.Linear(64, 5)  # torch's own rule, from the global generator
+    torch.manual_seed(7)
+    head.initialise("torch")
+    assert torch.equal(head.linear.weight, reference.weight) and torch.equal(head.linear.bias, reference.bias)
+    with pytest.raises(ValueError, match="unknown head initialisation"):
+        head.initialise("xavier")

@@ -18,7 +18,6 @@ import logging
 import math
 import random
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +31,12 @@ from transfer.training.batches import collate, make_batches, sample_examples
 from transfer.training.kinds import kind_ops
 from transfer.training.lookahead import AffinityTracker
 from transfer.training.model import MultiTaskModel, load_tokenizer
-from transfer.training.provenance import cpu_supports_bf16, provenance
+from transfer.training.device import autocast, cpu_supports_bf16, peak_memory, pick_device, resolve_precision  # noqa: F401
+from transfer.training.provenance import provenance
 from transfer.training.selection import Selection, is_all_task_run
 from transfer.training.streams import TaskStreams
 from transfer.experiment.progress import Reporter
+from transfer.experiment.store import RunFolder
 from transfer.data.tasks import TaskTable, load_task_table, locate_tasks
 
 logger = logging.getLogger(__name__)
@@ -47,31 +48,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    """``auto`` (or None): the visible GPU if any, else the CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 where the hardware runs it natively (Ampere+ GPUs, AVX512-BF16/AMX CPUs), else fp32."""
-    if precision != "auto":
-        if precision == "fp16" and device.type != "cuda":
-            raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_supports_bf16() else "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def prepare_data(spec: RunSpec, table: TaskTable, tokenizer, paths: dict[str, dict[str, Path]],
@@ -278,7 +254,7 @@ def build_model(spec: RunSpec, table: TaskTable, streams: TaskStreams) -> MultiT
 
 def load_parent(model: MultiTaskModel, spec: RunSpec, parent_dir: Path | None) -> dict:
     """Start from the refinement run's saved encoder; return which run and epoch it is (None: not recorded)."""
-    folder = Path(parent_dir) / "encoder" if parent_dir is not None else None
+    folder = RunFolder(parent_dir).encoder_dir if parent_dir is not None else None
     if folder is None or not folder.is_dir():
         raise FileNotFoundError(f"finetune needs the refinement run's encoder; none in {parent_dir}/encoder")
     model.load_encoder_state(folder)
@@ -469,18 +445,6 @@ class _Loop:
                 "losses": self.losses,
             },
         }
-
-
-def peak_memory(device: torch.device) -> dict:
-    """The process's peak resident memory so far (MB), and on CUDA the peak allocated on the device."""
-    import resource
-    import sys
-
-    per_mb = 2**20 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
-    peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / per_mb, 1)}
-    if device.type == "cuda":
-        peak["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return peak
 
 
 def quiet_transformers() -> None:

@@ -13,23 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 matmul instructions (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def device_class(device: torch.device) -> str:
-    """``cuda:<device name>``, or ``cpu (bf16)`` / ``cpu (no bf16)``: what changes the arithmetic, not the unit."""
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    if device.type == "cpu":
-        return "cpu (bf16)" if cpu_supports_bf16() else "cpu (no bf16)"
-    return device.type
+from transfer.training.device import device_class
 
 
 def git_commit(start: Path | None = None) -> str | None:

@@ -1,0 +1,91 @@
+"""Each run records how it was computed; new profile fields leave the run ids of earlier stores as they were."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from transfer.experiment.config import LEGACY_PROFILE_VALUES, RunSpec, load_profile, run_spec_from_dict
+from transfer.training import device
+from transfer.training import provenance as prov
+from transfer.training.loop import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_run_records_precision_encoder_device_versions_and_commit(tiny_model_dir, tiny_data_dir):
+    import torch
+    import transformers
+
+    import transfer
+
+    spec = RunSpec(tasks=("chemprot",), stage="single", profile=load_profile("test").replace(epochs=1), seed=3,
+                   model=str(tiny_model_dir))
+    block = train(spec, data_dir=tiny_data_dir)["provenance"]
+    assert block["precision"] == "fp32" and block["encoder_impl"] == "transfer" and block["random_streams"] == "task"
+    assert block["device_class"] in ("cpu (bf16)", "cpu (no bf16)")
+    assert (block["torch"], block["transformers"], block["transfer"]) == (
+        torch.__version__, transformers.__version__, transfer.__version__)
+    assert block["git_commit"] == prov.git_commit()
+
+
+def test_device_class_names_bf16_support_and_the_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: False)
+    assert device.device_class(torch.device("cpu")) == "cpu (no bf16)"
+    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: True)
+    assert device.device_class(torch.device("cpu")) == "cpu (bf16)"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100")
+    assert device.device_class(torch.device("cuda", 0)) == "cuda:NVIDIA H100"
+
+
+def test_git_commit_is_read_from_the_git_folder_without_running_git(tmp_path):
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    assert prov.git_commit(tmp_path) is None  # no .git: no commit, no error
+    git = tmp_path / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    assert prov.git_commit(tmp_path) is None  # a branch with no commit yet
+    (git / "packed-refs").write_text(f"# pack-refs with: peeled\n{sha} refs/heads/main\n")
+    assert prov.git_commit(tmp_path) == sha
+    (git / "refs" / "heads" / "main").write_text(sha.replace("0", "f") + "\n")
+    assert prov.git_commit(tmp_path) == sha.replace("0", "f")  # a loose ref wins over the packed one
+    (git / "HEAD").write_text(sha + "\n")
+    assert prov.git_commit(tmp_path) == sha  # detached HEAD
+
+
+def test_git_commit_of_this_checkout_matches_git(monkeypatch):
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("no git here")
+    assert prov.git_commit() == head.stdout.strip()
+
+
+def test_new_profile_fields_keep_earlier_run_ids_and_change_new_ones():
+    legacy = load_profile("test").replace(**LEGACY_PROFILE_VALUES)
+    old = RunSpec(tasks=("chemprot",), stage="single", profile=legacy, seed=1)
+    assert not any(name in old.canonical_json() for name in LEGACY_PROFILE_VALUES)
+    stored = old.to_dict()
+    for name in LEGACY_PROFILE_VALUES:  # a spec.json written before the fields existed
+        stored["profile"].pop(name)
+    assert run_spec_from_dict(stored).run_id == old.run_id
+    assert run_spec_from_dict(stored).profile.random_streams == "shared"
+    new = RunSpec(tasks=("chemprot",), stage="single", profile=load_profile("test"), seed=1)
+    assert new.run_id != old.run_id and '"random_streams":"task"' in new.canonical_json()
+    for name, value in (("head_init", "xavier"), ("random_streams", "global"), ("refinement_selection", "best")):
+        with pytest.raises(ValueError, match=f"{name} must be one of"):
+            load_profile("test").replace(**{name: value})
+
+
+def test_committed_store_keeps_its_run_ids():
+    specs = sorted((REPO / "results" / "runs").glob("*/spec.json"))
+    if not specs:
+        pytest.skip("no committed store")
+    fields = set(RunSpec.__dataclass_fields__)
+    for path in specs:
+        data = json.loads(path.read_text())
+        spec = run_spec_from_dict({k: v for k, v in data.items() if k in fields})
+        assert spec.run_id == path.parent.name
