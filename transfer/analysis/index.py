@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transfer.data.tasks import TaskTable
+from transfer.experiment.roles import ROLES as ROLE_TABLE
 from transfer.experiment.store import ResultsStore, read_json, read_predictions
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("single", "pair", "all", "finetune", "affinity")
+ROLES = tuple(ROLE_TABLE)  # the run roles the grid knows (transfer.experiment.roles)
 
 
 @dataclass(frozen=True)
