@@ -451,3 +451,11 @@ def test_reader_and_legacy_clusters_agree_on_the_real_data(folder, task_name):
         assert None not in clusters
     else:
         assert clusters == {None}  # independent units (STS pairs, NLI statements)
+
+
+def test_repeated_index_with_other_text_is_refused(tmp_path, table):
+    path = tmp_path / "train.tsv"
+    path.write_text("index\tsentence\tlabel\n1.T1.T2\t@CHEMICAL$ binds @GENE$.\tCPR:4\n"
+                    "1.T1.T2\t@CHEMICAL$ binds @GENE$.\tCPR:9\n1.T1.T2\tSomething else @GENE$.\tfalse\n")
+    with pytest.raises(DataFormatError, match=r"line 4: index '1.T1.T2' repeats line 2 with a different sentence"):
+        read_split(path, table.task("chemprot"))

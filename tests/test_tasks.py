@@ -149,3 +149,11 @@ def test_cluster_pattern_is_refused_where_the_format_names_documents(tmp_path):
                     'negative_label = "O"\nmetric = "entity_f1"\ncluster_pattern = "^(.+)$"\n')
     with pytest.raises(TaskConfigError, match="drop cluster_pattern"):
         load_task_table([path])
+
+
+def test_unknown_domain_names_the_file_and_entry(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[tasks.x]\ndomain = "nowhere"\nkind = "regression"\nreader = "sts"\nmetric = "pearson"\n')
+    with pytest.raises(TaskConfigError, match=r"mine.toml: \[tasks.x\]: domain 'nowhere' is not defined") as info:
+        load_task_table([path])
+    assert str(info.value).startswith(str(path))

@@ -155,9 +155,14 @@ def read_relation(path: Path, task: TaskSpec) -> list[Example]:
     (predictions are keyed by uid), so the second row of an index gets ``<index>#2``, the third ``#3``, etc.
     """
     seen: Counter[str] = Counter()
+    first: dict[str, tuple[int, str]] = {}
     examples = []
     for line, (index, sentence, label) in _fixed_header_rows(path, RELATION_HEADER):
         _check_label(path, line, label, task.labels)
+        first_line, first_sentence = first.setdefault(index, (line, sentence))
+        if sentence != first_sentence:  # a repeated index is another label of the same pair, never other text
+            raise DataFormatError(path, line, f"index {index!r} repeats line {first_line} with a different sentence "
+                                  "(a repeated index gives a second label to the same entity pair)")
         seen[index] += 1
         uid = index if seen[index] == 1 else f"{index}{REPEAT_MARK}{seen[index]}"
         examples.append(Example(uid=uid, text_a=sentence, label=label, line=line, cluster=_id_cluster(task, index)))

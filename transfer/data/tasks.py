@@ -260,6 +260,7 @@ def load_task_table(extra_files: list[str | Path] | tuple[str | Path, ...] = ())
         files.append(Path(os.environ[TASK_FILE_ENV]))
     tasks: dict[str, TaskSpec] = {}
     domains: dict[str, DomainSpec] = {}
+    sources: dict[tuple[str, str], Path] = {}  # (kind, name) -> the file that defines it, for error messages
     for path in files:
         if not path.is_file():
             raise TaskConfigError(f"task file {path} does not exist")
@@ -269,19 +270,22 @@ def load_task_table(extra_files: list[str | Path] | tuple[str | Path, ...] = ())
             if clash:
                 raise TaskConfigError(f"{path}: {kind_name}(s) {', '.join(sorted(clash))} already defined; pick new names")
             old.update(new)
+            sources.update({(kind_name, name): path for name in new})
     table = TaskTable(tasks=tasks, domains=domains)
-    _check_references(table)
+    _check_references(table, sources)
     return table
 
 
-def _check_references(table: TaskTable) -> None:
+def _check_references(table: TaskTable, sources: dict[tuple[str, str], Path]) -> None:
     for task in table.tasks.values():
         if task.domain not in table.domains:
-            raise TaskConfigError(f"task {task.name!r}: domain {task.domain!r} is not defined")
+            raise TaskConfigError(f"{sources[('task', task.name)]}: [tasks.{task.name}]: domain {task.domain!r} is not "
+                                  f"defined; known domains: {', '.join(sorted(table.domains))}")
     for domain in table.domains.values():
         unknown = [name for name in domain.tasks if name not in table.tasks]
         if unknown:
-            raise TaskConfigError(f"domain {domain.name!r} lists unknown task(s) {', '.join(unknown)}")
+            raise TaskConfigError(f"{sources[('domain', domain.name)]}: [domains.{domain.name}]: lists unknown "
+                                  f"task(s) {', '.join(unknown)}")
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> tuple[Path, str]:
