@@ -184,7 +184,7 @@ def test_scores_table_that_cannot_be_written_is_a_warning(tmp_path, monkeypatch,
     def full(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr("transfer.experiment.store.write_text_atomic", full)
+    monkeypatch.setattr("transfer.experiment.scores.write_text_atomic", full)
     with caplog.at_level(logging.WARNING):
         assert store.try_write_scores_table() is None
     assert "Read-only" in caplog.text

@@ -17,6 +17,8 @@ import socket
 import time
 from pathlib import Path
 
+from transfer.experiment.atomic import write_json_atomic
+
 STALE_AFTER_S = 15 * 60  # a claim from another host with no heartbeat for this long is taken as dead
 HALF_WRITTEN_S = 60  # an unreadable claim younger than this is being written right now
 
@@ -131,8 +133,6 @@ def acquire(claim: Path, owner: str) -> bool:
 
 def adopt(claim: Path, owner: str) -> bool:
     """Rewrite ``owner``'s claim to name this process; False if the claim is missing or someone else's."""
-    from transfer.experiment.store import write_json_atomic
-
     info = read(claim)
     if info is None or info.get("owner") != owner:
         return False

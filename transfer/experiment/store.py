@@ -20,30 +20,29 @@ part: recording it changes no run id. Writes are atomic (temporary file, flushed
 is *done* only when its status says so, ``metrics.json`` parses and every task's predictions file exists and
 parses; a folder whose files do not parse is *damaged* (:attr:`RunRecord.damage` names the file and the
 problem): the analysis skips it and says so, the grid redoes it after moving the damaged files aside.
-This module never imports torch: analysis code reads the store through it.
+This module never imports torch: analysis code reads the store through it. It is one job, the files of a run
+folder and the store of them, kept together so that a file's name, its reading, writing and damage check
+change in one place; claims (``claims``), atomic writes (``atomic``) and the scores table (``scores``) live
+beside it.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from transfer.experiment import claims
 from transfer.errors import UserError
+from transfer.experiment import claims
+from transfer.experiment.atomic import read_json, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
 STATUSES = ("running", "done", "failed")
-SCORE_COLUMNS = ("run_id", "stage", "tasks", "task", "seed", "domain", "model", "profile", "affinity_every", "metric",
-                 "dev_score", "test_score", "best_epoch", "status", "train_seconds", "wall_seconds")
 SPEC_KEYS = ("tasks", "stage", "seed", "model", "profile")  # what makes a spec.json a run spec
 STALE_AFTER_S = claims.STALE_AFTER_S
 
@@ -53,51 +52,6 @@ _CLAIM, _ENCODER, _PREDICTIONS, _DAMAGED = "claim", "encoder", "predictions", "d
 
 class DamagedRunError(UserError):
     """A run-folder file that exists but cannot be read as what it should be (empty, cut short, not a run)."""
-
-
-# ----------------------------------------------------------------------------------------------- atomic files
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path``: a temporary file in the same folder, flushed to disk, then renamed over it.
-
-    The flush comes before the rename so that a crash (or power loss) leaves the old file or the new one,
-    never a renamed file whose blocks were not written yet.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (best effort: not every file system lets a folder be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
-
-
-def read_json(path: Path):
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 def _read_json_checked(path: Path, what: str = "a JSON object"):
@@ -515,39 +469,16 @@ class ResultsStore:
         return [RunRecord.of(RunFolder(p)) for p in folders if RunFolder(p).has_spec()]
 
     def score_rows(self) -> list[dict]:
-        """One row per run x task (runs without metrics give rows with empty scores and their status)."""
-        rows = []
-        for record in self.records():
-            if not record.spec:
-                logger.warning("skipped in %s: %s", _SCORES, record.damage)
-                continue
-            spec = record.spec
-            metrics = record.metrics()
-            status = "damaged" if record.damage else record.status or ""
-            for task in spec["tasks"]:
-                info = (metrics.get("tasks") or {}).get(task, {})
-                timing = metrics.get("train") or {}
-                rows.append({
-                    "run_id": record.run_id, "stage": spec["stage"], "tasks": "+".join(spec["tasks"]), "task": task,
-                    "seed": spec["seed"], "domain": spec.get("domain") or "", "model": spec["model"],
-                    "profile": spec["profile"].get("name", ""), "affinity_every": spec.get("affinity_every", 0),
-                    "metric": info.get("metric", ""),
-                    "dev_score": info.get("dev_score"), "test_score": info.get("test_score"),
-                    "best_epoch": info.get("best_epoch"), "status": status,
-                    "train_seconds": timing.get("train_seconds"), "wall_seconds": timing.get("wall_seconds"),
-                })
-        return rows
+        """One row per run x task (see ``transfer.experiment.scores``)."""
+        from transfer.experiment.scores import score_rows
+
+        return score_rows(self)
 
     def write_scores_table(self) -> Path:
         """Rebuild ``scores.csv`` from the run folders (atomic)."""
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=SCORE_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for row in self.score_rows():
-            writer.writerow({k: "" if row[k] is None else row[k] for k in SCORE_COLUMNS})
-        target = self.root / _SCORES
-        write_text_atomic(target, buffer.getvalue())
-        return target
+        from transfer.experiment.scores import write_scores_table
+
+        return write_scores_table(self, self.root / _SCORES)
 
     def try_write_scores_table(self) -> Path | None:
         """``write_scores_table``, or a warning and None when the store cannot be written (read-only, full)."""
