@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transfer.data.tasks import TaskTable
 from transfer.experiment.roles import ROLES as ROLE_TABLE
-from transfer.experiment.store import ResultsStore, read_json, read_predictions
+from transfer.experiment.store import ResultsStore, RunFolder, read_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +62,11 @@ class RunInfo:
         return "affinity" in self.roles if self.roles is not None else self.affinity_every > 0
 
     def predictions_file(self, task: str) -> Path:
-        return self.folder / "predictions" / f"{task}.jsonl"
+        return RunFolder(self.folder).predictions_file(task)
 
     def finished_at(self) -> float:
         """When the run wrote its results (metrics.json's mtime): of two done runs of one condition, the newer wins."""
-        return (self.folder / "metrics.json").stat().st_mtime
+        return RunFolder(self.folder).metrics_file.stat().st_mtime
 
 
 def _run_domain(spec: dict, table: TaskTable) -> str:
@@ -80,8 +80,8 @@ def _run_domain(spec: dict, table: TaskTable) -> str:
 
 def _stored_metrics(folder: Path) -> dict:
     """A run's metrics.json ({} when absent)."""
-    metrics_file = folder / "metrics.json"
-    return read_json(metrics_file) if metrics_file.is_file() else {}
+    run = RunFolder(folder)
+    return run.read_metrics() if run.metrics_file.is_file() else {}
 
 
 def _scores(metrics: dict) -> dict:
