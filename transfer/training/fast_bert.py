@@ -13,7 +13,9 @@ differences in *how*, not *what*:
 * **Dropout masks on the CPU** come from :class:`MaskSource` instead of ``torch.bernoulli_``, which spends
   about 4-5 ns per element in a single Mersenne-Twister stream and was a quarter of a training step. The
   source draws 64-bit words from NumPy's SFC64 generator and cuts each into four 16-bit uniforms, so ``p``
-  is rounded to a multiple of 1/65536 (0.1 becomes 0.100006). On CUDA the native dropout is used.
+  is rounded to a multiple of 1/65536 (0.1 becomes 0.100006). Each task has a source of its own, seeded from
+  (seed, task), so a task draws the same masks alone and beside a partner (``transfer.training.streams``).
+  On CUDA the native dropout is used, from torch's generator, whose state is kept per task the same way.
 
 ``unsupported_reason`` says why an encoder cannot take this path (another architecture, relative position
 embeddings, ...); callers then use the Hugging Face forward and record which one ran.
