@@ -347,6 +347,15 @@ def test_local_dask_cluster_listens_on_loopback_only():
     assert dashboard is None or dashboard.startswith("http://127.0.0.1:")
 
 
+def test_grid_on_the_local_dask_cluster_runs_the_plan(tmp_path, tiny_data_dir, fake_env):
+    pytest.importorskip("distributed")
+    results = tmp_path / "results"
+    assert grid.main(_args(results, tiny_data_dir, "--tasks", *TWO, "--stages", "all", "finetune",
+                           "--backend", "dask")) == 0
+    assert [r["run_id"].split("-")[0] for r in sorted(read_fake_log(fake_env), key=lambda r: r["start"])][0] == "mtl"
+    assert {r.status for r in ResultsStore(results).records()} == {"done"}
+
+
 # ----------------------------------------------------------------------------------------------- CLI errors
 
 def _no_traceback(capsys, code: int) -> str:
