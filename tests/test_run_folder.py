@@ -4,6 +4,7 @@ process identity in claims, a full disk while recording, the loopback Dask clust
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import logging
@@ -130,7 +131,9 @@ def test_a_damaged_folder_is_named_never_done_and_redone_with_its_files_set_asid
     assert not store.is_done("r1") and store.state("r1") == "damaged"
     [record] = store.records()
     assert record.damage == problem and not record.done
-    store.write_scores_table()  # does not crash on it
+    with open(store.write_scores_table(), encoding="utf-8") as handle:  # does not crash on it
+        rows = list(csv.DictReader(handle))
+    assert [row["status"] for row in rows] == (["damaged"] if record.spec else [])
     assert store.try_claim("r1", SPEC, "b", roles=("single",))
     [aside] = run.damaged_attempts()
     assert (aside / "why.txt").read_text().strip() == problem
