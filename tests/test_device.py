@@ -73,3 +73,29 @@ def test_peak_memory_reports_the_cuda_peak_on_a_gpu(monkeypatch):
     peak = device_module.peak_memory(torch.device("cuda", 0))
     assert peak["peak_cuda_mb"] == 3.0 and peak["peak_rss_mb"] > 0
     assert set(device_module.peak_memory(torch.device("cpu"))) == {"peak_rss_mb"}
+
+
+def test_per_task_streams_keep_the_cuda_generator_per_task(monkeypatch):
+    """The CUDA half of TaskStreams.activate, against a stand-in CUDA generator (seed and draw count)."""
+    from transfer.training.streams import TaskStreams
+
+    cuda = {"seed": 99, "drawn": 0}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: torch.tensor([cuda["seed"], cuda["drawn"]]))
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device=None: cuda.update(seed=int(state[0]), drawn=int(state[1])))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: cuda.update(seed=seed % 2**62, drawn=0))
+    streams = TaskStreams(3, ("chemprot", "ddi2013-type"), device="cuda")
+    streams.activate("chemprot")
+    own_seed = cuda["seed"]
+    assert own_seed != 99 and cuda["drawn"] == 0
+    cuda["drawn"] = 5  # chemprot's batch drew dropout masks
+    streams.activate("ddi2013-type")
+    assert cuda["seed"] not in (99, own_seed) and cuda["drawn"] == 0
+    cuda["drawn"] = 7
+    streams.activate("chemprot")
+    assert (cuda["seed"], cuda["drawn"]) == (own_seed, 5)  # chemprot goes on where it stopped
+    streams.deactivate()
+    assert (cuda["seed"], cuda["drawn"]) == (99, 0)  # outside any task: the state from before
+    alone = TaskStreams(3, ("chemprot",), device="cuda")
+    alone.activate("chemprot")
+    assert cuda["seed"] == own_seed  # the same stream in the single run
