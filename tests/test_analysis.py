@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from store_builder import (TABLE, TASKS3, _records, _wrong_label, build_store, pair_predictions,
+from store_builder import (TABLE, TASKS3, _records, _wrong_label, build_store, gold_labels, pair_predictions,
                            single_predictions, stored_score, write_affinity_run, write_run)
 from transfer.experiment.store import RunRecord
 from transfer.scoring import metrics
-from transfer.analysis import (analyse_store, auto_n_boot, bootstrap_edge, bootstrap_p_value, decomposed_score,
-                               edge_colour, exact_spearman_p, holm, resample_counts, spearman, unit_statistics)
+from transfer.analysis import (EvidenceOptions, GateOptions, ProvenanceError, analyse_store, auto_n_boot,
+                               bootstrap_edge, bootstrap_p_value, decomposed_score, edge_state, exact_spearman_p, holm,
+                               resample_counts, spearman, unit_statistics)
 from transfer.scoring.metrics import METRICS
 from transfer.scoring.units import entity_spans
 
@@ -33,6 +34,20 @@ def store3(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def analysis3(store3):
     (analysis,) = analyse_store(store3, TABLE, n_boot=1000, seed=0)
+    return analysis
+
+
+SEEDS5 = (1, 2, 3, 4, 5)
+
+
+@pytest.fixture(scope="module")
+def store5(tmp_path_factory) -> Path:
+    return build_store(tmp_path_factory.mktemp("store5"), seeds=SEEDS5)
+
+
+@pytest.fixture(scope="module")
+def analysis5(store5):
+    (analysis,) = analyse_store(store5, TABLE, n_boot=1000, seed=0)
     return analysis
 
 
@@ -125,13 +140,18 @@ def test_holm_matches_hand_computed_values():
     assert len(holm([])) == 0
 
 
-def test_edge_colour_rules():
-    assert edge_colour(0.02, 0.01) == "green"
-    assert edge_colour(-0.02, 0.01) == "red"
-    assert edge_colour(0.02, 0.2) == "grey"
-    assert edge_colour(0.002, 0.01, min_delta=0.005) == "grey"
-    assert edge_colour(float("nan"), 0.01) == "missing"
-    assert edge_colour(0.02, float("nan")) == "missing"
+def test_edge_state_rules():
+    o = EvidenceOptions(margin=0.01, min_seeds=5)
+    assert edge_state(0.02, 0.01, 1.0, 5, o) == "helps"
+    assert edge_state(-0.02, 0.01, 1.0, 5, o) == "hurts"
+    assert edge_state(0.005, 0.01, 1.0, 5, o) == "inconclusive"  # significant but inside the margin
+    assert edge_state(0.005, 0.5, 0.01, 5, o) == "equivalent"
+    assert edge_state(0.02, 0.2, 0.2, 5, o) == "inconclusive"
+    assert edge_state(0.02, 0.001, 1.0, 4, o) == "exploratory"
+    assert edge_state(float("nan"), 0.01, 1.0, 5, o) == "n/a"
+    # --min-seeds below 3 still leaves 1- and 2-seed edges uncoloured
+    assert edge_state(0.02, 0.001, 1.0, 2, EvidenceOptions(min_seeds=1)) == "exploratory"
+    assert edge_state(0.02, 0.001, 1.0, 3, EvidenceOptions(min_seeds=1)) == "helps"
 
 
 def test_identical_systems_give_p_one_and_zero_interval():
@@ -176,21 +196,39 @@ def _edge(analysis, source: str, target: str):
     return edges[(edges["source"] == source) & (edges["target"] == target)].iloc[0]
 
 
-def test_clear_gain_is_green_clear_loss_red_noise_grey(analysis3):
-    assert _edge(analysis3, "mednli", "shareclefe")["colour"] == "green"
-    assert _edge(analysis3, "shareclefe", "clinicalsts")["colour"] == "green"
-    assert _edge(analysis3, "clinicalsts", "mednli")["colour"] == "red"
+def test_one_seed_edges_are_exploratory_with_the_test_units_only_p(analysis3):
+    assert set(analysis3.edges["state"]) == {"exploratory"}
+    assert analysis3.edges["p"].isna().all() and analysis3.edges["se_seed"].isna().all()
+    gain = _edge(analysis3, "mednli", "shareclefe")
+    assert gain["p_test"] < 0.01 and gain["se_test"] > 0 and gain["mde_test"] > 0
+    assert _edge(analysis3, "clinicalsts", "shareclefe")["p_test"] > 0.2
+    assert analysis3.plan.startswith("Plan: 6 of 6 edges have fewer than 5 seeds")
+
+
+def test_clear_gain_helps_clear_loss_hurts_noise_is_equivalent(analysis5):
+    assert _edge(analysis5, "mednli", "shareclefe")["state"] == "helps"
+    assert _edge(analysis5, "shareclefe", "clinicalsts")["state"] == "helps"
+    assert _edge(analysis5, "clinicalsts", "mednli")["state"] == "hurts"
     for source, target in [("clinicalsts", "shareclefe"), ("mednli", "clinicalsts")]:
-        row = _edge(analysis3, source, target)
-        assert row["colour"] == "grey" and row["p"] > 0.2
+        row = _edge(analysis5, source, target)
+        assert row["state"] == "equivalent" and abs(row["delta"]) < 0.01 and row["p_equiv_adj"] < 0.05
+    for _, row in analysis5.edges.iterrows():
+        assert row["p_adj"] >= row["p"] and row["n_seeds"] == 5 and row["ci_low"] <= row["delta"] <= row["ci_high"]
+        per_seed = [float(x) for x in row["seed_deltas"].split()]
+        assert np.mean(per_seed) == pytest.approx(row["delta"], abs=1e-4)
+        assert row["se"] == pytest.approx(math.hypot(row["se_seed"], row["se_test"]))
+        assert row["se_seed"] == pytest.approx(np.std(per_seed, ddof=1) / math.sqrt(5), abs=1e-4)
 
 
-def test_holm_turns_a_borderline_edge_grey(analysis3):
-    row = _edge(analysis3, "shareclefe", "mednli")
-    assert row["delta"] > 0
-    assert row["p"] < 0.05 < row["p_holm"]
-    assert row["colour"] == "grey"
-    assert edge_colour(row["delta"], row["p"]) == "green"  # what an uncorrected test would have said
+def test_margin_and_correction_options_change_the_states(store5):
+    (wide,) = analyse_store(store5, TABLE, n_boot=1000, options=EvidenceOptions(margin=0.05))
+    assert _edge(wide, "shareclefe", "mednli")["state"] != "helps"  # delta 0.0375 is inside a 0.05 margin
+    (bh,) = analyse_store(store5, TABLE, n_boot=1000, options=EvidenceOptions(correction="bh"))
+    (holm_,) = analyse_store(store5, TABLE, n_boot=1000)
+    assert (bh.edges["p_adj"] <= holm_.edges["p_adj"] + 1e-15).all()
+    (flip,) = analyse_store(store5, TABLE, n_boot=200, options=EvidenceOptions(test="sign-flip"))
+    assert _edge(flip, "mednli", "shareclefe")["p"] == pytest.approx(2 / 32)  # the sign-flip floor at 5 seeds
+    assert set(flip.edges["state"]) <= {"inconclusive", "equivalent"}  # 6 x 2/32 > 0.05: nothing can pass Holm
 
 
 def test_auto_n_boot_leaves_holm_room_for_every_edge(store3, caplog):
@@ -202,7 +240,7 @@ def test_auto_n_boot_leaves_holm_room_for_every_edge(store3, caplog):
     assert auto.n_boot == 1200  # 3 tasks, 6 ordered edges, at least 10 x 6 / 0.05
     assert not caplog.records
     (starved,) = analyse_store(store3, TABLE, n_boot=100, seed=0)  # 6 / 101 > 0.05: nothing can pass Holm
-    assert starved.n_boot == 100 and set(starved.edges["colour"]) == {"grey"}
+    assert starved.n_boot == 100 and set(starved.edges["state"]) == {"exploratory"}
     assert any("too small for 6 edges" in r.getMessage() and "1200" in r.getMessage() for r in caplog.records)
 
 
@@ -212,8 +250,8 @@ def test_deltas_equal_stored_scores(store3, analysis3):
         expected = (stored_score(store3, "mtl", pair_tasks, 13, row["target"])
                     - stored_score(store3, "single", (row["target"],), 13, row["target"]))
         assert row["delta"] == pytest.approx(expected, abs=1e-12)
-        assert row["ci_low"] <= row["delta"] <= row["ci_high"]
-        assert row["n_seeds"] == 1 and row["note"] == ""
+        assert float(row["seed_deltas"]) == pytest.approx(expected, abs=1e-4)
+        assert row["n_seeds"] == 1 and row["note"] == "" and row["reason"] == ""
     assert analysis3.missing == []
 
 
@@ -224,8 +262,8 @@ def test_seeds_are_averaged_and_spread_reported(tmp_path):
     per_seed = [stored_score(root, "mtl", ("shareclefe", "mednli"), s, "shareclefe")
                 - stored_score(root, "single", ("shareclefe",), s, "shareclefe") for s in (13, 42)]
     assert row["delta"] == pytest.approx(np.mean(per_seed))
-    assert row["delta_std"] == pytest.approx(np.std(per_seed, ddof=1))
-    assert row["n_seeds"] == 2 and row["colour"] == "green"
+    assert row["se_seed"] == pytest.approx(np.std(per_seed, ddof=1) / math.sqrt(2), abs=1e-4)
+    assert row["n_seeds"] == 2 and row["state"] == "exploratory"
     models = analysis.models.set_index(["model_type", "task"])
     singles = [stored_score(root, "single", ("mednli",), s, "mednli") for s in (13, 42)]
     assert models.loc[("single", "mednli"), "mean"] == pytest.approx(np.mean(singles))
@@ -254,7 +292,8 @@ def test_missing_and_failed_runs_are_reported_not_zeroed(tmp_path):
     assert "finetune mednli" in missing
     for source, target in [("clinicalsts", "mednli"), ("mednli", "clinicalsts")]:
         row = _edge(analysis, source, target)
-        assert row["colour"] == "missing" and math.isnan(row["delta"]) and row["n_seeds"] == 0
+        assert row["state"] == "n/a" and row["reason"] == "runs missing" and math.isnan(row["delta"])
+        assert row["n_seeds"] == 0
     row = _edge(analysis, "mednli", "shareclefe")  # only seed 13 has the single run
     assert row["n_seeds"] == 1 and "seed 42: no single run" in row["note"]
     models = analysis.models.set_index(["model_type", "task"])
@@ -269,7 +308,7 @@ def test_missing_predictions_leave_the_edge_untested(tmp_path):
         path.unlink()
     (analysis,) = analyse_store(root, TABLE, n_boot=100)
     row = _edge(analysis, "shareclefe", "mednli")
-    assert math.isnan(row["p"]) and row["colour"] == "missing"
+    assert math.isnan(row["p_test"]) and row["state"] == "n/a"
     if hasattr(RunRecord, "damage"):  # the store calls a done run without its predictions damaged: reported
         assert "single mednli: seed 13 (damaged: predictions/mednli.jsonl: missing" in "\n".join(analysis.missing)
     else:
@@ -296,7 +335,7 @@ def test_extra_task_keeps_the_largest_mtl_run_as_refinement(tmp_path):
     assert math.isnan(models.loc[("mt-refinement", "i2b2-2010-re"), "mean"])
     assert any("MT-Refinement is the mtl run of clinicalsts, shareclefe, mednli" in n for n in analysis.notes)
     assert "single i2b2-2010-re: seed 13 (not in store)" in analysis.missing
-    assert _edge(analysis, "i2b2-2010-re", "mednli")["colour"] in ("grey", "green", "red")
+    assert _edge(analysis, "i2b2-2010-re", "mednli")["state"] == "exploratory"
 
 
 def test_roles_in_the_spec_decide_over_inference(tmp_path):
@@ -308,7 +347,7 @@ def test_roles_in_the_spec_decide_over_inference(tmp_path):
     (analysis,) = analyse_store(root, TABLE, n_boot=100)
     models = analysis.models.set_index(["model_type", "task"])
     assert models.loc[("mt-refinement", "mednli"), "n_seeds"] == 1
-    assert _edge(analysis, "clinicalsts", "mednli")["colour"] == "missing"  # not a pair run
+    assert _edge(analysis, "clinicalsts", "mednli")["state"] == "n/a"  # not a pair run
     assert any("MT-Refinement is the mtl run of clinicalsts, mednli" in note for note in analysis.notes)
     # ...and an all-task run with the "affinity" role is never MT-Refinement, affinity_every or not.
     root2 = build_store(tmp_path / "two", skip={("all", 13)})
@@ -373,7 +412,7 @@ def test_two_task_affinity_run_is_neither_the_pair_nor_the_all_task_run(tmp_path
     write_affinity_run(root, tasks, 13, {("shareclefe", "mednli"): 0.01, ("mednli", "shareclefe"): -0.01})
     (analysis,) = analyse_store(root, TABLE, n_boot=100)
     assert "mtl pair mednli+shareclefe: seed 13 (not in store)" in analysis.missing
-    assert (analysis.edges["colour"] == "missing").all() and analysis.edges["delta"].isna().all()
+    assert (analysis.edges["state"] == "n/a").all() and analysis.edges["delta"].isna().all()
     models = analysis.models.set_index(["model_type", "task"])
     assert models.loc[("mt-refinement", "mednli"), "n_seeds"] == 0
     preview = analysis.affinity
@@ -405,20 +444,31 @@ def test_affinity_every_zero_or_absent_is_a_plain_run(tmp_path):
 def test_preview_agreeing_in_rank_gives_rho_one(affinity_store):
     root, _ = affinity_store
     (analysis,) = analyse_store(root, TABLE, n_boot=1000)  # holds the Z_AGREE runs of seeds 13 and 99
-    significant = analysis.edges[analysis.edges["colour"].isin(["green", "red"])]
-    assert set(zip(significant["source"], significant["target"])) == {
-        ("clinicalsts", "mednli"), ("mednli", "shareclefe"), ("shareclefe", "clinicalsts")}
+    assert set(analysis.edges["state"]) == {"exploratory"}  # one seed: nothing is significant
     v = analysis.affinity.validation
     assert v["n_edges"] == 6 and v["spearman_rho"] == pytest.approx(1.0)
     assert v["p_method"] == "exact permutation" and v["spearman_p"] == pytest.approx(2 / 720)  # 2 of 6! orders
     # sign(Z) vs sign(delta): - -, - 0 (delta exactly 0: disagrees), + +, + +, + +, + +
     assert (v["n_sign_agree"], v["sign_agreement"]) == (5, pytest.approx(5 / 6))
-    # significant: clinicalsts->mednli (red, Z < 0), mednli->shareclefe and shareclefe->clinicalsts (green, Z > 0)
-    assert (v["n_significant"], v["n_sign_agree_significant"], v["sign_agreement_significant"]) == (3, 3, 1.0)
+    assert v["n_significant"] == 0 and math.isnan(v["sign_agreement_significant"])
     edges = analysis.affinity.edges.set_index(["source", "target"])
     assert edges.loc[("clinicalsts", "shareclefe"), "sign_agree"] == False  # noqa: E712 (not None: a real "no")
     assert edges.loc[("mednli", "shareclefe"), "z"] == pytest.approx(4e-3)  # mean of two runs with equal Z
     assert edges.loc[("mednli", "shareclefe"), "z_std"] == pytest.approx(0.0)
+
+
+def test_preview_sign_agreement_on_significant_edges(store5, tmp_path):
+    import shutil
+
+    root = tmp_path / "store"
+    shutil.copytree(store5, root)
+    write_affinity_run(root, TASKS3, 1, Z_AGREE)
+    (analysis,) = analyse_store(root, TABLE, n_boot=300)
+    v = analysis.affinity.validation
+    # helps/hurts: clinicalsts->mednli (hurts, Z < 0), mednli->shareclefe and shareclefe->clinicalsts and
+    # shareclefe->mednli (helps, Z > 0)
+    assert (v["n_significant"], v["n_sign_agree_significant"], v["sign_agreement_significant"]) == (4, 4, 1.0)
+    assert set(analysis.affinity.edges["state"]) == {"helps", "hurts", "equivalent"}
 
 
 def test_preview_reversed_in_rank_gives_rho_minus_one(tmp_path):
@@ -429,7 +479,7 @@ def test_preview_reversed_in_rank_gives_rho_minus_one(tmp_path):
     assert v["spearman_rho"] == pytest.approx(-1.0) and v["spearman_p"] == pytest.approx(2 / 720)
     # Z signs + + + + - - against delta signs - 0 + + + +: only mednli->clinicalsts and shareclefe->mednli agree
     assert (v["n_sign_agree"], v["sign_agreement"]) == (2, pytest.approx(2 / 6))
-    assert (v["n_sign_agree_significant"], v["n_significant"], v["sign_agreement_significant"]) == (0, 3, 0.0)
+    assert v["n_significant"] == 0
     # wall times (store_builder.WALL_SECONDS): 3 singles x 100 s + 3 pairs x 200 s = 900 s of grid; the plain
     # all-task run took 300 s, the affinity run 330 s (of which its tracker 25 s)
     assert (v["preview_wall_s"], v["grid_wall_s"], v["n_grid_runs"]) == (330.0, 900.0, 6)
@@ -514,3 +564,77 @@ def test_analysis_modules_never_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1], check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The learning gate, provenance and clusters
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_degenerate_heads_make_their_edges_na_and_are_marked_in_the_models_table(tmp_path):
+    tasks = ("shareclefe", "mednli")
+    root = build_store(tmp_path, tasks=tasks, effects={}, skip={("single", "mednli", 13), ("pair", "shareclefe",
+                                                                                          "mednli", 13)})
+    write_run(root, ("mednli",), "single", 13, {"mednli": ["entailment"] * 400})  # one class only
+    pair = {"shareclefe": [["O"] * len(g) for g in gold_labels("shareclefe")],  # the tagger finds no entity
+            "mednli": pair_predictions("mednli", 13, "noise")}
+    write_run(root, tasks, "mtl", 13, pair)
+    (analysis,) = analyse_store(root, TABLE, n_boot=100)
+    for source, target in [("shareclefe", "mednli"), ("mednli", "shareclefe")]:
+        row = _edge(analysis, source, target)
+        assert row["state"] == "n/a" and row["reason"].startswith("untrained: ")
+        assert "shareclefe: no entity predicted" in row["reason"]
+    assert "100.0% of predictions are 'entailment'" in _edge(analysis, "shareclefe", "mednli")["reason"]
+    models = analysis.models.set_index(["model_type", "task"])
+    assert "of predictions are 'entailment'" in models.loc[("single", "mednli"), "untrained"]
+    assert models.loc[("single", "shareclefe"), "untrained"] == ""
+    assert len(analysis.untrained) == 2
+    (ungated,) = analyse_store(root, TABLE, n_boot=100, gate=GateOptions(enabled=False))
+    assert set(ungated.edges["state"]) == {"exploratory"}
+
+
+def test_gate_checks_each_kind():
+    from transfer.analysis.evidence import prediction_gate, rising_gate
+
+    o = GateOptions()
+    sts = TABLE.task("clinicalsts")
+    gold = list(np.linspace(0, 5, 100))
+    assert "prediction SD" in prediction_gate(sts, [{"gold": g, "pred": 2.5 + 0.1 * (g - 2.5)} for g in gold], o)
+    assert prediction_gate(sts, [{"gold": g, "pred": g + 0.3} for g in gold], o) is None
+    nli = TABLE.task("mednli")
+    rng = np.random.default_rng(0)
+    labels = [str(x) for x in rng.choice(nli.labels, size=600)]
+    guessed = [{"gold": g, "pred": str(rng.choice(nli.labels))} for g in labels]  # chance level, balanced
+    assert "within 2 SE of chance" in prediction_gate(nli, guessed, o)
+    good = [{"gold": g, "pred": g if rng.random() < 0.7 else str(rng.choice(nli.labels))} for g in labels]
+    assert prediction_gate(nli, good, o) is None
+    history = [{"epoch": e, "dev": {"mednli": {"accuracy": a}}} for e, a in enumerate([0.40, 0.42, 0.60], 1)]
+    assert "still rising" in rising_gate(history, "mednli", "accuracy", o)
+    flat = [{"epoch": e, "dev": {"mednli": {"accuracy": a}}} for e, a in enumerate([0.40, 0.60, 0.62], 1)]
+    assert rising_gate(flat, "mednli", "accuracy", o) is None
+    assert rising_gate(history[:2], "mednli", "accuracy", o) is None  # two epochs cannot show a bend
+
+
+def test_runs_computed_differently_never_share_an_edge(tmp_path):
+    import json
+
+    root = build_store(tmp_path, tasks=("shareclefe", "mednli"), effects={})
+    for folder in (root / "runs").iterdir():
+        metrics_file = folder / "metrics.json"
+        metrics = json.loads(metrics_file.read_text())
+        metrics["train"]["precision"] = "fp32" if folder.name.startswith("single-mednli") else "bf16"
+        metrics_file.write_text(json.dumps(metrics))
+    with pytest.raises(ProvenanceError, match=r"precision: bf16 \(mtl-shareclefe\+mednli.*fp32 \(single-mednli"):
+        analyse_store(root, TABLE, n_boot=100)
+
+
+def test_records_resample_by_their_cluster():
+    task = TABLE.task("mednli")
+    single = _records("mednli", single_predictions("mednli", 13))
+    pair = _records("mednli", pair_predictions("mednli", 13, "better"))
+    clustered = [[{**r, "cluster": f"doc{i // 8}"} for i, r in enumerate(records)] for records in (pair, single)]
+    rows = bootstrap_edge(task, task.metric, [(pair, single)], 400, np.random.default_rng(0))
+    docs = bootstrap_edge(task, task.metric, [tuple(clustered)], 400, np.random.default_rng(0))
+    assert (rows.n_units, rows.n_clusters, docs.n_clusters) == (400, 400, 50)
+    assert docs.delta == rows.delta
+    unclustered = bootstrap_edge(task, task.metric, [tuple(clustered)], 400, np.random.default_rng(0), clustered=False)
+    assert unclustered.n_clusters == 400

@@ -81,9 +81,10 @@ def test_every_output_file_is_written_and_listed(full_run):
 
 def test_summary_lists_calls(full_run):
     _, _, printed, _ = full_run
-    assert "clinical-public (model minilm, profile quick, seeds 13): 3 task(s), 6 edges: 2 green, 1 red" in printed
-    assert "red  clinicalsts -> mednli" in printed
-    assert "missing:" not in printed
+    assert ("clinical-public (model minilm, profile quick, seeds 13): 3 task(s), 6 edges: 0 helps, 0 hurts, "
+            "0 equivalent, 0 inconclusive, 6 exploratory, 0 n/a") in printed
+    assert "missing:" not in printed and "untrained" not in printed
+    assert printed.split("files written:")[0].rstrip().splitlines()[-1].startswith("  Plan: 6 of 6 edges have fewer")
 
 
 def test_edge_csv_matches_the_store(full_run):
@@ -95,10 +96,9 @@ def test_edge_csv_matches_the_store(full_run):
         expected = (stored_score(root, "mtl", pair, 13, row["target"])
                     - stored_score(root, "single", (row["target"],), 13, row["target"]))
         assert row["delta"] == pytest.approx(expected, abs=1e-9)
-        assert row["p"] <= row["p_holm"] <= 1
-    colours = dict(zip(zip(edges["source"], edges["target"]), edges["colour"]))
-    assert colours[("mednli", "shareclefe")] == "green"
-    assert colours[("clinicalsts", "mednli")] == "red"
+        assert 0 < row["p_test"] <= 1 and math.isnan(row["p"]) and row["state"] == "exploratory"
+    assert set(edges.columns) >= {"state", "reason", "seed_deltas", "se_seed", "se_test", "se", "ci_low", "ci_high",
+                                  "p", "p_adj", "mde", "seeds_needed", "n_seeds", "step_ratio"}
 
 
 def test_model_csv_matches_the_store(full_run):
@@ -120,7 +120,8 @@ def test_graphml_carries_edge_attributes(full_run):
     graph = nx.read_graphml(out / f"transfer_graph_{SLUG}.graphml")
     assert set(graph.nodes) == set(TASKS3)
     data = graph.edges["clinicalsts", "mednli"]
-    assert data["colour"] == "red" and data["delta"] < 0 and 0 < data["p"] < 0.05
+    assert data["state"] == "exploratory" and data["delta"] < 0 and data["reason"] == "" and data["n_seeds"] == 1
+    assert graph.graph["margin"] == 0.01 and graph.graph["min_seeds"] == 5 and graph.graph["correction"] == "holm"
     assert graph.number_of_edges() == 6
 
 
@@ -143,7 +144,7 @@ def test_partial_store_reports_missing_and_draws_them(partial_run):
         assert "**Note: missing runs**" in text and "n/a" in text
     edges = pd.read_csv(out / f"edges_{SLUG}.csv")
     row = edges[(edges["source"] == "clinicalsts") & (edges["target"] == "mednli")].iloc[0]
-    assert row["colour"] in ("green", "red", "grey")  # seed 42 still has the pair run
+    assert row["state"] == "exploratory"  # seed 42 still has the pair run
     assert row["n_seeds"] == 1 and "seed 13: no pair run" in row["note"]
     models = pd.read_csv(out / f"models_{SLUG}.csv").set_index(["model_type", "task"])
     assert math.isnan(models.loc[("mt-finetune", "mednli"), "mean"])
@@ -157,9 +158,10 @@ def test_a_pair_missing_for_every_seed_is_drawn_missing(tmp_path):
     printed, status = _run_cli([str(root), "--out", str(out), "--n-boot", "100", "--no-figures", "--quiet"])
     assert status == 0
     graph = nx.read_graphml(out / f"transfer_graph_{SLUG}.graphml")
-    assert graph.edges["shareclefe", "mednli"]["colour"] == "missing"
+    assert graph.edges["shareclefe", "mednli"]["state"] == "n/a"
+    assert graph.edges["shareclefe", "mednli"]["reason"] == "runs missing"
     assert math.isnan(graph.edges["shareclefe", "mednli"]["delta"])
-    assert "| shareclefe | mednli | n/a |" in (out / f"edges_{SLUG}.md").read_text()
+    assert "| shareclefe | mednli | n/a | n/a |" in (out / f"edges_{SLUG}.md").read_text()
 
 
 def test_unknown_domain_and_not_a_store_exit_with_2(tmp_path, capsys):
@@ -172,7 +174,10 @@ def test_unknown_domain_and_not_a_store_exit_with_2(tmp_path, capsys):
 def test_parser_defaults():
     args = build_parser().parse_args(["results"])
     assert args.results_dir == Path("results") and args.out == Path("figures")
-    assert (args.alpha, args.min_delta, args.n_boot, args.seed) == (0.05, 0.0, None, 0)
+    assert (args.alpha, args.margin, args.n_boot, args.seed) == (0.05, 0.01, None, 0)
+    assert (args.min_seeds, args.test, args.correction, args.power) == (5, "t", "holm", 0.8)
+    assert (args.gate, args.gate_majority, args.gate_sd_ratio, args.gate_chance_se, args.gate_rise) == (
+        True, 0.95, 0.3, 2.0, 0.5)
     assert args.formats == ["png", "svg"] and args.figures is True and args.quiet is False
     assert args.domain is None and args.model is None and args.profile is None and args.task_file == []
     assert build_parser().parse_args(["r", "--n-boot", "300"]).n_boot == 300
@@ -242,7 +247,7 @@ def test_affinity_summary_line(affinity_cli):
     _, _, printed, _ = affinity_cli
     line = next(line for line in printed.splitlines() if "affinity preview" in line)
     assert "Spearman rho +1.000 (n 6, p 0.00278)" in line
-    assert "sign agreement 5/6 = 0.83 (significant 3/3)" in line
+    assert "sign agreement 5/6 = 0.83 (no significant edge)" in line
     assert "time ratio 0.367 (preview 330 s / grid 900 s)" in line
 
 
@@ -258,7 +263,7 @@ def test_affinity_run_leaves_the_grid_outputs_unchanged(full_run, affinity_cli):
 def test_affinity_tables_match_the_analysis(affinity_cli):
     root, out, _, _ = affinity_cli
     edges = pd.read_csv(out / f"affinity_{SLUG}.csv")
-    assert len(edges) == 6 and set(edges.columns) >= {"source", "target", "z", "delta", "colour", "sign_agree"}
+    assert len(edges) == 6 and set(edges.columns) >= {"source", "target", "z", "delta", "state", "sign_agree"}
     for _, row in edges.iterrows():
         assert row["z"] == pytest.approx(Z_AGREE[(row["source"], row["target"])])
         pair = tuple(t for t in TASKS3 if t in (row["source"], row["target"]))
@@ -273,12 +278,12 @@ def test_affinity_tables_match_the_analysis(affinity_cli):
     assert row["time_ratio"] == pytest.approx(330 / 900) and row["tracking_overhead"] == pytest.approx(1.1)
     markdown = (out / f"affinity_{SLUG}.md").read_text()
     assert "| Spearman ρ (Z vs Δ) | +1.000 |" in markdown and "| time ratio, preview / grid | 0.367 |" in markdown
-    assert "| sign agreement, significant (green/red) edges | 3/3 = 1.000 |" in markdown
-    assert "| clinicalsts | shareclefe | -1.000e-03 | +0.0000 | grey | no (Δ = 0) |" in markdown
+    assert "| sign agreement, significant (helps/hurts) edges | n/a |" in markdown
+    assert "| clinicalsts | shareclefe | -1.000e-03 | +0.0000 | exploratory | no (Δ = 0) |" in markdown
     latex = (out / f"affinity_{SLUG}.tex").read_text()
     assert r"\begin{tabular}" in latex and r"$-3.000 \times 10^{-3}$" in latex and "ρ" not in latex
     combined = (out / "affinity_validation.md").read_text()
-    assert ("| clinical-public | minilm | quick | 6 | +1.000 | 0.003 | 5/6 = 0.833 | 3/3 = 1.000 | 330 s | 900 s "
+    assert ("| clinical-public | minilm | quick | 6 | +1.000 | 0.003 | 5/6 = 0.833 | n/a | 330 s | 900 s "
             "| 0.367 |") in combined
 
 
@@ -301,3 +306,14 @@ def test_affinity_only_store_draws_the_preview_alone(tmp_path):
                             "affinity_validation.csv"])
     validation = pd.read_csv(out / "affinity_validation.csv")
     assert validation.iloc[0]["n_edges"] == 0 and math.isnan(validation.iloc[0]["spearman_rho"])
+
+
+def test_runs_computed_differently_are_refused_in_one_line(tmp_path, capsys):
+    root = build_store(tmp_path / "store", tasks=("shareclefe", "mednli"), effects={})
+    for folder in (root / "runs").iterdir():
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["train"]["encoder_impl"] = "hf" if folder.name.startswith("single-") else "transfer"
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    assert main([str(root), "--out", str(tmp_path / "o"), "--quiet", "--no-figures"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: edge ") and "encoder_impl: " in err[0] and "single-" in err[0]

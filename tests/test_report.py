@@ -12,7 +12,7 @@ from matplotlib.colors import to_hex
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
 from store_builder import TABLE, TASKS3, build_store
-from transfer.analysis import analyse_store
+from transfer.analysis import STATES, analyse_store
 from transfer.report import plots
 from transfer.report.draw import GREEN, GREY, MISSING, RED
 from transfer.report.present import fmt_delta, metric_name, models_wide, transfer_digraph
@@ -20,7 +20,9 @@ from transfer.report.present import fmt_delta, metric_name, models_wide, transfe
 
 @pytest.fixture(scope="module")
 def analysis(tmp_path_factory):
-    (result,) = analyse_store(build_store(tmp_path_factory.mktemp("store")), TABLE, n_boot=1000, seed=0)
+    """Five seeds: helps, hurts and equivalent edges (see test_analysis)."""
+    root = build_store(tmp_path_factory.mktemp("store"), seeds=(1, 2, 3, 4, 5))
+    (result,) = analyse_store(root, TABLE, n_boot=300, seed=0)
     return result
 
 
@@ -42,22 +44,31 @@ def _edge_texts(figure) -> list[str]:
     return [t.get_text() for t in ax.texts if t.get_bbox_patch() is not None]
 
 
-def test_graph_edges_carry_the_call_in_colour_and_label(analysis):
+def test_graph_edges_carry_the_state_in_colour_style_and_label(analysis):
+    assert set(analysis.edges["state"]) == {"helps", "hurts", "equivalent"}
     figure = plots.plot_transfer_graph(analysis)
     ax = figure.axes[0]
     arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
     assert len(arrows) == len(analysis.edges) == 6
     colours = sorted(to_hex(a.get_edgecolor()) for a in arrows)
-    expected = {"green": GREEN, "red": RED, "grey": GREY, "missing": MISSING}
-    assert colours == sorted(expected[c] for c in analysis.edges["colour"])
+    assert colours == sorted(to_hex(plots.EDGE_STYLE[s][0]) for s in analysis.edges["state"])
+    assert sorted(to_hex(c) for c in (GREEN, RED, GREY)) == sorted(set(colours))
     labels = _edge_texts(figure)
     for _, row in analysis.edges.iterrows():
-        text = fmt_delta(row["delta"], typographic=True) + ("*" if row["colour"] in ("green", "red") else "")
+        text = fmt_delta(row["delta"], typographic=True) + ("*" if row["state"] in ("helps", "hurts") else "")
         assert text in labels
-    red = analysis.edges[analysis.edges["colour"] == "red"].iloc[0]
-    assert fmt_delta(red["delta"], typographic=True).startswith("\u2212")  # a loss reads as a true minus
+    hurt = analysis.edges[analysis.edges["state"] == "hurts"].iloc[0]
+    assert fmt_delta(hurt["delta"], typographic=True) + "*" in labels and hurt["delta"] < 0
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend[0].startswith("s helps t") and legend[1].startswith("s hurts t") and len(legend) == 4
+    assert [t.split(":")[0] for t in legend] == list(STATES)
+    assert legend[0] == "helps: Δ > 0.01, Holm p < 0.05"
+
+
+def test_one_seed_graph_is_all_exploratory_dashed(tmp_path):
+    (result,) = analyse_store(build_store(tmp_path), TABLE, n_boot=100)
+    arrows = [p for p in plots.plot_transfer_graph(result).axes[0].patches if isinstance(p, FancyArrowPatch)]
+    assert {to_hex(a.get_edgecolor()) for a in arrows} == {to_hex(plots.EXPLORATORY)}
+    assert all(a.get_linestyle() not in ("-", "solid") for a in arrows)
 
 
 def test_graph_draws_a_missing_edge_dashed_with_na(tmp_path):
@@ -65,14 +76,18 @@ def test_graph_draws_a_missing_edge_dashed_with_na(tmp_path):
     (result,) = analyse_store(root, TABLE, n_boot=100)
     figure = plots.plot_transfer_graph(result)
     arrows = [p for p in figure.axes[0].patches if isinstance(p, FancyArrowPatch)]
-    dashed = [a for a in arrows if to_hex(a.get_edgecolor()) == MISSING]
+    dashed = [a for a in arrows if to_hex(a.get_edgecolor()) == to_hex(MISSING)]
     assert len(dashed) == 2 and all(a.get_linestyle() not in ("-", "solid") for a in dashed)
     assert _edge_texts(figure).count("n/a") == 2
 
 
-def test_heatmap_cells_show_each_delta_and_its_mark(analysis):
+def test_heatmap_cells_show_each_delta_and_its_state(analysis):
     figure = plots.plot_delta_heatmap(analysis)
     ax = figure.axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert [t.split(":")[0] for t in legend] == list(STATES)
+    grey_cells = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_width() == pytest.approx(0.9)]
+    assert len(grey_cells) == int((analysis.edges["state"] == "equivalent").sum()) == 2
     texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts
              if t.get_text() and t.get_position()[0] >= 0 and t.get_position()[1] >= 0 and "\n" not in t.get_text()}
     for i, source in enumerate(TASKS3):
@@ -81,7 +96,7 @@ def test_heatmap_cells_show_each_delta_and_its_mark(analysis):
                 assert texts[(i, j)] == "—"
                 continue
             row = _row(analysis, source, target)
-            mark = "*" if row["colour"] in ("green", "red") else ""
+            mark = "*" if row["state"] in ("helps", "hurts") else ""
             assert texts[(i, j)] == fmt_delta(row["delta"], typographic=True) + mark
     assert [t.get_text() for t in ax.get_xticklabels()] == [plots.wrap_task(t, 12) for t in TASKS3]
 
@@ -114,7 +129,8 @@ def test_digraph_attributes_are_the_edge_rows(analysis):
     graph = transfer_digraph(analysis)
     for _, row in analysis.edges.iterrows():
         data = graph.edges[row["source"], row["target"]]
-        assert data["colour"] == row["colour"] and data["delta"] == pytest.approx(row["delta"])
+        assert data["state"] == row["state"] and data["delta"] == pytest.approx(row["delta"])
+        assert data["p_adj"] == pytest.approx(row["p_adj"]) and data["seed_deltas"] == row["seed_deltas"]
     assert graph.nodes["mednli"]["single_score"] == pytest.approx(
         float(analysis.models.set_index(["model_type", "task"]).loc[("single", "mednli"), "mean"]))
     assert np.isfinite(graph.graph["alpha"])

@@ -2,8 +2,10 @@
 
     python -m transfer.graph results/ [--out figures/] [--domain biomedical ...]
 
-For every domain (and model/profile) in the store: the delta of every ordered task pair s->t with a paired
-bootstrap test and Holm correction, the directed transfer graph, the delta heatmap, the bar chart of single
+For every domain (and model/profile) in the store: the delta of every ordered task pair s->t, tested over seeds
+and clustered test units (Holm-corrected by default), its evidence state (helps, hurts, equivalent, inconclusive,
+exploratory, n/a), the learning gate of every task-run, a seed plan and a budget diagnostic; the directed transfer
+graph, the delta heatmap, the bar chart of single
 task vs MT-Refinement vs MT-Fine-Tune, the paper-style tables (Markdown, CSV, LaTeX) and the graph as GraphML.
 Where the store holds an affinity run (python -m transfer.affinity: an all-task run that records look-ahead task
 affinity Z), also the preview next to the measured grid: affinity_<slug>.{md,csv,tex} (Z and delta per edge,
@@ -21,8 +23,9 @@ import math
 import sys
 from pathlib import Path
 
-from transfer.analysis import (COLOURS, DEFAULT_ALPHA, DEFAULT_MIN_DELTA, DEFAULT_SEED,
-                               DomainAnalysis, analyse_store, load_runs)
+from transfer.analysis import (DEFAULT_ALPHA, DEFAULT_MARGIN, DEFAULT_MIN_SEEDS, DEFAULT_SEED, SIGNIFICANT, STATES,
+                               DomainAnalysis, EvidenceOptions, GateOptions, analyse_store, load_runs)
+from transfer.analysis.evidence import MIN_COLOURED_SEEDS
 from transfer.cli import add_common_flags, add_task_file_flag, command
 from transfer.data.tasks import load_task_table
 from transfer.errors import UsageError
@@ -31,11 +34,14 @@ from transfer.experiment.store import ResultsStore
 logger = logging.getLogger(__name__)
 
 FORMATS = ("png", "svg", "pdf")
-EPILOG = ("Edge s->t: delta = test score of t in the {s,t} mtl run minus t's single-task run, mean over seeds. "
-          "Test: paired bootstrap over test examples (sentences for NER, abstracts for HoC), the same resample "
-          "for both runs and every seed, the task's own metric recomputed on each; two-sided p, Holm-adjusted "
-          "over the edges of a domain. green: delta > min-delta and Holm p < alpha; red: delta < -min-delta "
-          "and Holm p < alpha; grey: otherwise; missing: runs or predictions absent. "
+EPILOG = ("Edge s->t: delta = test score of t in the {s,t} mtl run minus t's single-task run, per seed (the "
+          "same seed in both), mean over seeds. Test (default): Welch t on var(per-seed deltas)/k + the variance of "
+          "the mean delta over resamples of the test set's clusters (documents, abstracts; the same resample for "
+          "both runs and every seed); --test sign-flip: exact sign-flip test over seeds (smallest p 2/2^k). "
+          "p corrected over the tested edges of a domain (Holm; --correction bh for Benjamini-Hochberg). "
+          "States: helps/hurts: corrected p < alpha and |delta| > margin; equivalent: two one-sided tests within "
+          "+/- margin; inconclusive: neither; exploratory: fewer than --min-seeds seeds (never coloured below "
+          f"{MIN_COLOURED_SEEDS}); n/a: runs or predictions missing, or a task-run failed the learning gate. "
           "Affinity preview (domains with an affinity run, python -m transfer.affinity): "
           "Z(s->t) = 1 - L_t(after one look-ahead step on s) / L_t(before), compared with the measured deltas "
           "in affinity_<slug>.{md,csv,tex}, the figures affinity_<slug> (delta and Z heatmaps) and "
@@ -81,8 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="analyse only runs of these profile names; None: all")
     parser.add_argument("--alpha", type=_probability, default=DEFAULT_ALPHA,
                         help="significance level for the Holm-adjusted p-values (and 1 - CI level)")
-    parser.add_argument("--min-delta", type=_non_negative, default=DEFAULT_MIN_DELTA,
-                        help="an edge is green/red only if |delta| exceeds this (in metric units, e.g. 0.005)")
+    parser.add_argument("--margin", type=_non_negative, default=DEFAULT_MARGIN,
+                        help="smallest effect that matters, in metric units: helps/hurts need |delta| above it, "
+                             "equivalent means within it, and the seed plan aims to detect it")
+    parser.add_argument("--min-seeds", type=_positive_int, default=DEFAULT_MIN_SEEDS,
+                        help=f"edges with fewer seeds are exploratory (never below {MIN_COLOURED_SEEDS})")
+    parser.add_argument("--test", choices=("t", "sign-flip"), default="t",
+                        help="t: seeds and test units (Welch t); sign-flip: exact over seeds, test set held fixed")
+    parser.add_argument("--correction", choices=("holm", "bh"), default="holm",
+                        help="multiplicity correction over a domain's edges (bh: false discovery rate)")
+    parser.add_argument("--power", type=_probability, default=0.8, help="power the seed plan aims for")
+    gate = parser.add_argument_group("learning gate (a task-run failing any check is untrained: its edges are n/a)")
+    gate.add_argument("--gate", action=argparse.BooleanOptionalAction, default=True, help="apply the learning gate")
+    gate.add_argument("--gate-majority", type=_probability, default=0.95,
+                      help="untrained if one predicted class holds more than this share (and more than in gold)")
+    gate.add_argument("--gate-sd-ratio", type=_non_negative, default=0.3,
+                      help="untrained if a regression head's prediction SD is below this x the gold SD")
+    gate.add_argument("--gate-chance-se", type=_non_negative, default=2.0,
+                      help="untrained if accuracy is within this many SE of chance agreement")
+    gate.add_argument("--gate-rise", type=_probability, default=0.5,
+                      help="untrained if the last epoch was best and brought more than this share of the dev gain")
     parser.add_argument("--n-boot", type=_n_boot, default="auto", metavar="B|auto",
                         help="bootstrap resamples per edge (the smallest possible p is 1/(B+1)); auto, the default: "
                              "at least 1000 and 10 x edges / alpha, so Holm's correction is never starved")
@@ -136,20 +160,23 @@ def _summary(analysis: DomainAnalysis) -> list[str]:
         return [f"{analysis.setting.domain} (model {analysis.setting.model}, profile {analysis.setting.profile}): "
                 f"no grid runs, {len(analysis.tasks)} task(s) in the affinity run(s)", _affinity_line(analysis),
                 *_affinity_notes(analysis)]
-    counts = analysis.edges["colour"].value_counts().to_dict() if len(analysis.edges) else {}
-    calls = ", ".join(f"{counts.get(c, 0)} {c}" for c in COLOURS)
+    counts = analysis.edges["state"].value_counts().to_dict() if len(analysis.edges) else {}
+    calls = ", ".join(f"{counts.get(c, 0)} {c}" for c in STATES)
     lines = [f"{analysis.setting.domain} (model {analysis.setting.model}, profile {analysis.setting.profile}, "
              f"seeds {' '.join(map(str, analysis.seeds))}): {len(analysis.tasks)} task(s), "
              f"{len(analysis.edges)} edges: {calls} ({analysis.n_boot} bootstrap resamples per edge)"]
-    for _, row in analysis.edges[analysis.edges["colour"].isin(["green", "red"])].iterrows():
-        lines.append(f"  {row['colour']:>5}  {row['source']} -> {row['target']}  delta {row['delta']:+.4f}  "
-                     f"p_holm {row['p_holm']:.4f}")
+    for _, row in analysis.edges[analysis.edges["state"].isin(SIGNIFICANT)].iterrows():
+        lines.append(f"  {row['state']:>5}  {row['source']} -> {row['target']}  delta {row['delta']:+.4f}  "
+                     f"p_adj {row['p_adj']:.4f}")
+    if analysis.untrained:
+        lines.append(f"  untrained task-runs ({len(analysis.untrained)}):")
+        lines += [f"    - {item}" for item in analysis.untrained]
     lines.append(_affinity_line(analysis))
     if analysis.missing:
         lines.append("  missing:")
         lines += [f"    - {item}" for item in analysis.missing]
     lines += [f"  note: {item}" for item in analysis.notes]
-    return lines + _affinity_notes(analysis)
+    return lines + _affinity_notes(analysis) + [f"  {analysis.plan}"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,9 +192,11 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.domain or []) - set(present))
     if unknown:
         raise UsageError(f"domain(s) {', '.join(unknown)} not in the store; present: {', '.join(present) or 'none'}")
-    written = [store.write_scores_table()]
-    analyses = analyse_store(args.results_dir, table, args.domain, args.n_boot, args.alpha, args.min_delta,
-                             args.seed, args.model, args.profile)
+    written = [path for path in [store.try_write_scores_table()] if path]  # a read-only store is still analysed
+    options = EvidenceOptions(args.alpha, args.margin, args.min_seeds, args.test, args.correction, args.power)
+    gate = GateOptions(args.gate, args.gate_majority, args.gate_sd_ratio, args.gate_chance_se, args.gate_rise)
+    analyses = analyse_store(args.results_dir, table, args.domain, args.n_boot, options, args.seed, args.model,
+                             args.profile, gate)
     for analysis in analyses:
         if analysis.has_grid:
             written += tables.write_tables(analysis, args.out)
@@ -178,8 +207,9 @@ def run(args: argparse.Namespace) -> int:
             written += plots.write_affinity_figures(analysis, args.out, tuple(args.formats))
     written += tables.write_affinity_validation(analyses, args.out)
     resamples = "auto" if args.n_boot is None else args.n_boot
-    print(f"transfer.graph: {args.results_dir} -> {args.out} (alpha {args.alpha:g}, min-delta {args.min_delta:g}, "
-          f"n-boot {resamples}, seed {args.seed})")
+    print(f"transfer.graph: {args.results_dir} -> {args.out} (alpha {args.alpha:g}, margin {args.margin:g}, "
+          f"min-seeds {options.seeds_to_colour}, test {args.test}, {args.correction}, n-boot {resamples}, "
+          f"seed {args.seed})")
     if not analyses:
         print("no runs matched: nothing to analyse")
     for analysis in analyses:

@@ -1,18 +1,22 @@
 """Transfer analysis from the results store (no torch, no transformers).
 
     index.py    store -> settings -> roles -> seeds: which runs form which edge (the only reader of the store)
-    stats.py    pure statistics: resampling counts, p-values, multiplicity corrections, rank correlation
-    paired.py   predictions -> resampling units -> the paired bootstrap of one edge
-    edges.py    edge and model tables of a setting, and the driver over the store (``analyse_store``)
+    stats.py    pure statistics: resampling counts, p-values, multiplicity corrections, rank correlation, the
+                seed test (Welch t), the sign-flip test, power
+    paired.py   predictions -> resampling units -> clusters -> the paired bootstrap of one edge
+    evidence.py the learning gate, the provenance check and the evidence states of edges
+    edges.py    the edge table of a setting: seed test, states, power plan, budget diagnostic
+    driver.py   the model table and the driver over the store (``analyse_store``)
     preview.py  the look-ahead affinity preview against the measured edges
 
 The names below are the package's public interface; import them from ``transfer.analysis``.
 """
 
-from transfer.analysis.edges import (COLOURS, DEFAULT_ALPHA, DEFAULT_MIN_DELTA, DEFAULT_N_BOOT, DEFAULT_SEED,
-                                     EDGE_COLUMNS, MIN_N_BOOT, MODEL_LABELS, MODEL_TYPES, DomainAnalysis,
-                                     analyse_store, auto_n_boot, edge_colour, edge_table, model_scores,
-                                     resolve_n_boot)
+from transfer.analysis.driver import (DEFAULT_ALPHA, DEFAULT_N_BOOT, MODEL_LABELS, MODEL_TYPES, DomainAnalysis,
+                                      analyse_store, auto_n_boot, model_scores, resolve_n_boot)
+from transfer.analysis.edges import DEFAULT_SEED, EDGE_COLUMNS, MIN_N_BOOT, edge_table, seed_plan
+from transfer.analysis.evidence import (DEFAULT_MARGIN, DEFAULT_MIN_SEEDS, SIGNIFICANT, STATES, EvidenceOptions,
+                                        GateOptions, ProvenanceError, edge_state)
 from transfer.analysis.index import DomainRuns, RunInfo, Setting, index_runs, load_runs, missing_runs
 from transfer.analysis.paired import (BootstrapResult, UnitData, bootstrap_edge, decomposed_score, unit_data,
                                       unit_statistics)
@@ -21,10 +25,11 @@ from transfer.analysis.preview import (AFFINITY_EDGE_COLUMNS, VALIDATION_COLUMNS
 from transfer.analysis.stats import bootstrap_p_value, exact_spearman_p, holm, resample_counts, spearman
 
 __all__ = [
-    "AFFINITY_EDGE_COLUMNS", "COLOURS", "DEFAULT_ALPHA", "DEFAULT_MIN_DELTA", "DEFAULT_N_BOOT", "DEFAULT_SEED",
+    "AFFINITY_EDGE_COLUMNS", "DEFAULT_ALPHA", "DEFAULT_MARGIN", "DEFAULT_MIN_SEEDS", "DEFAULT_N_BOOT", "DEFAULT_SEED",
+    "SIGNIFICANT", "STATES", "EvidenceOptions", "GateOptions", "ProvenanceError", "edge_state", "seed_plan",
     "EDGE_COLUMNS", "MIN_N_BOOT", "MODEL_LABELS", "MODEL_TYPES", "VALIDATION_COLUMNS", "AffinityPreview",
     "BootstrapResult", "DomainAnalysis", "DomainRuns", "RunInfo", "Setting", "UnitData", "affinity_preview",
-    "analyse_store", "auto_n_boot", "bootstrap_edge", "bootstrap_p_value", "decomposed_score", "edge_colour",
+    "analyse_store", "auto_n_boot", "bootstrap_edge", "bootstrap_p_value", "decomposed_score",
     "edge_table", "exact_spearman_p", "holm", "index_runs", "load_runs", "missing_runs", "model_scores",
     "resample_counts", "resolve_n_boot", "spearman", "unit_data", "unit_statistics", "validate_affinity",
 ]

@@ -1,9 +1,14 @@
-"""Edge and model analysis of a setting, and the driver over the whole store (``analyse_store``).
+"""The edge table of a setting: per ordered task pair s->t the per-seed deltas, the test over seeds and test
+units, the evidence state, the power plan, and the budget diagnostic.
 
-Edge s->t: the effect of training source task s together with target task t on t's test score: delta = score of
-t in the {s, t} mtl run minus score of t in t's single-task run (same seed), averaged over the seeds that have
-both runs. Each edge is tested with the paired bootstrap of ``transfer.analysis.paired``; p-values are
-Holm-adjusted across the tested edges of a setting.
+Edge s->t: the effect of training source task s together with target task t on t's test score. Per seed j with
+both runs, d_j = score of t in the {s, t} mtl run minus score of t in t's single-task run (single and pair runs
+of one seed share the seed, so the deltas are paired); delta = mean_j d_j. Its variance has two parts: training
+randomness, var_j(d_j) / k, and the test set's sampling, the variance of delta over clustered resamples of the
+test set (``transfer.analysis.paired``, one resample shared by every run and seed). The test is Welch's t on
+their sum (``transfer.analysis.stats.seed_test``), or, with ``test="sign-flip"``, the exact sign-flip test over
+seeds (conditional on the fixed test set). p-values are corrected across the colourable edges of a setting
+(Holm, or Benjamini-Hochberg); the evidence state follows (``transfer.analysis.evidence``).
 """
 
 from __future__ import annotations
@@ -11,83 +16,57 @@ from __future__ import annotations
 import logging
 import math
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from transfer.analysis.index import (DomainRuns, PredictionCache, RunInfo, Setting, index_runs, load_runs,
-                                     missing_runs, settings_in_store, task_order)
-from transfer.analysis.paired import DEFAULT_ALPHA, bootstrap_edge
-from transfer.analysis.preview import AffinityPreview, affinity_preview
-from transfer.analysis.stats import holm
+from transfer.analysis.evidence import (SIGNIFICANT, EvidenceOptions, GateOptions, check_provenance, edge_state,
+                                        prediction_gate, rising_gate)
+from transfer.analysis.index import DomainRuns, PredictionCache, RunInfo, Setting
+from transfer.analysis.paired import bootstrap_edge
+from transfer.analysis.stats import (CORRECTIONS, detectable_effect, seed_test, seeds_needed, sign_flip_p,
+                                     spearman)
 from transfer.data.tasks import TaskSpec, TaskTable
-from transfer.experiment.store import ResultsStore
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MIN_DELTA = 0.0
-DEFAULT_N_BOOT = None  # auto: see auto_n_boot
 MIN_N_BOOT = 1000
 DEFAULT_SEED = 0
-COLOURS = ("green", "red", "grey", "missing")
-MODEL_TYPES = ("single", "mt-refinement", "mt-finetune")
-MODEL_LABELS = {"single": "BERT (single task)", "mt-refinement": "MT-Refinement", "mt-finetune": "MT-Fine-Tune"}
 SCORE_TOLERANCE = 1e-6  # stored test score vs the score recomputed from predictions
+BUDGET_WARNING_RHO = 0.5
+PLAN_MORE_SEEDS = 5  # the plan says what this many more seeds would resolve
+PLAN_MANY_SEEDS = 10
+
+EDGE_COLUMNS = ["source", "target", "metric", "state", "reason", "n_seeds", "seeds", "delta", "seed_deltas",
+                "se_seed", "se_test", "se", "df", "ci_low", "ci_high", "p", "p_adj", "p_equiv", "p_equiv_adj",
+                "mde", "mde_test", "seeds_needed", "p_test", "single_score", "pair_score", "step_ratio", "n_units",
+                "n_clusters", "note"]
+_NUMERIC = ("delta", "se_seed", "se_test", "se", "df", "ci_low", "ci_high", "p", "p_equiv", "mde", "mde_test",
+            "p_test", "single_score", "pair_score", "step_ratio", "n_units", "n_clusters")
 
 
-def edge_colour(delta: float, p_holm: float, alpha: float = DEFAULT_ALPHA, min_delta: float = DEFAULT_MIN_DELTA) -> str:
-    """green: significant gain above min_delta; red: significant loss below -min_delta; grey: neither; missing: untested."""
-    if delta is None or p_holm is None or math.isnan(delta) or math.isnan(p_holm):
-        return "missing"
-    if p_holm < alpha and delta > min_delta:
-        return "green"
-    if p_holm < alpha and delta < -min_delta:
-        return "red"
-    return "grey"
+class Gate:
+    """The learning gate of every task-run, computed once: (run id, task) -> why it is untrained, or None."""
 
+    def __init__(self, table: TaskTable, cache: PredictionCache, options: GateOptions):
+        self.table, self.cache, self.options = table, cache, options
+        self._verdicts: dict[tuple[str, str], str | None] = {}
 
-def _seed_scores(index: DomainRuns, model_type: str, task: str) -> dict[int, float]:
-    kind, condition = {"single": ("single", task), "mt-refinement": ("all", "all"),
-                       "mt-finetune": ("finetune", task)}[model_type]
-    if kind == "all" and len(index.tasks) == 1:
-        return {}
-    out = {}
-    for seed in index.seeds:
-        run = index.get(kind, condition, seed)
-        if run is not None and task in run.scores:
-            out[seed] = float(run.scores[task])
-    return out
+    def why(self, run: RunInfo, task: str) -> str | None:
+        if not self.options.enabled:
+            return None
+        key = (run.run_id, task)
+        if key not in self._verdicts:
+            spec = self.table.task(task)
+            records = self.cache.get(run.predictions_file(task))
+            verdict = prediction_gate(spec, records, self.options) if records is not None else None
+            self._verdicts[key] = verdict or rising_gate(run.metrics.get("history", []), task, spec.metric,
+                                                         self.options)
+        return self._verdicts[key]
 
-
-def model_scores(index: DomainRuns) -> pd.DataFrame:
-    """Paper Tables 2/3 in long form: model_type, task (plus "Avg"), mean, std, n_seeds, seeds.
-
-    mean/std are over seeds (std with ddof=1, NaN for one seed). The average over tasks is given only when
-    every task has a score, so a missing run never shifts the average silently.
-    """
-    rows = []
-    for model_type in MODEL_TYPES:
-        per_task = []
-        for task in index.tasks:
-            scores = _seed_scores(index, model_type, task)
-            values = np.array(list(scores.values()), dtype=float)
-            per_task.append({"model_type": model_type, "task": task,
-                             "mean": float(values.mean()) if len(values) else math.nan,
-                             "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
-                             "n_seeds": len(values), "seeds": " ".join(map(str, scores))})
-        means = [row["mean"] for row in per_task]
-        complete = bool(means) and not np.isnan(means).any()
-        rows += per_task + [{"model_type": model_type, "task": "Avg",
-                             "mean": float(np.mean(means)) if complete else math.nan, "std": math.nan,
-                             "n_seeds": min(row["n_seeds"] for row in per_task) if complete else 0, "seeds": ""}]
-    return pd.DataFrame(rows, columns=["model_type", "task", "mean", "std", "n_seeds", "seeds"])
-
-
-EDGE_COLUMNS = ["source", "target", "metric", "delta", "delta_std", "ci_low", "ci_high", "p", "p_holm", "colour",
-                "n_seeds", "seeds", "single_score", "pair_score", "n_units", "note"]
+    def untrained(self) -> list[str]:
+        """One line per untrained task-run seen so far."""
+        return [f"{run_id} {task}: {why}" for (run_id, task), why in sorted(self._verdicts.items()) if why]
 
 
 def _edge_seeds(index: DomainRuns, source: str, target: str) -> tuple[list[int], list[str]]:
@@ -109,19 +88,31 @@ def _edge_rng(seed: int, setting: Setting, source: str, target: str) -> np.rando
     return np.random.default_rng(np.random.SeedSequence([seed, tag]))
 
 
-
-
 def _blank_edge(source: str, target: str, metric: str, seeds: list[int], notes: list[str]) -> dict:
-    row = {"source": source, "target": target, "metric": metric, "n_seeds": len(seeds),
-           "seeds": " ".join(map(str, seeds)), "note": "; ".join(notes)}
-    row.update({key: math.nan for key in ("delta", "delta_std", "ci_low", "ci_high", "p", "single_score",
-                                          "pair_score", "n_units")})
+    row = {"source": source, "target": target, "metric": metric, "state": "n/a", "reason": "", "n_seeds": len(seeds),
+           "seeds": " ".join(map(str, seeds)), "seed_deltas": "", "seeds_needed": math.nan, "note": "; ".join(notes)}
+    row.update({key: math.nan for key in _NUMERIC})
     return row
 
 
+def _steps(run: RunInfo) -> float:
+    train = run.metrics.get("train") or {}
+    steps = train.get("steps_run", train.get("steps"))
+    return float(steps) if steps else math.nan
+
+
+def _untrained(gate: Gate, runs: list[tuple[RunInfo, RunInfo]], target: str) -> str | None:
+    """The untrained task-runs the edge touches (either task of a pair run, the target of a single run), as its
+    n/a reason; None when every one passed the gate. All are judged, so the list of untrained runs is complete."""
+    found = [f"{run.run_id} {task}: {why}" for pair_run, single_run in runs
+             for run, task in [*((pair_run, t) for t in pair_run.tasks), (single_run, target)]
+             if (why := gate.why(run, task))]
+    return "untrained: " + "; ".join(found) if found else None
+
+
 def _test_edge(index: DomainRuns, task: TaskSpec, source: str, runs: list[tuple[RunInfo, RunInfo]], n_boot: int,
-               alpha: float, seed: int, cache: PredictionCache) -> tuple[dict, list[str]]:
-    """Bootstrap the seeds whose predictions are all present; returns (fields to update, notes)."""
+               options: EvidenceOptions, seed: int, cache: PredictionCache) -> tuple[dict, list[str]]:
+    """Bootstrap the seeds whose predictions are all present and test the edge; returns (fields, notes)."""
     target = task.name
     systems, used = [], []
     for pair_run, single_run in runs:
@@ -130,133 +121,146 @@ def _test_edge(index: DomainRuns, task: TaskSpec, source: str, runs: list[tuple[
             systems.append(records)
             used.append((pair_run, single_run))
     if not systems:
-        return {}, ["predictions missing: not tested"]
+        return {"reason": "predictions missing"}, ["predictions missing: not tested"]
     notes = [] if len(used) == len(runs) else [f"test on seeds {' '.join(str(p.seed) for p, _ in used)} only "
                                                "(predictions missing for the others)"]
     try:
-        result = bootstrap_edge(task, task.metric, systems, n_boot, _edge_rng(seed, index.setting, source, target),
-                                alpha)
+        boot = bootstrap_edge(task, task.metric, systems, n_boot, _edge_rng(seed, index.setting, source, target),
+                              options.alpha)
     except (KeyError, ValueError, TypeError) as exc:
         logger.warning("%s->%s: bootstrap failed: %s", source, target, exc)
-        return {}, [f"not tested: {exc}"]
+        return {"reason": f"not tested: {exc}"}, [f"not tested: {exc}"]
     stored = float(np.mean([p.scores[target] - s.scores[target] for p, s in used]))
-    if abs(result.delta - stored) > SCORE_TOLERANCE:
+    if abs(boot.delta - stored) > SCORE_TOLERANCE:
         logger.warning("%s->%s: delta recomputed from predictions (%.6f) differs from the stored scores' (%.6f)",
-                       source, target, result.delta, stored)
-        notes.append(f"predictions give delta {result.delta:+.4f}, stored scores {stored:+.4f}")
-    return {"ci_low": result.ci_low, "ci_high": result.ci_high, "p": result.p_value, "n_units": result.n_units}, notes
+                       source, target, boot.delta, stored)
+        notes.append(f"predictions give delta {boot.delta:+.4f}, stored scores {stored:+.4f}")
+    fields = _seed_fields(boot.seed_deltas, boot.var_test, boot.n_clusters, options)
+    fields.update(p_test=boot.p_value, n_units=boot.n_units, n_clusters=boot.n_clusters,
+                  seed_deltas=" ".join(f"{d:+.4f}" for d in boot.seed_deltas), n_seeds=len(used),
+                  seeds=" ".join(str(p.seed) for p, _ in used))
+    return fields, notes
 
 
-def _edge_row(index: DomainRuns, task: TaskSpec, source: str, n_boot: int, alpha: float, seed: int,
-              cache: PredictionCache) -> dict:
+def _seed_fields(seed_deltas, var_test: float, n_clusters: int, options: EvidenceOptions) -> dict:
+    """The seed test's columns of one edge (sign-flip: the test set held fixed, var_test = 0)."""
+    fixed = options.test == "sign-flip"
+    result = seed_test(seed_deltas, 0.0 if fixed else var_test, n_clusters, options.alpha, options.margin)
+    p = sign_flip_p(seed_deltas) if fixed and result.k > 1 else result.p
+    return {"delta": result.delta, "se_seed": result.se_seed, "se_test": math.sqrt(var_test), "se": result.se,
+            "df": result.df, "ci_low": result.ci_low, "ci_high": result.ci_high, "p": p,
+            "p_equiv": result.p_equivalence, "var_seed_unit": result.se_seed ** 2 * result.k if result.k > 1
+            else math.nan, "var_test": 0.0 if fixed else var_test}
+
+
+def _edge_row(index: DomainRuns, task: TaskSpec, source: str, n_boot: int, options: EvidenceOptions, seed: int,
+              cache: PredictionCache, gate: Gate) -> dict:
     target = task.name
     seeds, lacking = _edge_seeds(index, source, target)
     row = _blank_edge(source, target, task.metric, seeds, lacking)
     if not seeds:
+        row["reason"] = "runs missing"
         return row
     runs = [(index.get("pair", frozenset((source, target)), s), index.get("single", target, s)) for s in seeds]
+    check_provenance(f"{source} -> {target}", [run for pair in runs for run in pair])
     single = np.array([s.scores[target] for _, s in runs], dtype=float)
     deltas = np.array([p.scores[target] for p, _ in runs], dtype=float) - single
-    row.update(delta=float(deltas.mean()), delta_std=float(deltas.std(ddof=1)) if len(seeds) > 1 else math.nan,
-               single_score=float(single.mean()), pair_score=float(single.mean() + deltas.mean()))
-    tested, notes = _test_edge(index, task, source, runs, n_boot, alpha, seed, cache)
+    row.update(delta=float(deltas.mean()), single_score=float(single.mean()),
+               pair_score=float(single.mean() + deltas.mean()),
+               step_ratio=float(np.mean([_steps(p) / _steps(s) for p, s in runs])))
+    tested, notes = _test_edge(index, task, source, runs, n_boot, options, seed, cache)
     row.update(tested)
+    untrained = _untrained(gate, runs, target)
+    if untrained:
+        row["reason"] = untrained
     row["note"] = "; ".join(filter(None, [row["note"], *notes]))
     return row
 
 
-def auto_n_boot(edges: int, alpha: float) -> int:
-    """Bootstrap resamples for ``n_boot=None``: at least ``MIN_N_BOOT``, and enough that Holm's smallest reachable
-    adjusted p-value, ``edges / (B + 1)``, is at most a tenth of ``alpha``, so the number of resamples never
-    decides a colour (12 edges at alpha 0.05: 2,400; 56 edges: 11,200)."""
-    return max(MIN_N_BOOT, math.ceil(10 * edges / alpha))
+def _plan_columns(frame: pd.DataFrame, options: EvidenceOptions, family: int) -> None:
+    """MDE at each edge's seeds and the seeds it needs for the margin, at the family-wise level of the first Holm
+    step (alpha / m, Bonferroni), ``options.power``; ``mde_test``: what the test set alone allows (any seeds)."""
+    from scipy import stats
+
+    level = options.alpha / max(family, 1)
+    z = stats.norm.ppf(1 - level / 2) + stats.norm.ppf(options.power)
+    frame["mde_test"] = z * np.sqrt(frame["var_test"].astype(float))
+    frame["mde"] = [detectable_effect(v, t, int(k), level, options.power)
+                    for v, t, k in zip(frame["var_seed_unit"], frame["var_test"], frame["n_seeds"])]
+    frame["seeds_needed"] = [seeds_needed(v, t, options.margin, level, options.power)
+                             for v, t in zip(frame["var_seed_unit"], frame["var_test"])]
 
 
-def resolve_n_boot(n_boot: int | None, edges: int, alpha: float) -> int:
-    """``n_boot``, or :func:`auto_n_boot` when None; warns when a given value leaves no edge able to pass Holm."""
-    if n_boot is None:
-        return auto_n_boot(edges, alpha)
-    if edges and edges / (n_boot + 1) >= alpha:
-        logger.warning("n_boot %d is too small for %d edges: Holm's smallest adjusted p-value is %d/%d = %.3g >= "
-                       "alpha %g, so no edge can be green or red; use at least %d resamples (or the auto default)",
-                       n_boot, edges, edges, n_boot + 1, edges / (n_boot + 1), alpha, auto_n_boot(edges, alpha))
-    return n_boot
-
-
-def edge_table(index: DomainRuns, table: TaskTable, n_boot: int = MIN_N_BOOT, alpha: float = DEFAULT_ALPHA,
-               min_delta: float = DEFAULT_MIN_DELTA, seed: int = DEFAULT_SEED) -> pd.DataFrame:
-    """Every ordered pair s->t of the setting's tasks: delta, spread, bootstrap CI, p, Holm p and colour."""
-    cache = PredictionCache()
-    rows = [_edge_row(index, table.task(target), source, n_boot, alpha, seed, cache)
+def edge_table(index: DomainRuns, table: TaskTable, n_boot: int = MIN_N_BOOT, options: EvidenceOptions | None = None,
+               seed: int = DEFAULT_SEED, gate_options: GateOptions | None = None,
+               cache: PredictionCache | None = None) -> tuple[pd.DataFrame, Gate]:
+    """Every ordered pair s->t of the setting's tasks (EDGE_COLUMNS), and the gate with its verdicts."""
+    options = options or EvidenceOptions()
+    cache = cache or PredictionCache()
+    gate = Gate(table, cache, gate_options or GateOptions())
+    rows = [_edge_row(index, table.task(target), source, n_boot, options, seed, cache, gate)
             for target in index.tasks for source in index.tasks if source != target]
-    frame = pd.DataFrame(rows, columns=[c for c in EDGE_COLUMNS if c not in ("p_holm", "colour")])
-    frame["p_holm"] = holm(frame["p"].to_numpy(dtype=float)) if len(frame) else []
-    frame["colour"] = [edge_colour(d, p, alpha, min_delta) for d, p in zip(frame["delta"], frame["p_holm"])]
-    return frame[EDGE_COLUMNS]
+    frame = pd.DataFrame(rows)
+    if not len(frame):
+        return pd.DataFrame(columns=EDGE_COLUMNS), gate
+    for column in ("var_seed_unit", "var_test"):
+        frame[column] = frame[column].astype(float) if column in frame else math.nan
+    testable = (frame["reason"] == "") & frame["p"].notna() & (frame["n_seeds"] >= options.seeds_to_colour)
+    correct = CORRECTIONS[options.correction]
+    frame["p_adj"] = np.where(testable, correct(np.where(testable, frame["p"], np.nan)), np.nan)
+    frame["p_equiv_adj"] = np.where(testable, correct(np.where(testable, frame["p_equiv"], np.nan)), np.nan)
+    _plan_columns(frame, options, int(testable.sum()) or len(frame))
+    frame["state"] = [_state(row, options) for _, row in frame.iterrows()]
+    return frame[EDGE_COLUMNS], gate
+
+
+def _state(row, options: EvidenceOptions) -> str:
+    if row["reason"] or math.isnan(row["delta"]) or (math.isnan(row["p"]) and row["n_seeds"] >= 2):
+        return "n/a"
+    return edge_state(row["delta"], row["p_adj"], row["p_equiv_adj"], int(row["n_seeds"]), options)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Whole store
+# The plan and the budget diagnostic
 # ---------------------------------------------------------------------------------------------------------------
 
-@dataclass
-class DomainAnalysis:
-    """Everything the figures and tables of one setting need."""
-
-    setting: Setting
-    slug: str
-    tasks: tuple[str, ...]
-    seeds: tuple[int, ...]
-    models: pd.DataFrame
-    edges: pd.DataFrame
-    missing: list[str]
-    notes: list[str]
-    alpha: float
-    min_delta: float
-    n_boot: int  # resamples per edge actually used (the auto default resolved)
-    has_grid: bool = True  # False: the setting holds only affinity runs (no single/pair/all/finetune run)
-    affinity: AffinityPreview | None = None  # the look-ahead preview, where a done affinity run exists
-    affinity_notes: list = field(default_factory=list)  # why there is no preview, or what it left out
-
-
-
-def analyse_store(root: str | Path, table: TaskTable, domains: Sequence[str] | None = None,
-                  n_boot: int | None = DEFAULT_N_BOOT, alpha: float = DEFAULT_ALPHA,
-                  min_delta: float = DEFAULT_MIN_DELTA,
-                  seed: int = DEFAULT_SEED, models: Sequence[str] | None = None,
-                  profiles: Sequence[str] | None = None) -> list[DomainAnalysis]:
-    """Analyse every setting of the store (optionally only some domains, models or profiles).
-
-    ``n_boot`` None: per setting, enough resamples for its number of edges (:func:`auto_n_boot`).
-    """
-    runs = [r for r in load_runs(ResultsStore(root), table)
-            if (not domains or r.setting.domain in domains) and (not models or r.setting.model in models)
-            and (not profiles or r.setting.profile in profiles)]
-    runs = [r for r in runs if all(t in table.tasks for t in r.tasks) or _skip_unknown(r)]
-    grouped = settings_in_store(runs)
-    per_domain = {}
-    for setting in grouped:
-        per_domain[setting.domain] = per_domain.get(setting.domain, 0) + 1
-    out = []
-    for setting, setting_runs in grouped.items():
-        index = index_runs(setting, setting_runs, table)  # leaves the affinity runs out
-        tracked = [r for r in setting_runs if r.is_affinity]
-        has_grid = len(tracked) < len(setting_runs)
-        if not has_grid:  # affinity runs only: no grid to analyse, the preview keeps its own tasks
-            index.tasks = task_order({t for r in tracked for t in r.tasks}, setting.domain, table)
-            index.notes.append("no single, pair, all-task or finetune run in the store: affinity preview only")
-        logger.info("analysing %s (%d runs, tasks %s)", setting, len(setting_runs), ", ".join(index.tasks))
-        setting_n_boot = resolve_n_boot(n_boot, len(index.tasks) * (len(index.tasks) - 1), alpha)
-        edges = edge_table(index, table, setting_n_boot, alpha, min_delta, seed)
-        preview, preview_notes = affinity_preview(index, tracked, edges, table)
-        out.append(DomainAnalysis(setting, setting.slug(per_domain[setting.domain] == 1), index.tasks, index.seeds,
-                                  model_scores(index), edges, missing_runs(index) if has_grid else [],
-                                  list(index.notes), alpha, min_delta, setting_n_boot, has_grid, preview,
-                                  preview_notes))
-    return out
+def seed_plan(edges: pd.DataFrame, options: EvidenceOptions) -> str:
+    """One sentence: what more seeds would buy (from the observed variances), or why that cannot be said yet."""
+    if not len(edges):
+        return "Plan: no edges."
+    states = edges["state"]
+    if (states == "n/a").all():
+        untrained = int(edges["reason"].str.startswith("untrained").sum())
+        return (f"Plan: no edge can be tested ({untrained} of {len(edges)} touch an untrained task-run, the others "
+                "lack runs or predictions): fix those runs (longer training, a working head) before adding seeds.")
+    exploratory = edges[states == "exploratory"]
+    if len(exploratory) and not edges["seeds_needed"].notna().any() and edges["mde"].isna().all():
+        k = int(exploratory["n_seeds"].max())
+        return (f"Plan: {len(exploratory)} of {len(edges)} edges have fewer than {options.seeds_to_colour} seeds "
+                f"(at most {k}), so the between-seed variance is unknown; run at least {options.seeds_to_colour} "
+                f"seeds per single and pair run (the test set alone cannot detect less than "
+                f"{np.nanmin(edges['mde_test']):.3f} on any edge: mde_test).")
+    needed = edges["seeds_needed"]
+    tested = edges[needed.notna() | edges["mde"].notna()]
+    many = int(((needed > PLAN_MANY_SEEDS) | needed.isna()).loc[tested.index].sum())
+    open_edges = edges[states.isin(["inconclusive", "exploratory"])]
+    more = open_edges["n_seeds"] + PLAN_MORE_SEEDS
+    resolved = int((open_edges["seeds_needed"].notna() & (open_edges["seeds_needed"] <= more)).sum())
+    return (f"Plan: {many} of {len(tested)} tested edges would need more than {PLAN_MANY_SEEDS} seeds to detect "
+            f"±{options.margin:g} at {options.power:.0%} power; {PLAN_MORE_SEEDS} more seeds resolve {resolved} of "
+            f"{len(open_edges)} inconclusive or exploratory edges.")
 
 
-def _skip_unknown(run: RunInfo) -> bool:
-    logger.warning("run %s trains task(s) not in the task table (%s); skipped (pass --task-file)",
-                   run.run_id, "+".join(run.tasks))
-    return False
+def budget_diagnostic(edges: pd.DataFrame) -> dict:
+    """Spearman rho between the pair/single training-step ratio and delta over the edges with both; a warning
+    above BUDGET_WARNING_RHO (the pair run's encoder gets both tasks' updates: more steps may be the effect)."""
+    both = edges[edges["step_ratio"].notna() & edges["delta"].notna()]
+    rho, p, method = spearman(both["step_ratio"], both["delta"])
+    warning = (f"budget: Spearman rho(step ratio, delta) = {rho:+.2f} over {len(both)} edges > "
+               f"{BUDGET_WARNING_RHO}: deltas follow the pair runs' extra training steps (a step-matched control "
+               "would separate the two)" if not math.isnan(rho) and rho > BUDGET_WARNING_RHO else "")
+    return {"rho": rho, "p": p, "p_method": method, "n": len(both), "warning": warning}
+
+
+def significant(states) -> np.ndarray:
+    return np.isin(np.asarray(states, dtype=object), SIGNIFICANT)

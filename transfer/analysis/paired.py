@@ -1,13 +1,19 @@
-"""Predictions -> resampling units -> the paired bootstrap of one edge.
+"""Predictions -> resampling units -> clusters -> the paired bootstrap of one edge.
 
-A test unit is an example (a sentence for tagging) or, for a metric that pools (HoC), a group. Both systems and
-every seed are resampled with the *same* unit indices in each replicate (the test set is the same for every
-seed); on each replicate the task's own metric is recomputed per system and seed from the per-unit statistics of
-its ``transfer.scoring.metrics.METRICS`` record, and the per-seed deltas are averaged over seeds.
+A test unit is an example (a sentence for tagging) or, for a metric that pools (HoC), a group. Units are not
+independent where they share a document (relation rows of one abstract, sentences of one clinical note), so the
+bootstrap resamples *clusters*: a unit's cluster is the record's ``cluster`` (written with the predictions), for
+older prediction files ``transfer.data.readers.legacy_cluster`` of its uid, and else the unit itself. Metrics are
+functions of column sums of per-unit statistics, so summing the statistics within each cluster and resampling
+cluster rows is exactly the cluster bootstrap. Both systems and every seed are resampled with the *same* cluster
+indices in each replicate (the test set is the same for every seed); on each replicate the task's own metric is
+recomputed per system and seed from its ``transfer.scoring.metrics.METRICS`` record, and the per-seed deltas are
+averaged over seeds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,27 +37,46 @@ class UnitData:
     keys: tuple[str, ...]
     gold: tuple
     pred: tuple
-    groups: tuple | None = None  # per-example groups, kept only for the generic (non-decomposed) path
+    clusters: tuple | None = None  # per unit: its cluster (document, abstract) or None (its own cluster)
 
 
-def _pool_groups(records: list[dict]) -> UnitData:
+def _cluster_of(task: TaskSpec | None, record: dict):
+    """A record's cluster: its ``cluster`` field, else what the reader derives from the uid (older files)."""
+    if record.get("cluster") is not None:
+        return str(record["cluster"])
+    if task is not None and _legacy_cluster is not None:
+        return _legacy_cluster(task, str(record["uid"]))
+    return None
+
+
+try:  # prediction files written before records carried their cluster
+    from transfer.data.readers import legacy_cluster as _legacy_cluster
+except ImportError:  # pragma: no cover - a reader module without it: every unit is its own cluster
+    _legacy_cluster = None
+
+
+def _pool_groups(records: list[dict], task: TaskSpec | None) -> UnitData:
     pooled: dict[str, tuple[set, set]] = {}
+    clusters: dict[str, object] = {}
     for record in records:
-        gold_set, pred_set = pooled.setdefault(str(record["group"]), (set(), set()))
+        key = str(record["group"])
+        gold_set, pred_set = pooled.setdefault(key, (set(), set()))
         gold_set.update(record["gold"])
         pred_set.update(record["pred"])
-    return UnitData(tuple(pooled), tuple(g for g, _ in pooled.values()), tuple(p for _, p in pooled.values()))
+        clusters.setdefault(key, _cluster_of(task, record))
+    return UnitData(tuple(pooled), tuple(g for g, _ in pooled.values()), tuple(p for _, p in pooled.values()),
+                    tuple(clusters[key] for key in pooled))
 
 
-def unit_data(records: list[dict], unit: str) -> UnitData:
-    """Predictions as resampling units: examples keyed by uid, or label sets pooled per group."""
+def unit_data(records: list[dict], unit: str, task: TaskSpec | None = None) -> UnitData:
+    """Predictions as resampling units: examples keyed by uid, or label sets pooled per group; each with its
+    cluster (``task`` lets older records derive it from the uid)."""
     if unit == "group":
         if any("group" not in record for record in records):
             raise ValueError("records lack the 'group' field that this metric resamples by")
-        return _pool_groups(records)
-    groups = tuple(record.get("group") for record in records)
+        return _pool_groups(records, task)
     return UnitData(tuple(str(record["uid"]) for record in records), tuple(record["gold"] for record in records),
-                    tuple(record["pred"] for record in records), groups if all(g is not None for g in groups) else None)
+                    tuple(record["pred"] for record in records), tuple(_cluster_of(task, r) for r in records))
 
 
 def unit_statistics(task: TaskSpec, metric: str, records: list[dict]) -> tuple[tuple[str, ...], np.ndarray]:
@@ -69,7 +94,13 @@ def decomposed_score(task: TaskSpec, metric: str, records: list[dict]) -> float:
 
 @dataclass(frozen=True)
 class BootstrapResult:
-    """Observed seed-averaged delta (from predictions), its replicates, p-value and percentile interval."""
+    """The paired (clustered) bootstrap of one edge.
+
+    delta: observed seed-mean delta (from predictions); seed_deltas: the observed delta of each seed;
+    replicates: the seed-mean delta of each resample, seed_replicates the per-seed deltas (resamples x seeds);
+    p_value, ci_low/ci_high: the test-units-only bootstrap p and percentile interval (the reference test,
+    conditional on the trained checkpoints); var_test: the test-set part of the edge's variance (see there).
+    """
 
     delta: float
     replicates: np.ndarray
@@ -77,19 +108,54 @@ class BootstrapResult:
     ci_low: float
     ci_high: float
     n_units: int
+    seed_deltas: tuple[float, ...] = ()
+    n_clusters: int = 0
+    seed_replicates: np.ndarray | None = None
+
+    @property
+    def var_test(self) -> float:
+        """The variance of the seed-mean delta that comes from sampling the test set, *shared by all seeds*: the mean
+        covariance, over resamples, of the deltas of two different seeds. The seed-specific part of test-set noise
+        (each seed's model erring on other units) already shows in the between-seed variance of the deltas, so
+        counting it here too would count it twice. With one seed: the resampling variance of its delta."""
+        return shared_variance(self.seed_replicates if self.seed_replicates is not None else self.replicates[:, None])
+
+
+def shared_variance(seed_replicates: np.ndarray) -> float:
+    """Mean off-diagonal covariance of the columns of (resamples, seeds) (>= 0); one column: its variance."""
+    reps = np.asarray(seed_replicates, dtype=float)
+    b, k = reps.shape
+    if b < 2:
+        return float("nan")
+    if k == 1:
+        return float(reps[:, 0].var(ddof=1))
+    var_of_sum = float(reps.sum(axis=1).var(ddof=1))
+    sum_of_vars = float(reps.var(axis=0, ddof=1).sum())
+    return max(0.0, (var_of_sum - sum_of_vars) / (k * (k - 1)))
+
+
+def cluster_sums(stats: np.ndarray, clusters) -> np.ndarray:
+    """Per-unit statistics summed within clusters (rows in order of first appearance); a None cluster is the
+    unit's own. Resampling these rows is the cluster bootstrap of any metric of the column sums."""
+    keys: dict = {}
+    index = np.array([keys.setdefault(("unit", i) if c is None else ("cluster", c), len(keys))
+                      for i, c in enumerate(clusters)], dtype=np.int64)
+    out = np.zeros((len(keys), *stats.shape[1:]))
+    np.add.at(out, index, stats)
+    return out
 
 
 def _paired_replicates(stats: np.ndarray, score: Callable, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """stats: (units, seeds, 2, k), system 0 = pair run, 1 = single run; returns (n_boot,) seed-mean deltas."""
+    """stats: (units, seeds, 2, k), system 0 = pair run, 1 = single run; returns (n_boot, seeds) per-seed deltas."""
     n_units, n_seeds, _, k = stats.shape
     flat = stats.reshape(n_units, -1)
-    out = np.empty(n_boot)
+    out = np.empty((n_boot, n_seeds))
     chunk = max(1, _CHUNK_CELLS // max(n_units, 1))
     for start in range(0, n_boot, chunk):
         stop = min(n_boot, start + chunk)
         sums = (resample_counts(rng, n_units, stop - start) @ flat).reshape(-1, n_seeds, 2, k)
         scores = score(sums)
-        out[start:stop] = (scores[..., 0] - scores[..., 1]).mean(axis=1)
+        out[start:stop] = scores[..., 0] - scores[..., 1]
     return out
 
 
@@ -103,7 +169,7 @@ def _align(units: list[UnitData]) -> tuple[list[UnitData], int]:
         position = {key: i for i, key in enumerate(u.keys)}
         idx = [position[key] for key in order]
         aligned.append(UnitData(tuple(order), tuple(u.gold[i] for i in idx), tuple(u.pred[i] for i in idx),
-                                tuple(u.groups[i] for i in idx) if u.groups else None))
+                                tuple(u.clusters[i] for i in idx) if u.clusters else None))
     for u in aligned[1:]:
         differ = next((key for key, a, b in zip(order, aligned[0].gold, u.gold) if _canonical(a) != _canonical(b)), None)
         if differ is not None:
@@ -116,11 +182,27 @@ def _canonical(gold):
     return tuple(sorted(gold)) if isinstance(gold, (set, frozenset)) else gold
 
 
+def paired_bootstrap(stats: np.ndarray, score: Callable, n_boot: int, rng: np.random.Generator,
+                     alpha: float = DEFAULT_ALPHA) -> BootstrapResult:
+    """The bootstrap of resampling rows ``stats`` (rows, seeds, 2, k): system 0 = pair run, 1 = single run."""
+    full = score(stats.sum(axis=0))
+    seed_deltas = full[:, 0] - full[:, 1]
+    observed = float(seed_deltas.mean())
+    per_seed = _paired_replicates(stats, score, n_boot, rng)
+    replicates = per_seed.mean(axis=1)
+    low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
+    return BootstrapResult(observed, replicates, bootstrap_p_value(observed, replicates), float(low), float(high),
+                           len(stats), tuple(float(d) for d in seed_deltas), len(stats), per_seed)
+
+
 def bootstrap_edge(task: TaskSpec, metric: str, systems: list[tuple[list[dict], list[dict]]], n_boot: int,
-                   rng: np.random.Generator, alpha: float = DEFAULT_ALPHA) -> BootstrapResult:
-    """Paired bootstrap of the seed-averaged delta; ``systems`` holds (pair records, single records) per seed."""
+                   rng: np.random.Generator, alpha: float = DEFAULT_ALPHA, clustered: bool = True) -> BootstrapResult:
+    """Paired bootstrap of the seed-averaged delta; ``systems`` holds (pair records, single records) per seed.
+
+    ``clustered`` resamples clusters (the default); False resamples units (rows), for comparison.
+    """
     decomposition = METRICS[metric].units
-    units = [unit_data(records, decomposition.unit) for pair_single in systems for records in pair_single]
+    units = [unit_data(records, decomposition.unit, task) for pair_single in systems for records in pair_single]
     aligned, dropped = _align(units)
     if dropped:
         logger.warning("%s: %d test unit(s) are not shared by every run and seed; they are left out", task.name, dropped)
@@ -130,8 +212,7 @@ def bootstrap_edge(task: TaskSpec, metric: str, systems: list[tuple[list[dict], 
     paired = [(aligned[i], aligned[i + 1]) for i in range(0, len(aligned), 2)]
     stats = np.stack([np.stack([decomposition.stats(task, u.gold, u.pred) for u in pair_single], axis=1)
                       for pair_single in paired], axis=1)  # (units, seeds, 2, k)
-    full = decomposition.score(stats.sum(axis=0))
-    observed = float((full[:, 0] - full[:, 1]).mean())
-    replicates = _paired_replicates(stats, decomposition.score, n_boot, rng)
-    low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
-    return BootstrapResult(observed, replicates, bootstrap_p_value(observed, replicates), float(low), float(high), n_units)
+    if clustered:
+        stats = cluster_sums(stats, aligned[0].clusters or [None] * n_units)
+    result = paired_bootstrap(stats, decomposition.score, n_boot, rng, alpha)
+    return dataclasses.replace(result, n_units=n_units)

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from transfer.analysis.evidence import SIGNIFICANT
 from transfer.analysis.index import DomainRuns, RunInfo, task_order
 from transfer.analysis.stats import spearman
 from transfer.data.tasks import TaskTable
 
-AFFINITY_EDGE_COLUMNS = ["source", "target", "z", "z_std", "n_affinity_runs", "delta", "colour", "sign_agree"]
+AFFINITY_EDGE_COLUMNS = ["source", "target", "z", "z_std", "n_affinity_runs", "delta", "state", "sign_agree"]
 VALIDATION_COLUMNS = ["n_edges", "spearman_rho", "spearman_p", "p_method", "n_sign_agree", "sign_agreement",
                       "n_significant", "n_sign_agree_significant", "sign_agreement_significant", "affinity_runs",
                       "affinity_seeds", "preview_wall_s", "grid_wall_s", "n_grid_runs", "time_ratio",
@@ -68,7 +69,7 @@ def validate_affinity(edges: pd.DataFrame, used: list[RunInfo], index: DomainRun
     Edges: the ordered pairs s != t with both a mean Z and a measured delta (whether tested or not).
     spearman_rho/p: ``spearman`` of Z against delta over those edges. sign_agreement: share of them where
     sign(Z) == sign(delta) (numpy's sign: 0 only for exactly 0); sign_agreement_significant: the same over
-    the green/red edges. preview_wall_s: train.wall_seconds summed over the affinity runs used; grid_wall_s:
+    the helps/hurts edges. preview_wall_s: train.wall_seconds summed over the affinity runs used; grid_wall_s:
     summed over the setting's done single and pair runs (every seed; what the deltas are computed from);
     time_ratio = preview_wall_s / grid_wall_s. tracking_overhead = wall of the affinity runs / wall of the plain
     all-task runs of the same seeds and tasks (seeds that have both). tracker_s: the trackers' own
@@ -76,7 +77,7 @@ def validate_affinity(edges: pd.DataFrame, used: list[RunInfo], index: DomainRun
     """
     both = edges[edges["z"].notna() & edges["delta"].notna()]
     agree = np.sign(both["z"].to_numpy(float)) == np.sign(both["delta"].to_numpy(float))
-    significant = both["colour"].isin(["green", "red"]).to_numpy()
+    significant = both["state"].isin(SIGNIFICANT).to_numpy()
     rho, p, method = spearman(both["z"], both["delta"])
     grid = {r.run_id: r for kind in ("single", "pair") for r in index.runs[kind].values()}
     matched = [(r, index.get("all", "all", r.seed)) for r in used]
@@ -141,7 +142,7 @@ def _usable_affinity_runs(runs: list[RunInfo]) -> tuple[list[RunInfo], list[str]
 def affinity_preview(index: DomainRuns, runs: list[RunInfo], edges: pd.DataFrame,
                      table: TaskTable) -> tuple[AffinityPreview | None, list[str]]:
     """The setting's look-ahead preview: Z averaged over its usable affinity runs, per edge next to the measured
-    delta and colour, and ``validate_affinity``; (None, notes) without a done affinity run."""
+    delta and evidence state, and ``validate_affinity``; (None, notes) without a done affinity run."""
     used, notes = _usable_affinity_runs(runs)
     if not used:
         return None, notes
@@ -168,7 +169,7 @@ def affinity_preview(index: DomainRuns, runs: list[RunInfo], edges: pd.DataFrame
             agree = None if math.isnan(z[i, j]) or math.isnan(delta) else bool(np.sign(z[i, j]) == np.sign(delta))
             rows.append({"source": source, "target": target, "z": float(z[i, j]), "z_std": float(z_std[i, j]),
                          "n_affinity_runs": int(counts[i, j]), "delta": delta,
-                         "colour": "missing" if edge is None else edge["colour"], "sign_agree": agree})
+                         "state": "n/a" if edge is None else edge["state"], "sign_agree": agree})
     frame = pd.DataFrame(rows, columns=AFFINITY_EDGE_COLUMNS)
     validation = validate_affinity(frame, used, index)
     if validation["n_edges"] == 0:

@@ -158,7 +158,7 @@ def legend_handles(styles: dict, labels: dict[str, str], widths: dict[str, float
 
 
 def _graph_legend(ax, handles: list) -> None:
-    ax.legend(handles=handles, loc="upper center", ncol=2, frameon=False, fontsize=9,
+    ax.legend(handles=handles, loc="upper center", ncol=3 if len(handles) > 4 else 2, frameon=False, fontsize=9,
               bbox_to_anchor=(0.5, 0.0), handlelength=2.6, columnspacing=1.6)
 
 
@@ -181,20 +181,21 @@ def _edge_rad(length: float, shortest: float) -> float:
     return EDGE_RAD * (shortest / length) ** 2
 
 
-def _draw_edges(ax, graph, pos: dict, patches: dict, styles: dict, label_of: Callable[[dict], str]) -> list[dict]:
+def _draw_edges(ax, graph, pos: dict, patches: dict, styles: dict, label_of: Callable[[dict], str],
+                key: str) -> list[dict]:
     from matplotlib.patches import FancyArrowPatch
 
     lengths = {(s, t): float(np.linalg.norm(pos[t] - pos[s])) for s, t in graph.edges}
     shortest = min(lengths.values(), default=1.0)
     drawn = []
     for source, target, data in graph.edges(data=True):
-        colour, width, style, text_colour = styles[data["colour"]]
+        colour, width, style, text_colour = styles[data[key]]
         width = data.get("width", width)  # an edge may carry its own width (the preview: |Z|)
         rad = _edge_rad(lengths[(source, target)], shortest)
         arrow = FancyArrowPatch(pos[source], pos[target], connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>",
                                 mutation_scale=16 + 2 * width, lw=width, color=colour, linestyle=style,
                                 patchA=patches[source], patchB=patches[target], shrinkA=3, shrinkB=3,
-                                zorder=2 if data["colour"] in ("green", "red") else 1)
+                                zorder=2 if width >= 2 else 1)  # strong calls above the rest
         ax.add_patch(arrow)
         a, b = pos[source], pos[target]
         drawn.append({"a": a, "b": b, "c": _control_point(a, b, rad), "text_colour": text_colour,
@@ -217,15 +218,15 @@ def _graph_axes(figure, pos: dict):
 
 
 def draw_graph(tasks: tuple[str, ...], graph, styles: dict, label_of: Callable[[dict], str], title: str,
-               caption: str, handles: list):
+               caption: str, handles: list, key: str = "colour"):
     """A directed task graph in the transfer-graph layout: nodes on a circle, two arcs per task pair styled by
-    ``styles[edge["colour"]]`` (line colour, width, line style, label colour), labels placed clear of each other."""
+    ``styles[edge[key]]`` (line colour, width, line style, label colour), labels placed clear of each other."""
     pos = _layout(tasks)
     size = 7.0 + 0.75 * max(0, len(tasks) - 4)  # more tasks: more edges and labels to fit
     figure = new_figure(size, size + 0.4)
     ax = _graph_axes(figure, pos)
     patches = _draw_nodes(ax, tasks, pos)
-    edges = _draw_edges(ax, graph, pos, patches, styles, label_of)
+    edges = _draw_edges(ax, graph, pos, patches, styles, label_of, key)
     renderer = figure.canvas.get_renderer()
     for edge, xy in zip(edges, _place_labels(ax, edges, pos, renderer)):
         ax.text(*xy, edge["text"], fontsize=LABEL_FONT, ha="center", va="center", color=edge["text_colour"],
@@ -249,14 +250,23 @@ def _cell_text_colour(value: float, limit: float) -> str:
     return "white" if abs(value) > 0.62 * limit else "#1a1a1a"
 
 
-def _heatmap_cells(ax, values: np.ndarray, texts: list[list[str]], bold: np.ndarray, limit: float) -> None:
-    """Cell labels: grey "—" on the diagonal, hatched "n/a" where NaN, else ``texts`` (bold where ``bold``)."""
+def _heatmap_cells(ax, values: np.ndarray, texts: list[list[str]], bold: np.ndarray, limit: float,
+                   cell_styles: dict | None = None) -> None:
+    """Cell labels: grey "—" on the diagonal, a cell of ``cell_styles[(i, j)]`` (face, hatch, edge colour, line
+    style, text colour) with its text, hatched "n/a" where NaN, else ``texts`` on the scale (bold where ``bold``)."""
     from matplotlib.patches import Rectangle
 
     n = values.shape[0]
+    cell_styles = cell_styles or {}
     for i in range(n):
         for j in range(n):
-            if i == j:
+            if i != j and (i, j) in cell_styles:
+                face, hatch, edge, style, text_colour = cell_styles[(i, j)]
+                ax.add_patch(Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, facecolor=face, hatch=hatch, edgecolor=edge,
+                                       linestyle=style, lw=1.2 if edge != "none" else 0.0))
+                ax.text(j, i, texts[i][j], ha="center", va="center", fontsize=10, color=text_colour,
+                        bbox={"boxstyle": "round,pad=0.15", "fc": face, "ec": "none"} if hatch else None)
+            elif i == j:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#e6e6e6", lw=0))
                 ax.text(j, i, "—", ha="center", va="center", color="#777777", fontsize=11)
             elif np.isnan(values[i, j]):
@@ -277,13 +287,16 @@ def symmetric_limit(values: np.ndarray, floor: float) -> float:
 
 
 def matrix_panel(figure, ax, values: np.ndarray, texts: list[list[str]], bold: np.ndarray, limit: float,
-                  tasks: tuple[str, ...], colorbar_label: str, title: str):
-    """One source x target heatmap on the symmetric diverging scale [-limit, limit], with its own colour bar."""
+                 tasks: tuple[str, ...], colorbar_label: str, title: str, cell_styles: dict | None = None):
+    """One source x target heatmap on the symmetric diverging scale [-limit, limit], with its own colour bar;
+    cells in ``cell_styles`` are drawn in their own style instead (their value is not on the scale)."""
     n = max(len(tasks), 1)
     shown = np.array(values, dtype=float)
     np.fill_diagonal(shown, np.nan)  # the diagonal is drawn as a grey "—" cell, never on the scale
+    for cell in cell_styles or {}:
+        shown[cell] = np.nan  # drawn by its style, never on the colour scale
     image = ax.imshow(np.ma.masked_invalid(shown), cmap=_diverging_cmap(), vmin=-limit, vmax=limit)
-    _heatmap_cells(ax, shown, texts, bold, limit)
+    _heatmap_cells(ax, shown, texts, bold, limit, cell_styles)
     labels = [wrap_task(t, 12) for t in tasks]
     ax.set_xticks(range(len(tasks)), labels, fontsize=9.5)
     ax.set_yticks(range(len(tasks)), labels, fontsize=9.5)

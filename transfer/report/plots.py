@@ -22,16 +22,26 @@ import numpy as np
 from transfer.analysis import AffinityPreview, DomainAnalysis
 from transfer.report.draw import (GREEN, GREY, MISSING, RED, draw_graph, legend_handles, matrix_panel, new_figure,
                                   save_figure, symmetric_limit, wrap_task)
-from transfer.report.present import (affinity_caption, affinity_digraph, affinity_validation_text, fmt_delta,
-                                     is_missing, metric_name, model_label, models_wide, setting_caption, transfer_digraph)
+from transfer.report.present import (affinity_caption, affinity_digraph, affinity_validation_text,
+                                     correction_label, fmt_delta, is_missing, metric_name, model_label, models_wide,
+                                     setting_caption, state_legend, state_rule_text, transfer_digraph)
 
 logger = logging.getLogger(__name__)
 
-EDGE_STYLE = {  # colour -> (line colour, width, line style, label text colour)
-    "green": (GREEN, 2.6, "solid", "#0b5e44"),
-    "red": (RED, 2.6, "solid", "#a34401"),
-    "grey": (GREY, 1.4, "solid", "#555555"),
-    "missing": (MISSING, 1.3, (0, (4, 3)), "#8a8a8a"),
+EXPLORATORY = "#4d4d4d"
+EDGE_STYLE = {  # evidence state -> (line colour, width, line style, label text colour)
+    "helps": (GREEN, 2.6, "solid", "#0b5e44"),
+    "hurts": (RED, 2.6, "solid", "#a34401"),
+    "equivalent": (GREY, 1.8, "solid", "#555555"),
+    "inconclusive": (GREY, 1.4, (0, (1, 1.6)), "#555555"),
+    "exploratory": (EXPLORATORY, 0.9, (0, (5, 3)), EXPLORATORY),
+    "n/a": (MISSING, 1.1, (0, (2, 3)), "#8a8a8a"),
+}
+CELL_STYLE = {  # evidence state -> heatmap cell (face, hatch, edge colour, line style, text colour); helps/hurts: on
+    # the diverging scale; n/a: hatched "n/a"
+    "equivalent": ("#b8b8b8", None, "none", "solid", "#1a1a1a"),
+    "inconclusive": ("#efefef", "...", "#b0b0b0", "solid", "#333333"),
+    "exploratory": ("white", None, EXPLORATORY, (0, (4, 3)), EXPLORATORY),
 }
 BAR_COLOURS = {"single": "#bdbdbd", "mt-refinement": "#6baed6", "mt-finetune": "#08519c"}
 EXTRA_BAR_COLOURS = ("#fdae6b", "#a1d99b", "#9e9ac8", "#e6550d", "#31a354")  # model types beyond the paper's three
@@ -60,28 +70,27 @@ def fmt_z(value: float, exponent: int) -> str:
     return "0.00" if float(text) == 0 else text.replace("-", "\u2212")
 
 
-def _edge_label(row) -> str:
-    if row["colour"] == "missing":
-        return "n/a" if is_missing(row["delta"]) else f"{fmt_delta(row['delta'], typographic=True)}?"
-    return fmt_delta(row["delta"], typographic=True) + ("*" if row["colour"] in ("green", "red") else "")
+def edge_label(data) -> str:
+    """An edge's label: Δ, * where it helps or hurts, "n/a" where it is n/a (a delta of an untrained head is no
+    evidence, so it is not shown)."""
+    if data["state"] == "n/a" or is_missing(data["delta"]):
+        return "n/a"
+    return fmt_delta(data["delta"], typographic=True) + ("*" if data["state"] in ("helps", "hurts") else "")
 
 
-def _measured_legend(analysis: DomainAnalysis) -> list:
-    alpha, floor = f"{analysis.alpha:g}", f"{analysis.min_delta:g}"
-    return legend_handles(EDGE_STYLE, {
-        "green": f"s helps t (Δ > {floor}, Holm p < {alpha})",
-        "red": f"s hurts t (Δ < {'-' if analysis.min_delta else ''}{floor}, Holm p < {alpha})",
-        "grey": "no significant effect",
-        "missing": "missing runs / not tested",
-    }, widths={"grey": 1.5})
+def state_handles(analysis: DomainAnalysis) -> list:
+    """One legend entry per evidence state (all six, always, in the order of STATES)."""
+    return legend_handles(EDGE_STYLE, state_legend(analysis), widths={"equivalent": 1.9})
 
 
 def plot_transfer_graph(analysis: DomainAnalysis):
-    """The directed transfer graph: two arcs per task pair, coloured by the edge's call, labelled with Δ."""
-    caption = (f"{setting_caption(analysis)}\nlabel: Δ = score of t trained with s − t alone "
-               f"(mean over seeds); * Holm-adjusted paired bootstrap p < {analysis.alpha:g}")
-    return draw_graph(analysis.tasks, transfer_digraph(analysis), EDGE_STYLE, _edge_label,
-                      f"Pairwise transfer s → t, {analysis.setting.domain}", caption, _measured_legend(analysis))
+    """The directed transfer graph: two arcs per task pair, styled by the edge's evidence state, labelled Δ."""
+    caption = (f"{setting_caption(analysis)}\nlabel: Δ = score of t trained with s − t alone (mean over seeds); "
+               f"* helps/hurts ({correction_label(analysis)}-corrected p < {analysis.alpha:g}, "
+               f"|Δ| > {analysis.margin:g})")
+    return draw_graph(analysis.tasks, transfer_digraph(analysis), EDGE_STYLE, edge_label,
+                      f"Pairwise transfer s → t, {analysis.setting.domain}", caption, state_handles(analysis),
+                      key="state")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -89,45 +98,62 @@ def plot_transfer_graph(analysis: DomainAnalysis):
 # ---------------------------------------------------------------------------------------------------------------
 
 def delta_matrix(analysis: DomainAnalysis, tasks: tuple[str, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(delta, significant) matrices, rows = source, columns = target (in ``tasks`` order, default the analysis's);
-    NaN/False where missing or diagonal."""
+    """(delta, state) matrices, rows = source, columns = target (in ``tasks`` order, default the analysis's);
+    NaN / "n/a" where missing and on the diagonal."""
     index = {task: i for i, task in enumerate(analysis.tasks if tasks is None else tasks)}
     n = len(index)
-    delta, significant = np.full((n, n), np.nan), np.zeros((n, n), dtype=bool)
+    delta, states = np.full((n, n), np.nan), np.full((n, n), "n/a", dtype=object)
     for _, row in analysis.edges.iterrows():
         if row["source"] in index and row["target"] in index:
             i, j = index[row["source"]], index[row["target"]]
-            delta[i, j] = row["delta"]
-            significant[i, j] = row["colour"] in ("green", "red")
-    return delta, significant
+            delta[i, j], states[i, j] = row["delta"], row["state"]
+    return delta, states
 
 
 def _delta_panel(figure, ax, analysis: DomainAnalysis, tasks: tuple[str, ...], title: str) -> str:
-    """The measured Δ heatmap on ``ax``; returns the note that explains its marks."""
-    delta, significant = delta_matrix(analysis, tasks)
-    position = {task: i for i, task in enumerate(tasks)}
-    untested = np.zeros_like(significant)
-    for _, row in analysis.edges.iterrows():
-        if row["colour"] == "missing" and not is_missing(row["delta"]) and row["source"] in position \
-                and row["target"] in position:
-            untested[position[row["source"]], position[row["target"]]] = True
-    limit = symmetric_limit(delta, 0.005)
-    texts = [[f"{fmt_delta(delta[i, j], typographic=True)}{'*' if significant[i, j] else ('?' if untested[i, j] else '')}"
-              for j in range(len(tasks))] for i in range(len(tasks))]
-    matrix_panel(figure, ax, delta, texts, significant, limit, tasks, "Δ = score(t with s) − score(t alone)", title)
-    note = f"* Holm-adjusted paired bootstrap p < {analysis.alpha:g}; hatched n/a: missing runs"
-    return note + ("; ?: not tested (no predictions)" if untested.any() else "")
+    """The measured Δ heatmap on ``ax``, cells drawn by evidence state; returns the note that explains them."""
+    delta, states = delta_matrix(analysis, tasks)
+    shown = np.where(states == "n/a", np.nan, delta)
+    coloured = np.isin(states, ("helps", "hurts"))
+    styles = {(i, j): CELL_STYLE[states[i, j]] for i in range(len(tasks)) for j in range(len(tasks))
+              if i != j and states[i, j] in CELL_STYLE}
+    limit = symmetric_limit(np.where(coloured, delta, np.nan), max(0.005, analysis.margin))
+    texts = [[edge_label({"state": states[i, j], "delta": delta[i, j]}) for j in range(len(tasks))]
+             for i in range(len(tasks))]
+    matrix_panel(figure, ax, shown, texts, coloured, limit, tasks, "Δ = score(t with s) − score(t alone)", title,
+                 styles)
+    return (f"coloured: helps/hurts (*); grey: equivalent; dotted: inconclusive; dashed: exploratory; "
+            f"hatched: n/a\n{state_rule_text(analysis)}")
+
+
+def _cell_handles(analysis: DomainAnalysis) -> list:
+    from matplotlib.patches import Patch
+
+    face = {"helps": (GREEN, None, "none", "solid"), "hurts": (RED, None, "none", "solid"),
+            "n/a": ("white", "////", "#9a9a9a", "solid")}
+    face.update({state: style[:4] for state, style in CELL_STYLE.items()})
+    return [Patch(facecolor=face[state][0], hatch=face[state][1], edgecolor=face[state][2], linestyle=face[state][3],
+                  label=text) for state, text in state_legend(analysis).items()]
 
 
 def plot_delta_heatmap(analysis: DomainAnalysis):
-    """Source x target matrix of Δ on a symmetric diverging scale; * marks Holm-significant cells."""
+    """Source x target matrix of Δ: helps/hurts cells on a symmetric diverging scale (*), the other states in
+    their own cell styles, with the states' legend."""
     n = max(len(analysis.tasks), 1)
     figure = new_figure(1.45 * n + 3.2, 1.25 * n + 2.4)
     ax = figure.add_subplot(1, 1, 1)
     note = _delta_panel(figure, ax, analysis, analysis.tasks, f"Transfer Δ, {analysis.setting.domain}")
-    ax.annotate(f"{note}\n{setting_caption(analysis)}", xy=(0.5, 0.0), xycoords=ax.xaxis.label, xytext=(0, -10),
-                textcoords="offset points", ha="center", va="top", fontsize=8, color="#444444")
+    ax.legend(handles=_cell_handles(analysis), loc="upper left", bbox_to_anchor=(1.32, 1.0), frameon=False,
+              fontsize=8.5, title="evidence state", title_fontsize=9, handlelength=1.6, handleheight=1.4)
+    ax.annotate(f"{_wrap(note, 110)}\n{setting_caption(analysis)}", xy=(0.5, 0.0), xycoords=ax.xaxis.label,
+                xytext=(0, -10), textcoords="offset points", ha="center", va="top", fontsize=7.5, color="#444444")
     return figure
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -181,7 +207,7 @@ def plot_affinity_heatmaps(analysis: DomainAnalysis):
                f"L_t(after one look-ahead step on s) / L_t(before), mean over probes and epochs"
                f"{' and seeds' if runs > 1 else ''}; no significance test; diagonal (self-affinity) not shown\n"
                f"{affinity_caption(analysis)}")
-    z_ax.annotate(caption, xy=(0.5, 0.0), xycoords=(figure.transFigure, z_ax.xaxis.label), xytext=(0, -12),
+    z_ax.annotate(_wrap(caption, 150), xy=(0.5, 0.0), xycoords=(figure.transFigure, z_ax.xaxis.label), xytext=(0, -12),
                   textcoords="offset points", ha="center", va="top", fontsize=8.5, color="#444444", linespacing=1.5)
     return figure
 
@@ -236,6 +262,8 @@ def plot_model_bars(analysis: DomainAnalysis):
     """Grouped bars per task (and the average), one bar per model type of the table (single task,
     MT-Refinement, MT-Fine-Tune, and any other), ± sd over seeds."""
     means, stds = models_wide(analysis.models), models_wide(analysis.models, "std")
+    flags = (models_wide(analysis.models.assign(untrained=analysis.models["untrained"].fillna("") != ""), "untrained")
+             if "untrained" in analysis.models else means.notna() & False).fillna(False).astype(bool)
     columns, types = list(means.columns), list(means.index)
     colours = _bar_colours(types)
     x = np.arange(len(columns))
@@ -254,9 +282,11 @@ def plot_model_bars(analysis: DomainAnalysis):
         spread = present & np.isfinite(errors) & (np.nan_to_num(errors) > 0)
         ax.errorbar(offsets[spread], values[spread], yerr=errors[spread], fmt="none", ecolor="#222222", lw=0.9,
                     capsize=2.5, zorder=3)
-        for xo, value, error in zip(offsets[present], values[present], np.nan_to_num(errors[present])):
-            ax.text(xo, max(value, 0) + error + 0.012 * (top - bottom), f"{value:.3f}", rotation=90, ha="center",
-                    va="bottom", fontsize=7.5, color="#222222")
+        marks = flags.loc[model_type].to_numpy(dtype=bool)
+        for xo, value, error, mark in zip(offsets[present], values[present], np.nan_to_num(errors[present]),
+                                          marks[present]):
+            ax.text(xo, max(value, 0) + error + 0.012 * (top - bottom), f"{value:.3f}{' †' if mark else ''}",
+                    rotation=90, ha="center", va="bottom", fontsize=7.5, color="#a34401" if mark else "#222222")
         for xo in offsets[~present]:  # a short hatched stub, so a missing score never looks like a zero
             ax.bar(xo, 0.05 * (top - bottom), width * 0.94, bottom=0, facecolor="white", edgecolor="#9a9a9a",
                    hatch="////", lw=0.6, zorder=1)
@@ -279,7 +309,8 @@ def plot_model_bars(analysis: DomainAnalysis):
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(types), 4) or 1,
               frameon=False, fontsize=9)
     ax.set_title(f"Single task vs multi-task, {analysis.setting.domain}", fontsize=12, pad=28)
-    ax.set_xlabel(f"mean over seeds, error bar ±1 sd where there are 2+ seeds; hatched n/a: missing runs\n"
+    ax.set_xlabel(f"mean over seeds, error bar ±1 sd where there are 2+ seeds; hatched n/a: missing runs"
+                  f"{'; † untrained (learning gate)' if flags.to_numpy(dtype=bool).any() else ''}\n"
                   f"{setting_caption(analysis)}", fontsize=8, color="#444444", labelpad=10)
     return figure
 

@@ -93,7 +93,7 @@ def affinity_validation_text(preview: AffinityPreview) -> str:
             p_text = "" if is_missing(v["spearman_p"]) else f"{v['p_method']} p = {fmt_p(v['spearman_p'])}, "
             rho = f"{v['spearman_rho']:+.3f} ({p_text}n = {v['n_edges']} edges)"
         shares = fmt_share(v["n_sign_agree_significant"], v["n_significant"], v["sign_agreement_significant"])
-        significant = f"on significant edges {shares}" if v["n_significant"] else "no significant (green/red) edge"
+        significant = f"on significant edges {shares}" if v["n_significant"] else "no significant (helps/hurts) edge"
         agreement = (f"Spearman ρ(Z, Δ) = {rho}; sign agreement "
                      f"{fmt_share(v['n_sign_agree'], v['n_edges'], v['sign_agreement'])}, {significant}")
     grid = (f"grid {fmt_seconds(v['grid_wall_s'])} ({plural(v['n_grid_runs'], 'single/pair run')}), ratio "
@@ -129,26 +129,61 @@ def _graphml_value(value):
     return value
 
 
+GRAPH_EDGE_KEYS = ("state", "reason", "delta", "seed_deltas", "se_seed", "se_test", "se", "ci_low", "ci_high", "p",
+                   "p_adj", "p_equiv_adj", "mde", "n_seeds", "metric", "note")
+
+
+def correction_label(analysis: DomainAnalysis) -> str:
+    return {"holm": "Holm", "bh": "BH"}[analysis.options.correction]
+
+
+def state_legend(analysis: DomainAnalysis) -> dict[str, str]:
+    """The one wording of every evidence state (graph and heatmap legends, table captions)."""
+    o = analysis.options
+    test = "sign-flip p" if o.test == "sign-flip" else "p"
+    adjusted = f"{correction_label(analysis)} {test} < {o.alpha:g}"
+    return {
+        "helps": f"helps: Δ > {o.margin:g}, {adjusted}",
+        "hurts": f"hurts: Δ < −{o.margin:g}, {adjusted}",
+        "equivalent": f"equivalent: |Δ| < {o.margin:g} (TOST, {correction_label(analysis)})",
+        "inconclusive": "inconclusive: neither",
+        "exploratory": f"exploratory: < {o.seeds_to_colour} seeds, not tested",
+        "n/a": "n/a: runs missing or untrained",
+    }
+
+
+def state_rule_text(analysis: DomainAnalysis) -> str:
+    """One sentence: how an edge gets its state (for captions)."""
+    o = analysis.options
+    test = ("exact sign-flip test over seeds (the test set held fixed)" if o.test == "sign-flip" else
+            "Welch t test on the between-seed variance of the per-seed deltas / k plus the clustered test-set "
+            "resampling variance of their mean")
+    return (f"Test: {test}; p corrected over the tested edges ({correction_label(analysis)}). "
+            + "; ".join(state_legend(analysis).values()) + ".")
+
+
 def transfer_digraph(analysis: DomainAnalysis) -> nx.DiGraph:
-    """Nodes = tasks (with their single-task score), edges s->t with delta, CI, p, p_holm, colour, n_seeds."""
+    """Nodes = tasks (with their single-task score), edges s->t with the edge row's state, reason, delta, SEs, CI,
+    p, adjusted p, MDE and seeds (``GRAPH_EDGE_KEYS``)."""
+    o = analysis.options
     graph = nx.DiGraph(domain=analysis.setting.domain, model=analysis.setting.model,
-                       profile=analysis.setting.profile, alpha=float(analysis.alpha),
-                       min_delta=float(analysis.min_delta), n_boot=int(analysis.n_boot))
+                       profile=analysis.setting.profile, alpha=float(o.alpha), margin=float(o.margin),
+                       min_seeds=int(o.seeds_to_colour), test=o.test, correction=o.correction,
+                       n_boot=int(analysis.n_boot))
     single = analysis.models[analysis.models["model_type"] == "single"].set_index("task")["mean"]
     for task in analysis.tasks:
         graph.add_node(task, label=task, single_score=float(single.get(task, math.nan)))
     for _, row in analysis.edges.iterrows():
-        attributes = {key: _graphml_value(row[key]) for key in
-                      ("delta", "delta_std", "ci_low", "ci_high", "p", "p_holm", "colour", "n_seeds", "metric",
-                       "note")}
-        attributes["note"] = str(attributes["note"] or "")
+        attributes = {key: _graphml_value(row[key]) for key in GRAPH_EDGE_KEYS}
+        for key in ("note", "reason", "seed_deltas"):
+            attributes[key] = str(attributes[key] or "")
         graph.add_edge(row["source"], row["target"], **attributes)
     return graph
 
 
 def affinity_digraph(analysis: DomainAnalysis) -> nx.DiGraph:
     """Nodes = the preview's tasks; edges s->t with z, z_std, delta, colour = sign of Z (green > 0, red < 0, grey
-    = 0, missing: not measured) and measured_colour = the measured edge's call."""
+    = 0, missing: not measured) and measured_state = the measured edge's evidence state."""
     preview = analysis.affinity
     graph = nx.DiGraph(domain=analysis.setting.domain, model=analysis.setting.model,
                        profile=analysis.setting.profile, preview=True)
@@ -158,7 +193,7 @@ def affinity_digraph(analysis: DomainAnalysis) -> nx.DiGraph:
         z = float(row["z"])
         colour = "missing" if math.isnan(z) else "green" if z > 0 else "red" if z < 0 else "grey"
         graph.add_edge(row["source"], row["target"], z=z, z_std=float(row["z_std"]), delta=float(row["delta"]),
-                       colour=colour, measured_colour=str(row["colour"]))
+                       colour=colour, measured_state=str(row["state"]))
     return graph
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from transfer.analysis import VALIDATION_COLUMNS, AffinityPreview, DomainAnalysis
 from transfer.experiment.store import write_text_atomic
-from transfer.report.present import (NA, affinity_caption, fmt_delta, fmt_p, fmt_score, fmt_sci, fmt_seconds,
+from transfer.report.present import (NA, affinity_caption, correction_label, state_rule_text, fmt_delta, fmt_p, fmt_score, fmt_sci, fmt_seconds,
                                      fmt_share, is_missing, model_label, plural, models_wide, setting_caption, transfer_digraph)
 
 logger = logging.getLogger(__name__)
@@ -32,13 +32,32 @@ def _best_per_column(wide: pd.DataFrame) -> dict[str, str | None]:
     return best
 
 
-def _model_cell(mean, std, bold: bool, markdown: bool) -> str:
+def _model_cell(mean, std, bold: bool, markdown: bool, untrained: str = "") -> str:
     text = fmt_score(mean)
     if not is_missing(mean) and not is_missing(std):
         text += f" ± {std:.3f}" if markdown else f" $\\pm$ {std:.3f}"
     if bold and not is_missing(mean):
         text = f"**{text}**" if markdown else f"\\textbf{{{text}}}"
-    return text
+    return text + (UNTRAINED_MARK if markdown else r"$^\dagger$") * bool(untrained)
+
+
+UNTRAINED_MARK = " †"
+
+
+def _untrained(analysis: DomainAnalysis):
+    """model_type x task -> the learning gate's reasons ("" where none)."""
+    if "untrained" not in analysis.models:
+        return None
+    return models_wide(analysis.models.assign(untrained=analysis.models["untrained"].fillna("")), "untrained")
+
+
+def _untrained_lines(analysis: DomainAnalysis) -> list[str]:
+    flagged = analysis.models[analysis.models.get("untrained", "").astype(str) != ""] if "untrained" in analysis.models \
+        else analysis.models.iloc[:0]
+    if not len(flagged):
+        return []
+    return ["", "† untrained (the learning gate; its edges are n/a):", ""] + [
+        f"- {model_label(r['model_type'])} {r['task']}: {r['untrained']}" for _, r in flagged.iterrows()]
 
 
 def models_markdown(analysis: DomainAnalysis) -> str:
@@ -47,13 +66,14 @@ def models_markdown(analysis: DomainAnalysis) -> str:
     header = ["Model", *means.columns]
     lines = [f"### Test scores: {setting_caption(analysis)}", "",
              "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * len(means.columns)) + "|"]
+    flags = _untrained(analysis)
     for model_type in means.index:
-        cells = [_model_cell(means.at[model_type, c], stds.at[model_type, c], best[c] == model_type, True)
-                 for c in means.columns]
+        cells = [_model_cell(means.at[model_type, c], stds.at[model_type, c], best[c] == model_type, True,
+                             flags.at[model_type, c] if flags is not None else "") for c in means.columns]
         lines.append("| " + " | ".join([model_label(model_type), *cells]) + " |")
     lines += ["", "Mean over seeds (± sample standard deviation where there are two or more seeds); best per "
               "column in bold. Avg is given only when every task has a score."]
-    return "\n".join(lines + _missing_note(analysis)) + "\n"
+    return "\n".join(lines + _untrained_lines(analysis) + _missing_note(analysis)) + "\n"
 
 
 def _missing_note(analysis: DomainAnalysis) -> list[str]:
@@ -80,15 +100,16 @@ def latex_escape(text: str) -> str:
 def models_latex(analysis: DomainAnalysis) -> str:
     means, stds = models_wide(analysis.models), models_wide(analysis.models, "std")
     best = _best_per_column(means)
-    columns = list(means.columns)
+    columns, flags = list(means.columns), _untrained(analysis)
     lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "c" * len(columns) + "}",
              r"\toprule", " & ".join(["Model", *map(latex_escape, columns)]) + r" \\", r"\midrule"]
     for model_type in means.index:
-        cells = [_model_cell(means.at[model_type, c], stds.at[model_type, c], best[c] == model_type, False)
-                 for c in columns]
+        cells = [_model_cell(means.at[model_type, c], stds.at[model_type, c], best[c] == model_type, False,
+                             flags.at[model_type, c] if flags is not None else "") for c in columns]
         lines.append(" & ".join([latex_escape(model_label(model_type)), *cells]) + r" \\")
     caption = (f"Test results, {latex_escape(setting_caption(analysis))}. Mean over seeds; best per column in bold."
-               + (" n/a: missing runs." if analysis.missing else ""))
+               + (" n/a: missing runs." if analysis.missing else "")
+               + (r" $^\dagger$: untrained (learning gate)." if _untrained_lines(analysis) else ""))
     lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{caption}}}",
               f"\\label{{tab:models-{latex_escape(analysis.slug)}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
@@ -98,40 +119,64 @@ def models_latex(analysis: DomainAnalysis) -> str:
 # Edge table
 # ---------------------------------------------------------------------------------------------------------------
 
+def _se_cell(row) -> str:
+    """Total SE with its parts, seed / test: "0.012 (0.010 / 0.007)"; test only at one seed."""
+    if is_missing(row["se"]):
+        return NA if is_missing(row["se_test"]) else f"test {row['se_test']:.4f}"
+    return f"{row['se']:.4f} ({row['se_seed']:.4f} / {row['se_test']:.4f})"
+
+
 def _edge_cells(row) -> list[str]:
     ci = NA if is_missing(row["ci_low"]) else f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
-    return [str(row["source"]), str(row["target"]), fmt_delta(row["delta"]), fmt_score(row["delta_std"], 4), ci,
-            fmt_p(row["p"]), fmt_p(row["p_holm"]), str(row["colour"]), str(int(row["n_seeds"]))]
+    needed = NA if is_missing(row["seeds_needed"]) else str(int(row["seeds_needed"]))
+    return [str(row["source"]), str(row["target"]), str(row["state"]), fmt_delta(row["delta"]), _se_cell(row), ci,
+            fmt_p(row["p"]), fmt_p(row["p_adj"]), fmt_score(row["mde"], 4), needed, str(int(row["n_seeds"]))]
+
+
+def _edge_note(row) -> str:
+    return "; ".join(filter(None, [str(row["reason"] or ""), str(row["note"] or "")]))
+
+
+def _edges_definitions(analysis: DomainAnalysis) -> str:
+    o = analysis.options
+    return (f"Δ = test score of t trained with s (pair run) minus t alone (single run), mean over the seeds with "
+            f"both; per-seed Δ in the CSV (seed_deltas). SE = total (between seeds / test set): between seeds = "
+            f"sd of the per-seed Δ / √k; test set = from {analysis.n_boot} resamples of the test set's clusters "
+            f"(documents, abstracts; one resample shared by every run and seed): the part of the resampling "
+            f"variance of Δ that all seeds share (their mean covariance; at one seed, the sd of Δ). "
+            f"{100 * (1 - o.alpha):.0f}% CI: unadjusted (t with Welch-Satterthwaite df). "
+            f"p ({correction_label(analysis)}): corrected over the edges with at least {o.seeds_to_colour} seeds. "
+            f"MDE: minimum detectable effect at the edge's seeds ({o.power:.0%} power, level α/m); seeds for "
+            f"±{o.margin:g}: seeds that would detect the margin. {state_rule_text(analysis)}")
 
 
 def edges_markdown(analysis: DomainAnalysis) -> str:
-    header = ["s", "t", "Δ", "sd over seeds", f"{100 * (1 - analysis.alpha):.0f}% CI", "p", "p (Holm)", "colour",
-              "seeds", "note"]
+    header = ["s", "t", "state", "Δ", "SE (seed / test)", f"{100 * (1 - analysis.alpha):.0f}% CI (unadj.)", "p",
+              f"p ({correction_label(analysis)})", "MDE", f"seeds for ±{analysis.margin:g}", "seeds", "reason / note"]
     lines = [f"### Transfer edges s → t: {setting_caption(analysis)}", "",
-             "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 5 + ["---", "---:", "---"]) + "|"]
+             "| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * 3 + ["---:"] * 8 + ["---"]) + "|"]
     for _, row in analysis.edges.iterrows():
-        note = str(row["note"] or "").replace("|", "/")
-        lines.append("| " + " | ".join(_edge_cells(row) + [note]) + " |")
-    lines += ["", f"Δ = test score of t trained with s (pair run) minus t alone (single run), mean over seeds. "
-              f"p: two-sided paired bootstrap ({analysis.n_boot} resamples of test units, shared across seeds); "
-              f"p (Holm): Holm-adjusted over the tested edges of this table. green: Δ > {analysis.min_delta:g} and "
-              f"p (Holm) < {analysis.alpha:g}; red: Δ < {-analysis.min_delta or 0.0:g} and p (Holm) < {analysis.alpha:g}; "
-              "grey: otherwise; missing: not testable (runs or predictions missing)."]
+        lines.append("| " + " | ".join(_edge_cells(row) + [_edge_note(row).replace("|", "/")]) + " |")
+    lines += ["", _edges_definitions(analysis)]
+    if analysis.plan:
+        lines += ["", analysis.plan]
     return "\n".join(lines + _missing_note(analysis)) + "\n"
 
 
 def edges_latex(analysis: DomainAnalysis) -> str:
-    header = [r"$s$", r"$t$", r"$\Delta$", "sd", r"CI", r"$p$", r"$p_\mathrm{Holm}$", "colour", "seeds"]
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{llrrcrrlr}", r"\toprule",
+    header = [r"$s$", r"$t$", "state", r"$\Delta$", "SE", r"CI", r"$p$", r"$p_\mathrm{adj}$", "MDE", "seeds needed",
+              "seeds"]
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{lllrrcrrrrr}", r"\toprule",
              " & ".join(header) + r" \\", r"\midrule"]
     for _, row in analysis.edges.iterrows():
         cells = [latex_escape(c) for c in _edge_cells(row)]
-        for i in (2, 3, 4, 5, 6):  # numbers in math mode, so that '-' prints as a minus sign
+        for i in (3, 5, 6, 7, 8):  # numbers in math mode, so that '-' prints as a minus sign
             cells[i] = cells[i] if cells[i] == NA else f"${cells[i]}$"
         lines.append(" & ".join(cells) + r" \\")
     caption = (f"Pairwise transfer edges $s \\rightarrow t$, {latex_escape(setting_caption(analysis))}. "
-               f"$\\Delta$: score of $t$ trained with $s$ minus $t$ alone; paired bootstrap "
-               f"({analysis.n_boot} resamples), Holm-adjusted, $\\alpha = {analysis.alpha:g}$.")
+               + latex_escape(_edges_definitions(analysis)).replace("Δ", r"$\Delta$").replace("α", r"$\alpha$")
+               .replace("√", r"$\sqrt{}$").replace("±", r"$\pm$").replace("−", "-").replace("≥", r"$\geq$"))
     lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{caption}}}",
               f"\\label{{tab:edges-{latex_escape(analysis.slug)}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
@@ -201,7 +246,7 @@ AFFINITY_DEFINITIONS = (
     "Validation over the edges with both: Spearman ρ (scipy.stats.spearmanr; p exact over all n! pairings for "
     "n ≤ 8 edges, else spearmanr's t approximation; n/a for a constant vector or fewer than 3 edges); sign "
     "agreement = share of edges with sign(Z) = sign(Δ) (a Δ or Z of exactly 0 has sign 0), also over the "
-    "significant (green/red) edges only. Time ratio = wall time of the affinity run(s) / summed wall time of the "
+    "significant (helps/hurts) edges only. Time ratio = wall time of the affinity run(s) / summed wall time of the "
     "setting's done single and pair runs (all seeds); tracking overhead = affinity run wall time / plain all-task "
     "run wall time (same seeds; sensitive to machine load when the two ran at different times); tracker = the "
     "tracker's own affinity.seconds; tracker overhead = tracker seconds / (affinity run wall - tracker seconds), "
@@ -216,7 +261,7 @@ def _summary_rows(preview: AffinityPreview) -> list[tuple[str, str]]:
         ("Spearman ρ (Z vs Δ)", v["p_method"] if is_missing(v["spearman_rho"]) else f"{v['spearman_rho']:+.3f}"),
         (p_label, fmt_p(v["spearman_p"])),
         ("sign agreement, all edges", fmt_share(v["n_sign_agree"], v["n_edges"], v["sign_agreement"])),
-        ("sign agreement, significant (green/red) edges",
+        ("sign agreement, significant (helps/hurts) edges",
          fmt_share(v["n_sign_agree_significant"], v["n_significant"], v["sign_agreement_significant"])),
         (f"preview wall time ({plural(v['affinity_runs'], 'affinity run')})", fmt_seconds(v["preview_wall_s"])),
         (f"grid wall time ({plural(v['n_grid_runs'], 'single/pair run')})", fmt_seconds(v["grid_wall_s"])),
@@ -242,12 +287,12 @@ def affinity_markdown(analysis: DomainAnalysis) -> str:
              f"Affinity run{'s' if several else ''}: {', '.join(f'`{r}`' for r in preview.run_ids)}", "",
              "| measure | value |", "|---|---:|"]
     lines += [f"| {name} | {value} |" for name, value in _summary_rows(preview)]
-    header = ["s", "t", "Z", *(["Z sd over seeds"] if several else []), "Δ", "colour (Δ)", "sign(Z) = sign(Δ)"]
+    header = ["s", "t", "Z", *(["Z sd over seeds"] if several else []), "Δ", "state (Δ)", "sign(Z) = sign(Δ)"]
     lines += ["", "| " + " | ".join(header) + " |",
               "|" + "|".join(["---"] * 2 + ["---:"] * (3 if several else 2) + ["---", "---"]) + "|"]
     for _, row in preview.edges.iterrows():
         cells = [str(row["source"]), str(row["target"]), fmt_sci(row["z"]),
-                 *([fmt_sci(row["z_std"])] if several else []), fmt_delta(row["delta"]), str(row["colour"]),
+                 *([fmt_sci(row["z_std"])] if several else []), fmt_delta(row["delta"]), str(row["state"]),
                  _sign_agree_cell(row)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", AFFINITY_DEFINITIONS]
@@ -266,11 +311,11 @@ def _latex_sci(value) -> str:
 def affinity_latex(analysis: DomainAnalysis) -> str:
     preview = analysis.affinity
     lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{llrrll}", r"\toprule",
-             r"$s$ & $t$ & $Z$ & $\Delta$ & colour & sign agrees \\", r"\midrule"]
+             r"$s$ & $t$ & $Z$ & $\Delta$ & state & sign agrees \\", r"\midrule"]
     for _, row in preview.edges.iterrows():
         delta = fmt_delta(row["delta"])
         cells = [latex_escape(row["source"]), latex_escape(row["target"]), _latex_sci(row["z"]),
-                 delta if delta == NA else f"${delta}$", latex_escape(row["colour"]),
+                 delta if delta == NA else f"${delta}$", latex_escape(row["state"]),
                  _sign_agree_cell(row).replace("Δ", r"$\Delta$").replace("Z = 0", "$Z = 0$")]
         lines.append(" & ".join(cells) + r" \\")
     summary = "; ".join(f"{name}: {value}" for name, value in _summary_rows(preview))

@@ -1,0 +1,170 @@
+"""The model table of a setting (paper Tables 2/3, with the learning gate's marks) and the driver over the whole
+store (``analyse_store``): settings -> index -> edges, states, plan, budget diagnostic, preview."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from transfer.analysis.edges import MIN_N_BOOT, DEFAULT_SEED, Gate, budget_diagnostic, edge_table, seed_plan
+from transfer.analysis.evidence import EvidenceOptions, GateOptions
+from transfer.analysis.index import (DomainRuns, PredictionCache, RunInfo, Setting, index_runs, load_runs,
+                                     missing_runs, settings_in_store, task_order)
+from transfer.analysis.preview import AffinityPreview, affinity_preview
+from transfer.data.tasks import TaskTable
+from transfer.experiment.roles import MODEL_LABELS, MODEL_TYPES
+from transfer.experiment.store import ResultsStore
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ALPHA = 0.05
+DEFAULT_N_BOOT = None  # auto: see auto_n_boot
+MODEL_COLUMNS = ["model_type", "task", "mean", "std", "n_seeds", "seeds", "untrained"]
+_MODEL_KINDS = {"single": "single", "mt-refinement": "all", "mt-finetune": "finetune"}
+
+__all__ = ["MODEL_LABELS", "MODEL_TYPES", "DomainAnalysis", "analyse_store", "auto_n_boot", "model_scores",
+           "resolve_n_boot"]
+
+
+def _seed_runs(index: DomainRuns, model_type: str, task: str) -> dict[int, RunInfo]:
+    kind = _MODEL_KINDS[model_type]
+    condition = "all" if kind == "all" else task
+    if kind == "all" and len(index.tasks) == 1:
+        return {}
+    runs = {seed: index.get(kind, condition, seed) for seed in index.seeds}
+    return {seed: run for seed, run in runs.items() if run is not None and task in run.scores}
+
+
+def model_scores(index: DomainRuns, gate: Gate | None = None) -> pd.DataFrame:
+    """Paper Tables 2/3 in long form: model_type, task (plus "Avg"), mean, std, n_seeds, seeds, untrained.
+
+    mean/std are over seeds (std with ddof=1, NaN for one seed). The average over tasks is given only when
+    every task has a score, so a missing run never shifts the average silently. ``untrained``: the seeds whose
+    task-run failed the learning gate, with the reason ("" when none or no gate).
+    """
+    rows = []
+    for model_type in MODEL_TYPES:
+        per_task = []
+        for task in index.tasks:
+            runs = _seed_runs(index, model_type, task)
+            values = np.array([run.scores[task] for run in runs.values()], dtype=float)
+            flagged = [f"seed {seed}: {why}" for seed, run in runs.items()
+                       if gate is not None and (why := gate.why(run, task))]
+            per_task.append({"model_type": model_type, "task": task,
+                             "mean": float(values.mean()) if len(values) else math.nan,
+                             "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
+                             "n_seeds": len(values), "seeds": " ".join(map(str, runs)), "untrained": "; ".join(flagged)})
+        means = [row["mean"] for row in per_task]
+        complete = bool(means) and not np.isnan(means).any()
+        rows += per_task + [{"model_type": model_type, "task": "Avg",
+                             "mean": float(np.mean(means)) if complete else math.nan, "std": math.nan,
+                             "n_seeds": min(row["n_seeds"] for row in per_task) if complete else 0, "seeds": "",
+                             "untrained": ""}]
+    return pd.DataFrame(rows, columns=MODEL_COLUMNS)
+
+
+def auto_n_boot(edges: int, alpha: float) -> int:
+    """Bootstrap resamples for ``n_boot=None``: at least ``MIN_N_BOOT``, and enough that Holm's smallest reachable
+    adjusted p-value of the test-units-only bootstrap (the p_test column), ``edges / (B + 1)``, is at most a tenth
+    of ``alpha`` (12 edges at alpha 0.05: 2,400; 56 edges: 11,200). The seed test itself needs far fewer: it
+    uses the resamples' variance only."""
+    return max(MIN_N_BOOT, math.ceil(10 * edges / alpha))
+
+
+def resolve_n_boot(n_boot: int | None, edges: int, alpha: float) -> int:
+    """``n_boot``, or :func:`auto_n_boot` when None; warns when a given value starves the reference p_test."""
+    if n_boot is None:
+        return auto_n_boot(edges, alpha)
+    if edges and edges / (n_boot + 1) >= alpha:
+        logger.warning("n_boot %d is too small for %d edges: the test-units-only p (p_test) cannot pass Holm "
+                       "(%d/%d = %.3g >= alpha %g); use at least %d resamples (or the auto default)",
+                       n_boot, edges, edges, n_boot + 1, edges / (n_boot + 1), alpha, auto_n_boot(edges, alpha))
+    return n_boot
+
+
+@dataclass
+class DomainAnalysis:
+    """Everything the figures and tables of one setting need."""
+
+    setting: Setting
+    slug: str
+    tasks: tuple[str, ...]
+    seeds: tuple[int, ...]
+    models: pd.DataFrame
+    edges: pd.DataFrame
+    missing: list[str]
+    notes: list[str]
+    options: EvidenceOptions
+    n_boot: int  # resamples per edge actually used (the auto default resolved)
+    has_grid: bool = True  # False: the setting holds only affinity runs (no single/pair/all/finetune run)
+    affinity: AffinityPreview | None = None  # the look-ahead preview, where a done affinity run exists
+    affinity_notes: list = field(default_factory=list)  # why there is no preview, or what it left out
+    untrained: list = field(default_factory=list)  # "<run id> <task>: <why>" per task-run failing the gate
+    plan: str = ""
+    budget: dict = field(default_factory=dict)
+
+    @property
+    def alpha(self) -> float:
+        return self.options.alpha
+
+    @property
+    def margin(self) -> float:
+        return self.options.margin
+
+
+def analyse_store(root: str | Path, table: TaskTable, domains: Sequence[str] | None = None,
+                  n_boot: int | None = DEFAULT_N_BOOT, options: EvidenceOptions | None = None,
+                  seed: int = DEFAULT_SEED, models: Sequence[str] | None = None,
+                  profiles: Sequence[str] | None = None, gate: GateOptions | None = None) -> list[DomainAnalysis]:
+    """Analyse every setting of the store (optionally only some domains, models or profiles).
+
+    ``n_boot`` None: per setting, enough resamples for its number of edges (:func:`auto_n_boot`).
+    """
+    options = options or EvidenceOptions()
+    runs = [r for r in load_runs(ResultsStore(root), table)
+            if (not domains or r.setting.domain in domains) and (not models or r.setting.model in models)
+            and (not profiles or r.setting.profile in profiles)]
+    runs = [r for r in runs if all(t in table.tasks for t in r.tasks) or _skip_unknown(r)]
+    grouped = settings_in_store(runs)
+    per_domain: dict[str, int] = {}
+    for setting in grouped:
+        per_domain[setting.domain] = per_domain.get(setting.domain, 0) + 1
+    return [_analyse_setting(setting, setting_runs, table, per_domain[setting.domain] == 1, n_boot, options, seed,
+                             gate) for setting, setting_runs in grouped.items()]
+
+
+def _analyse_setting(setting: Setting, setting_runs: list[RunInfo], table: TaskTable, unique: bool,
+                     n_boot: int | None, options: EvidenceOptions, seed: int,
+                     gate_options: GateOptions | None) -> DomainAnalysis:
+    index = index_runs(setting, setting_runs, table)  # leaves the affinity runs out
+    tracked = [r for r in setting_runs if r.is_affinity]
+    has_grid = len(tracked) < len(setting_runs)
+    if not has_grid:  # affinity runs only: no grid to analyse, the preview keeps its own tasks
+        index.tasks = task_order({t for r in tracked for t in r.tasks}, setting.domain, table)
+        index.notes.append("no single, pair, all-task or finetune run in the store: affinity preview only")
+    logger.info("analysing %s (%d runs, tasks %s)", setting, len(setting_runs), ", ".join(index.tasks))
+    setting_n_boot = resolve_n_boot(n_boot, len(index.tasks) * (len(index.tasks) - 1), options.alpha)
+    cache = PredictionCache()
+    edges, gate = edge_table(index, table, setting_n_boot, options, seed, gate_options, cache)
+    models = model_scores(index, gate)
+    preview, preview_notes = affinity_preview(index, tracked, edges, table)
+    budget = budget_diagnostic(edges) if has_grid else {}
+    notes = list(index.notes) + ([budget["warning"]] if budget.get("warning") else [])
+    if budget.get("warning"):
+        logger.warning("%s: %s", setting.domain, budget["warning"])
+    return DomainAnalysis(setting, setting.slug(unique), index.tasks, index.seeds, models, edges,
+                          missing_runs(index) if has_grid else [], notes, options, setting_n_boot, has_grid,
+                          preview, preview_notes, gate.untrained(), seed_plan(edges, options) if has_grid else "",
+                          budget)
+
+
+def _skip_unknown(run: RunInfo) -> bool:
+    logger.warning("run %s trains task(s) not in the task table (%s); skipped (pass --task-file)",
+                   run.run_id, "+".join(run.tasks))
+    return False
