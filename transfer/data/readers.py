@@ -5,7 +5,13 @@ There is one reader per file format named in the task table's ``reader`` column 
 so code never branches on a task's name. The formats are BLUE's, as described in the data READMEs.
 
 Every problem with a file raises ``DataFormatError``, whose message names the file, the 1-based line and what is
-wrong, so a user with their own copy of a data set can fix it without reading this code.
+wrong, so a user with their own copy of a data set can fix it without reading this code. Files are decoded one
+line at a time (a bad byte is reported on its own line), a UTF-8 byte-order mark is accepted, and a record never
+spans lines: a stray double quote is an error on its line, never a reason to merge the rows that follow.
+
+Each example carries its ``cluster``, the document it comes from (NER: the document id column; HoC: the PMID;
+the other formats: the task's ``cluster_pattern`` on the example id), so resampling can draw whole documents;
+``legacy_cluster`` derives the same value from a uid alone, for prediction files written before records had it.
 
 ``split_long_sentence`` (cutting long NER sentences only where no gold entity is cut) lives here because it is a
 property of the tagging format; the feature builder calls it.

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -360,8 +361,6 @@ def load_split(task: TaskSpec, split: str, path: Path, tokenizer, max_length: in
 def _discard(path: Path) -> None:
     try:
         if path.is_dir() and not path.is_symlink():
-            import shutil
-
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
