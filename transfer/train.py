@@ -10,7 +10,6 @@ exits with 2 (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 from pathlib import Path
