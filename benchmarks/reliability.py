@@ -618,6 +618,28 @@ def _missing(path: Path) -> Path:
     return path
 
 
+def _empty_run_folder(runs: Path) -> Path:
+    folder = runs / "empty-run"
+    folder.mkdir()
+    return folder / "."
+
+
+def _stray_file(runs: Path) -> Path:
+    (runs / "README.txt").write_text("notes about these runs\n", encoding="utf-8")
+    return runs / "README.txt"
+
+
+def _unknown_task(path: Path) -> Path:
+    """The run's spec names a task the task table does not know (a task file left out)."""
+    import json as _json
+
+    spec = _json.loads(path.read_text(encoding="utf-8"))
+    old = spec["tasks"][0]
+    spec["tasks"] = ["nosuch-task" if name == old else name for name in spec["tasks"]]
+    path.write_text(_json.dumps(spec), encoding="utf-8")
+    return path
+
+
 def store_faults(env: Env, store: Path, timeout: int) -> list[Fault]:
     """Damage one file of a copy of ``store``; graph and grid --dry-run must finish and touch nothing else."""
     from tiny_data import SHARED
@@ -635,6 +657,9 @@ def store_faults(env: Env, store: Path, timeout: int) -> list[Fault]:
         "metrics.json truncated": lambda root: _truncate(root / victim / "metrics.json"),
         "metrics.json empty": lambda root: _empty(root / victim / "metrics.json"),
         "folder with a spec.json that is no run": lambda root: _not_a_run(root / "runs"),
+        "empty run folder": lambda root: _empty_run_folder(root / "runs"),
+        "stray file among the runs": lambda root: _stray_file(root / "runs"),
+        "spec.json names an unknown task": lambda root: _unknown_task(root / victim / "spec.json"),
     }
     if prediction is not None:
         damages["predictions cut mid-line"] = lambda root: _cut_mid_line(root / prediction)
@@ -661,11 +686,13 @@ def store_faults(env: Env, store: Path, timeout: int) -> list[Fault]:
             except subprocess.TimeoutExpired:
                 code, out = None, "timed out"
             after = _snapshot(copy)
-            damaged_folder = str(damaged.parent.relative_to(copy))
-            # every run file outside the damaged folder must be as it was; files at the store's top level (the
-            # scores.csv summary) are derived from the runs and rewritten by the analysis
+            # what was damaged: a run folder (its files may be set aside), or one entry directly under runs/
+            relative = damaged.relative_to(copy)
+            damaged_folder = str(relative if relative.parent.name == "runs" else relative.parent)
+            # every run file outside it must be as it was; files at the store's top level (the scores.csv
+            # summary) are derived from the runs and rewritten by the analysis
             others_kept = all(after.get(k) == v for k, v in before.items()
-                              if not k.startswith(damaged_folder) and os.sep in k)
+                              if not (k == damaged_folder or k.startswith(damaged_folder + os.sep)) and os.sep in k)
             traceback = "Traceback (most recent call last)" in out
             fault = Fault("results store", f"{name} ({command})")
             fault.survived = code == 0 and not traceback and others_kept
