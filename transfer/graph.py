@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--gate-rise", type=_probability, default=0.5,
                       help="untrained if the last epoch was best and brought more than this share of the dev gain")
     parser.add_argument("--n-boot", type=_n_boot, default="auto", metavar="B|auto",
-                        help="bootstrap resamples per edge (the smallest possible p is 1/(B+1)); auto, the default: "
-                             "at least 1000 and 10 x edges / alpha, so Holm's correction is never starved")
+                        help="resamples of the test set's clusters per edge, for its test-set variance; auto, the "
+                             "default: 2000 (the variance to about 3%%)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the bootstrap random generator")
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=["png", "svg"],
                         help="figure formats (PNG at 200 dpi)")

@@ -126,7 +126,7 @@ def _test_edge(index: DomainRuns, task: TaskSpec, source: str, runs: list[tuple[
                                                "(predictions missing for the others)"]
     try:
         boot = bootstrap_edge(task, task.metric, systems, n_boot, _edge_rng(seed, index.setting, source, target),
-                              options.alpha)
+                              options.alpha, memo=cache.memo)
     except (KeyError, ValueError, TypeError) as exc:
         logger.warning("%s->%s: bootstrap failed: %s", source, target, exc)
         return {"reason": f"not tested: {exc}"}, [f"not tested: {exc}"]

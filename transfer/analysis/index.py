@@ -280,10 +280,11 @@ def missing_runs(index: DomainRuns) -> list[str]:
 
 
 class PredictionCache:
-    """Reads each predictions file once."""
+    """Reads each predictions file once; ``memo`` keeps what the bootstrap derives from each (its statistics)."""
 
     def __init__(self) -> None:
         self._records: dict[Path, list[dict] | None] = {}
+        self.memo: dict = {}
 
     def get(self, path: Path) -> list[dict] | None:
         if path not in self._records:

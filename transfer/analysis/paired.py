@@ -159,23 +159,26 @@ def _paired_replicates(stats: np.ndarray, score: Callable, n_boot: int, rng: np.
     return out
 
 
-def _align(units: list[UnitData]) -> tuple[list[UnitData], int]:
-    """Restrict every system to the units all of them share, in one order; returns (aligned, units dropped)."""
+def _align(units: list[UnitData]) -> tuple[list[np.ndarray], tuple, tuple, int]:
+    """The units every system shares, in the first system's order: (row indices per system, keys, clusters,
+    units dropped). Refuses systems whose gold labels differ on a shared unit (not the same test set)."""
     common = set(units[0].keys).intersection(*(u.keys for u in units[1:]))
     order = [key for key in units[0].keys if key in common]
     dropped = max(len(u.keys) for u in units) - len(order)
-    aligned = []
+    indices = []
     for u in units:
         position = {key: i for i, key in enumerate(u.keys)}
-        idx = [position[key] for key in order]
-        aligned.append(UnitData(tuple(order), tuple(u.gold[i] for i in idx), tuple(u.pred[i] for i in idx),
-                                tuple(u.clusters[i] for i in idx) if u.clusters else None))
-    for u in aligned[1:]:
-        differ = next((key for key, a, b in zip(order, aligned[0].gold, u.gold) if _canonical(a) != _canonical(b)), None)
+        indices.append(np.array([position[key] for key in order], dtype=np.int64))
+    first = [_canonical(units[0].gold[i]) for i in indices[0]]
+    for u, idx in zip(units[1:], indices[1:]):
+        if u.gold is units[0].gold and np.array_equal(idx, indices[0]):
+            continue
+        differ = next((key for key, a, i in zip(order, first, idx) if a != _canonical(u.gold[i])), None)
         if differ is not None:
             raise ValueError(f"gold labels of test unit {differ!r} differ between runs: were they scored on the "
                              "same test set?")
-    return aligned, dropped
+    clusters = tuple(units[0].clusters[i] for i in indices[0]) if units[0].clusters else (None,) * len(order)
+    return indices, tuple(order), clusters, dropped
 
 
 def _canonical(gold):
@@ -196,23 +199,37 @@ def paired_bootstrap(stats: np.ndarray, score: Callable, n_boot: int, rng: np.ra
 
 
 def bootstrap_edge(task: TaskSpec, metric: str, systems: list[tuple[list[dict], list[dict]]], n_boot: int,
-                   rng: np.random.Generator, alpha: float = DEFAULT_ALPHA, clustered: bool = True) -> BootstrapResult:
+                   rng: np.random.Generator, alpha: float = DEFAULT_ALPHA, clustered: bool = True,
+                   memo: dict | None = None) -> BootstrapResult:
     """Paired bootstrap of the seed-averaged delta; ``systems`` holds (pair records, single records) per seed.
 
-    ``clustered`` resamples clusters (the default); False resamples units (rows), for comparison.
+    ``clustered`` resamples clusters (the default); False resamples units (rows), for comparison. ``memo``: a dict
+    kept across the edges of a setting, so each predictions list is reduced to statistics once.
     """
     decomposition = METRICS[metric].units
-    units = [unit_data(records, decomposition.unit, task) for pair_single in systems for records in pair_single]
-    aligned, dropped = _align(units)
+    memo = {} if memo is None else memo
+    prepared = [_prepared(task, metric, records, memo) for pair_single in systems for records in pair_single]
+    indices, keys, clusters, dropped = _align([units for units, _ in prepared])
     if dropped:
         logger.warning("%s: %d test unit(s) are not shared by every run and seed; they are left out", task.name, dropped)
-    n_units = len(aligned[0].keys)
+    n_units = len(keys)
     if n_units == 0:
         raise ValueError(f"{task.name}: the runs share no test example (uids differ)")
-    paired = [(aligned[i], aligned[i + 1]) for i in range(0, len(aligned), 2)]
-    stats = np.stack([np.stack([decomposition.stats(task, u.gold, u.pred) for u in pair_single], axis=1)
-                      for pair_single in paired], axis=1)  # (units, seeds, 2, k)
+    rows = [stats[idx] for (_, stats), idx in zip(prepared, indices)]
+    stats = np.stack([np.stack(rows[i:i + 2], axis=1) for i in range(0, len(rows), 2)], axis=1)  # (units, seeds, 2, k)
     if clustered:
-        stats = cluster_sums(stats, aligned[0].clusters or [None] * n_units)
+        stats = cluster_sums(stats, clusters)
     result = paired_bootstrap(stats, decomposition.score, n_boot, rng, alpha)
     return dataclasses.replace(result, n_units=n_units)
+
+
+def _prepared(task: TaskSpec, metric: str, records: list[dict], memo: dict) -> tuple[UnitData, np.ndarray]:
+    """(units, per-unit statistics) of one predictions list, computed once per list (``memo``, keyed by identity:
+    a single run's predictions serve every edge into its task)."""
+    key = (id(records), task.name, metric)
+    if key not in memo:
+        decomposition = METRICS[metric].units
+        units = unit_data(records, decomposition.unit, task)
+        memo[key] = (records, units, decomposition.stats(task, units.gold, units.pred))
+    _, units, stats = memo[key]
+    return units, stats

@@ -10,6 +10,7 @@ pairs each metric function with its decomposition in one ``Metric`` record; the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -91,10 +92,16 @@ def entity_spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
     return spans
 
 
+@functools.lru_cache(maxsize=1 << 18)
+def _cached_spans(tags: tuple[str, ...]) -> frozenset:
+    # One test set's gold sentences recur in every run, and many predicted ones (all O) recur too.
+    return frozenset(entity_spans(tags))
+
+
 def _entity_stats(task: TaskSpec, gold: Sequence, pred: Sequence) -> np.ndarray:
     rows = []
     for gold_tags, pred_tags in zip(gold, pred):
-        gold_spans, pred_spans = entity_spans(list(gold_tags)), entity_spans(list(pred_tags))
+        gold_spans, pred_spans = _cached_spans(tuple(gold_tags)), _cached_spans(tuple(pred_tags))
         rows.append((len(gold_spans & pred_spans), len(pred_spans), len(gold_spans)))
     return np.asarray(rows, dtype=float).reshape(-1, 3)
 
