@@ -587,6 +587,11 @@ def test_degenerate_heads_make_their_edges_na_and_are_marked_in_the_models_table
     assert len(analysis.untrained) == 2
     (ungated,) = analyse_store(root, TABLE, n_boot=100, gate=GateOptions(enabled=False))
     assert set(ungated.edges["state"]) == {"exploratory"}
+    # The affinity preview does not validate Z against deltas that are no evidence (n/a edges).
+    write_affinity_run(root, tasks, 13, {("shareclefe", "mednli"): 0.01, ("mednli", "shareclefe"): -0.01})
+    (with_preview,) = analyse_store(root, TABLE, n_boot=100)
+    assert with_preview.affinity.validation["n_edges"] == 0 and with_preview.affinity.has_grid
+    assert any("every measured edge is n/a" in note for note in with_preview.affinity_notes)
 
 
 def test_gate_checks_each_kind():

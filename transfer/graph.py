@@ -135,7 +135,8 @@ def _affinity_line(analysis: DomainAnalysis) -> str:
     v = preview.validation
     head = f"  affinity preview (seed{'s' if len(preview.seeds) > 1 else ''} {' '.join(map(str, preview.seeds))}):"
     if v["n_edges"] == 0:
-        agreement = " validation n/a (no measured edge)"
+        agreement = (" validation n/a (every measured edge is n/a)" if preview.has_grid
+                     else " validation n/a (no measured edge)")
     else:
         if math.isnan(v["spearman_rho"]):  # p_method says why: "n/a (fewer than 3 edges)", "n/a (constant values)"
             rho = f"n/a (n {v['n_edges']}: {v['p_method'].removeprefix('n/a (').rstrip(')')})"

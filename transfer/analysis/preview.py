@@ -44,8 +44,8 @@ class AffinityPreview:
 
     @property
     def has_grid(self) -> bool:
-        """Whether any edge has both Z and a measured delta (else the validation is n/a)."""
-        return self.validation["n_edges"] > 0
+        """Whether any edge has both Z and a measured delta (else there is no measured panel to draw)."""
+        return bool((self.edges["z"].notna() & self.edges["delta"].notna()).any())
 
 
 def _share(hits: int, total: int) -> float:
@@ -66,7 +66,8 @@ def _ratio(numerator: float, denominator: float) -> float:
 def validate_affinity(edges: pd.DataFrame, used: list[RunInfo], index: DomainRuns) -> dict:
     """Agreement of Z with the measured deltas, and what each cost.
 
-    Edges: the ordered pairs s != t with both a mean Z and a measured delta (whether tested or not).
+    Edges: the ordered pairs s != t with both a mean Z and a measured delta that is evidence of something (any
+    state but n/a: a delta of an untrained head, or one whose predictions are missing, is left out).
     spearman_rho/p: ``spearman`` of Z against delta over those edges. sign_agreement: share of them where
     sign(Z) == sign(delta) (numpy's sign: 0 only for exactly 0); sign_agreement_significant: the same over
     the helps/hurts edges. preview_wall_s: train.wall_seconds summed over the affinity runs used; grid_wall_s:
@@ -75,7 +76,7 @@ def validate_affinity(edges: pd.DataFrame, used: list[RunInfo], index: DomainRun
     all-task runs of the same seeds and tasks (seeds that have both). tracker_s: the trackers' own
     affinity.seconds, summed. A cost is NaN if any of its runs lacks its wall time.
     """
-    both = edges[edges["z"].notna() & edges["delta"].notna()]
+    both = edges[edges["z"].notna() & edges["delta"].notna() & (edges["state"] != "n/a")]
     agree = np.sign(both["z"].to_numpy(float)) == np.sign(both["delta"].to_numpy(float))
     significant = both["state"].isin(SIGNIFICANT).to_numpy()
     rho, p, method = spearman(both["z"], both["delta"])
@@ -172,10 +173,12 @@ def affinity_preview(index: DomainRuns, runs: list[RunInfo], edges: pd.DataFrame
                          "state": "n/a" if edge is None else edge["state"], "sign_agree": agree})
     frame = pd.DataFrame(rows, columns=AFFINITY_EDGE_COLUMNS)
     validation = validate_affinity(frame, used, index)
-    if validation["n_edges"] == 0:
+    if validation["n_edges"] == 0 and frame["delta"].notna().any():
+        notes.append("every measured edge is n/a (untrained heads or missing predictions): validation n/a")
+    elif validation["n_edges"] == 0:
         notes.append("no measured pairwise edge to compare with: validation n/a (preview only)")
     elif validation["n_edges"] < len(frame):
-        notes.append(f"{validation['n_edges']} of {len(frame)} edges have both Z and a measured delta")
+        notes.append(f"{validation['n_edges']} of {len(frame)} edges have both Z and a measured delta that is not n/a")
     blocks = [r.affinity or {} for r in used]
     preview = AffinityPreview(tasks, z, z_std, tuple(r.run_id for r in used), tuple(r.seed for r in used),
                               tuple(int(b.get("every", r.affinity_every)) for b, r in zip(blocks, used)),

@@ -85,7 +85,8 @@ def affinity_validation_text(preview: AffinityPreview) -> str:
     """Two lines: how well Z predicts the measured deltas, and what the preview cost."""
     v = preview.validation
     if v["n_edges"] == 0:
-        agreement = "validation n/a: no measured pairwise edge in the store to compare with"
+        agreement = ("validation n/a: every measured edge is n/a (untrained heads or missing predictions)"
+                     if preview.has_grid else "validation n/a: no measured pairwise edge in the store to compare with")
     else:
         if is_missing(v["spearman_rho"]):  # p_method says why: "n/a (fewer than 3 edges)", "n/a (constant values)"
             rho = f"n/a (n = {v['n_edges']} edges: {v['p_method'].removeprefix('n/a (').rstrip(')')})"

@@ -243,7 +243,7 @@ AFFINITY_DEFINITIONS = (
     "Z(s→t) = 1 − L_t(after one look-ahead optimiser step on s's loss) / L_t(before), on probe batches of t's "
     "training data, averaged over the measurements of an epoch, then over epochs (and over seeds); > 0: a step on "
     "s lowers t's loss. Δ(s→t): measured transfer, score of t trained with s minus t alone (see the edge table). "
-    "Validation over the edges with both: Spearman ρ (scipy.stats.spearmanr; p exact over all n! pairings for "
+    "Validation over the edges with both (edges whose state is n/a left out): Spearman ρ (scipy.stats.spearmanr; p exact over all n! pairings for "
     "n ≤ 8 edges, else spearmanr's t approximation; n/a for a constant vector or fewer than 3 edges); sign "
     "agreement = share of edges with sign(Z) = sign(Δ) (a Δ or Z of exactly 0 has sign 0), also over the "
     "significant (helps/hurts) edges only. Time ratio = wall time of the affinity run(s) / summed wall time of the "
