@@ -176,8 +176,8 @@ def test_parser_defaults():
     assert args.results_dir == Path("results") and args.out == Path("figures")
     assert (args.alpha, args.margin, args.n_boot, args.seed) == (0.05, 0.01, None, 0)
     assert (args.min_seeds, args.test, args.correction, args.power) == (5, "t", "holm", 0.8)
-    assert (args.gate, args.gate_majority, args.gate_sd_ratio, args.gate_chance_se, args.gate_rise) == (
-        True, 0.95, 0.3, 2.0, 0.5)
+    assert (args.gate, args.gate_majority, args.gate_sd_ratio, args.gate_chance_se, args.gate_rise,
+            args.gate_rise_min) == (True, 0.95, 0.3, 2.0, 0.5, 0.01)
     assert args.formats == ["png", "svg"] and args.figures is True and args.quiet is False
     assert args.domain is None and args.model is None and args.profile is None and args.task_file == []
     assert build_parser().parse_args(["r", "--n-boot", "300"]).n_boot == 300

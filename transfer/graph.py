@@ -35,9 +35,9 @@ logger = logging.getLogger(__name__)
 
 FORMATS = ("png", "svg", "pdf")
 EPILOG = ("Edge s->t: delta = test score of t in the {s,t} mtl run minus t's single-task run, per seed (the "
-          "same seed in both), mean over seeds. Test (default): Welch t on var(per-seed deltas)/k + the variance of "
-          "the mean delta over resamples of the test set's clusters (documents, abstracts; the same resample for "
-          "both runs and every seed); --test sign-flip: exact sign-flip test over seeds (smallest p 2/2^k). "
+          "same seed in both), mean over seeds. Test (default): Welch t on var(per-seed deltas)/k + the test-set "
+          "variance that all seeds share (mean covariance of the seeds' deltas over resamples of the test set's "
+          "clusters: documents, abstracts; the same resample for both runs and every seed); --test sign-flip: exact sign-flip test over seeds (smallest p 2/2^k). "
           "p corrected over the tested edges of a domain (Holm; --correction bh for Benjamini-Hochberg). "
           "States: helps/hurts: corrected p < alpha and |delta| > margin; equivalent: two one-sided tests within "
           "+/- margin; inconclusive: neither; exploratory: fewer than --min-seeds seeds (never coloured below "
@@ -106,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--gate-chance-se", type=_non_negative, default=2.0,
                       help="untrained if accuracy is within this many SE of chance agreement")
     gate.add_argument("--gate-rise", type=_probability, default=0.5,
-                      help="untrained if the last epoch was best and brought more than this share of the dev gain")
+                      help="untrained if the last epoch was best and brought more than this share of the dev gain "
+                           "(three or more epochs recorded)")
+    gate.add_argument("--gate-rise-min", type=_non_negative, default=0.01,
+                      help="...and gained more than this (metric units)")
     parser.add_argument("--n-boot", type=_n_boot, default="auto", metavar="B|auto",
                         help="resamples of the test set's clusters per edge, for its test-set variance; auto, the "
                              "default: 2000 (the variance to about 3%%)")
@@ -195,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"domain(s) {', '.join(unknown)} not in the store; present: {', '.join(present) or 'none'}")
     written = [path for path in [store.try_write_scores_table()] if path]  # a read-only store is still analysed
     options = EvidenceOptions(args.alpha, args.margin, args.min_seeds, args.test, args.correction, args.power)
-    gate = GateOptions(args.gate, args.gate_majority, args.gate_sd_ratio, args.gate_chance_se, args.gate_rise)
+    gate = GateOptions(args.gate, args.gate_majority, args.gate_sd_ratio, args.gate_chance_se, args.gate_rise,
+                       args.gate_rise_min)
     analyses = analyse_store(args.results_dir, table, args.domain, args.n_boot, options, args.seed, args.model,
                              args.profile, gate)
     for analysis in analyses:
