@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from transfer.analysis.edges import MIN_N_BOOT, DEFAULT_SEED, Gate, budget_diagnostic, edge_table, seed_plan
+from transfer.analysis.edges import DEFAULT_SEED, Gate, budget_diagnostic, edge_table, seed_plan
 from transfer.analysis.evidence import EvidenceOptions, GateOptions
 from transfer.analysis.index import (DomainRuns, PredictionCache, RunInfo, Setting, index_runs, load_runs,
                                      missing_runs, settings_in_store, task_order)

@@ -4,8 +4,8 @@ units, the evidence state, the power plan, and the budget diagnostic.
 Edge s->t: the effect of training source task s together with target task t on t's test score. Per seed j with
 both runs, d_j = score of t in the {s, t} mtl run minus score of t in t's single-task run (single and pair runs
 of one seed share the seed, so the deltas are paired); delta = mean_j d_j. Its variance has two parts: training
-randomness, var_j(d_j) / k, and the test set's sampling, the variance of delta over clustered resamples of the
-test set (``transfer.analysis.paired``, one resample shared by every run and seed). The test is Welch's t on
+randomness, var_j(d_j) / k, and the part of the test set's sampling variance that every seed shares (clustered
+resamples of the test set, one resample shared by every run and seed: ``transfer.analysis.paired``). The test is Welch's t on
 their sum (``transfer.analysis.stats.seed_test``), or, with ``test="sign-flip"``, the exact sign-flip test over
 seeds (conditional on the fixed test set). p-values are corrected across the colourable edges of a setting
 (Holm, or Benjamini-Hochberg); the evidence state follows (``transfer.analysis.evidence``).

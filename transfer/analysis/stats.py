@@ -1,5 +1,6 @@
 """Pure statistics of the analysis (numpy/scipy only, no store, no records): bootstrap resampling counts, the
-bootstrap p-value, multiplicity corrections and rank correlation."""
+bootstrap p-value, multiplicity corrections (Holm, Benjamini-Hochberg), rank correlation, the seed test of an edge
+(Welch t and TOST), the exact sign-flip test and its floor, and the power plan (MDE, seeds needed)."""
 
 from __future__ import annotations
 
@@ -110,8 +111,8 @@ CORRECTIONS = {"holm": holm, "bh": benjamini_hochberg}
 class SeedTest:
     """The test of one edge from its per-seed deltas and the test-unit resampling variance of their mean.
 
-    se_seed**2 = between-seed variance of the per-seed deltas / k (training randomness); se_test**2 = variance of
-    the seed-mean delta over clustered resamples of the test set (the same resample for every run and seed);
+    se_seed**2 = between-seed variance of the per-seed deltas / k (training randomness); se_test**2 = the test-set
+    variance of the seed-mean delta that every seed shares (``transfer.analysis.paired.BootstrapResult.var_test``);
     se**2 = their sum. df: Welch-Satterthwaite with k - 1 degrees of freedom for the seed part and, for the test
     part, the number of clusters - 1. p: two-sided, t reference; ci: the unadjusted (1 - alpha) interval;
     p_equivalence: two one-sided tests (TOST) of |delta| < margin.
