@@ -16,12 +16,14 @@ Bad inputs: malformed files of every reader, bad task files (for ``transfer.trai
 Faults injected: into the feature cache (a planted pickle, another split's file copied over, truncated, emptied,
 random bytes, a folder in its place, a foreign ``.npz``, a full disk on write, a cache folder that is a file),
 into data files (stray quotes, a bad byte on line 20, byte-order marks, CRLF line ends, words without word
-pieces), and, unless ``--skip-store``, into a copy of a results store (truncated or empty run files, a
-prediction file cut mid-line, a folder with a spec that is no run), analysed with ``python -m transfer.graph``
-and planned with ``python -m transfer.grid --dry-run``. A fault is **survived** when the program did the right
-thing with nothing lost: the cache served the right examples (and ran no code), the reader refused the file
-naming the right line or read it exactly as without the fault, the analysis finished without a traceback and
-left every other file of the store as it was.
+pieces), and, unless ``--skip-store``, into results stores (truncated or empty run files, a prediction file
+cut mid-line, a spec naming an unknown task, a folder with a spec that is no run, an empty run folder, a stray
+file): a copy of the committed store analysed with ``python -m transfer.graph``, and a tiny 3-run grid store
+(test profile) resumed with ``python -m transfer.grid``. A fault is **survived** when the program did the right
+thing with nothing lost: the cache served the right examples (and ran no code); the reader refused the file
+naming the right line, or read it exactly as without the fault; the analysis finished without a traceback,
+named the damaged run and left every other run as it was; the resumed grid finished with every run done and
+no other run's files changed (no finished run redone).
 
 Training is the test profile on a tiny random BERT (2 layers, hidden 32, the MiniLM vocabulary; as in
 ``tests/tiny_model.py``) and 24 examples per split cut from the shared data (as in ``tests/tiny_data.py``), so a
@@ -640,67 +642,124 @@ def _unknown_task(path: Path) -> Path:
     return path
 
 
-def store_faults(env: Env, store: Path, timeout: int) -> list[Fault]:
-    """Damage one file of a copy of ``store``; graph and grid --dry-run must finish and touch nothing else."""
-    from tiny_data import SHARED
-
-    runs = sorted(p for p in (store / "runs").iterdir() if (p / "metrics.json").is_file())
-    victim = runs[0].relative_to(store)
+def _damages(store: Path, victim: Path) -> dict[str, tuple[Callable[[Path], Path], bool]]:
+    """name -> (damage a store copy and return what was damaged, whether it damages the run ``victim``)."""
     predictions = sorted((store / victim / "predictions").glob("*.jsonl"))
     prediction = predictions[0].relative_to(store) if predictions else None
-    damages: dict[str, Callable[[Path], Path]] = {
-        "status.json truncated": lambda root: _truncate(root / victim / "status.json"),
-        "status.json empty": lambda root: _empty(root / victim / "status.json"),
-        "spec.json empty": lambda root: _empty(root / victim / "spec.json"),
-        "spec.json truncated": lambda root: _truncate(root / victim / "spec.json"),
-        "spec.json a JSON list": lambda root: _json_list(root / victim / "spec.json"),
-        "metrics.json truncated": lambda root: _truncate(root / victim / "metrics.json"),
-        "metrics.json empty": lambda root: _empty(root / victim / "metrics.json"),
-        "folder with a spec.json that is no run": lambda root: _not_a_run(root / "runs"),
-        "empty run folder": lambda root: _empty_run_folder(root / "runs"),
-        "stray file among the runs": lambda root: _stray_file(root / "runs"),
-        "spec.json names an unknown task": lambda root: _unknown_task(root / victim / "spec.json"),
+    damages = {
+        "status.json truncated": (lambda root: _truncate(root / victim / "status.json"), True),
+        "status.json empty": (lambda root: _empty(root / victim / "status.json"), True),
+        "spec.json empty": (lambda root: _empty(root / victim / "spec.json"), True),
+        "spec.json truncated": (lambda root: _truncate(root / victim / "spec.json"), True),
+        "spec.json a JSON list": (lambda root: _json_list(root / victim / "spec.json"), True),
+        "spec.json names an unknown task": (lambda root: _unknown_task(root / victim / "spec.json"), True),
+        "metrics.json truncated": (lambda root: _truncate(root / victim / "metrics.json"), True),
+        "metrics.json empty": (lambda root: _empty(root / victim / "metrics.json"), True),
+        "folder with a spec.json that is no run": (lambda root: _not_a_run(root / "runs"), False),
+        "empty run folder": (lambda root: _empty_run_folder(root / "runs"), False),
+        "stray file among the runs": (lambda root: _stray_file(root / "runs"), False),
     }
     if prediction is not None:
-        damages["predictions cut mid-line"] = lambda root: _cut_mid_line(root / prediction)
-        damages["predictions file missing"] = lambda root: _missing(root / prediction)
+        damages["predictions cut mid-line"] = (lambda root: _cut_mid_line(root / prediction), True)
+        damages["predictions file missing"] = (lambda root: _missing(root / prediction), True)
+    return damages
+
+
+def _others_kept(before: dict[str, bytes], after: dict[str, bytes], damaged: Path) -> bool:
+    """Every run file outside the damaged entry (a run folder, or one entry of runs/) is as it was.
+
+    Files at the store's top level (the scores.csv summary) are derived from the runs and may be rewritten.
+    """
+    entry = str(Path(*damaged.parts[:2]))
+    return all(after.get(k) == v for k, v in before.items()
+               if not (k == entry or k.startswith(entry + os.sep)) and os.sep in k)
+
+
+def _run(module: str, argv: list[str], timeout: int) -> tuple[int | None, str]:
+    try:
+        code, out, _ = run_subprocess(module, argv, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, "timed out"
+    return code, out
+
+
+def graph_store_faults(env: Env, store: Path, timeout: int) -> list[Fault]:
+    """Damage a copy of ``store``: ``transfer.graph`` must finish, name the damaged run and touch no other run."""
+    victim = next(p for p in sorted((store / "runs").iterdir()) if (p / "metrics.json").is_file()).relative_to(store)
     graph_help = run_subprocess("transfer.graph", ["--help"])[1]
     extra = ["--n-boot", "200"] if "--n-boot" in graph_help else []
     extra += ["--no-figures"] if "--no-figures" in graph_help else []  # tables are enough to read every run
     faults = []
     copy = env.work / "store-copy"
-    for name, damage in damages.items():
-        for command in ("graph", "grid --dry-run"):
-            if copy.exists():
-                shutil.rmtree(copy)
-            shutil.copytree(store, copy)
-            damaged = damage(copy)
-            before = _snapshot(copy)
-            if command == "graph":
-                module, argv = "transfer.graph", [str(copy), "--out", str(env.work / "graph-out"), *extra]
-            else:
-                module = "transfer.grid"
-                argv = ["--domain", "biomedical", "--results", str(copy), "--dry-run", "--data-dir", str(SHARED)]
-            try:
-                code, out, _ = run_subprocess(module, argv, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                code, out = None, "timed out"
-            after = _snapshot(copy)
-            # what was damaged: a run folder (its files may be set aside), or one entry directly under runs/
-            relative = damaged.relative_to(copy)
-            damaged_folder = str(relative if relative.parent.name == "runs" else relative.parent)
-            # every run file outside it must be as it was; files at the store's top level (the scores.csv
-            # summary) are derived from the runs and rewritten by the analysis
-            others_kept = all(after.get(k) == v for k, v in before.items()
-                              if not (k == damaged_folder or k.startswith(damaged_folder + os.sep)) and os.sep in k)
-            traceback = "Traceback (most recent call last)" in out
-            fault = Fault("results store", f"{name} ({command})")
-            fault.survived = code == 0 and not traceback and others_kept
-            said = [line for line in out.splitlines() if damaged_folder.split("/")[-1] in line or "damaged" in line]
-            fault.detail = (f"exit {code}" + (", traceback" if traceback else "") +
-                            ("" if others_kept else ", other files changed") + ": " +
-                            ((said or out.strip().splitlines() or [""])[-1])[:240])
-            faults.append(fault)
+    for name, (damage, hits_victim) in _damages(store, victim).items():
+        if copy.exists():
+            shutil.rmtree(copy)
+        shutil.copytree(store, copy)
+        damaged = damage(copy).relative_to(copy)
+        before = _snapshot(copy)
+        code, out = _run("transfer.graph", [str(copy), "--out", str(env.work / "graph-out"), *extra], timeout)
+        kept = _others_kept(before, _snapshot(copy), damaged)
+        traceback = "Traceback (most recent call last)" in out
+        said = [line.strip() for line in out.splitlines() if victim.name in line]
+        fault = Fault("results store", f"{name} (graph)")
+        fault.survived = code == 0 and not traceback and kept and (bool(said) or not hits_victim)
+        fault.detail = (f"exit {code}" + (", traceback" if traceback else "") + ("" if kept else ", other runs changed")
+                        + ("" if said or not hits_victim else ", the damaged run is not named") + ": "
+                        + ((said or out.strip().splitlines() or [""])[-1])[:240])
+        faults.append(fault)
+    return faults
+
+
+def _run_intact(folder: Path) -> bool:
+    """The run's spec, status and metrics parse, and every task has a predictions file whose lines all parse."""
+    try:
+        spec = json.loads((folder / "spec.json").read_text(encoding="utf-8"))
+        json.loads((folder / "status.json").read_text(encoding="utf-8"))
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        if not isinstance(spec, dict) or not isinstance(metrics, dict):
+            return False
+        for task in spec["tasks"]:
+            lines = (folder / "predictions" / f"{task}.jsonl").read_text(encoding="utf-8").splitlines()
+            if not lines or not all(isinstance(json.loads(line), dict) for line in lines):
+                return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+def grid_store_faults(env: Env, timeout: int) -> list[Fault]:
+    """A tiny grid store (3 runs, test profile) damaged, then resumed: every run done, no finished run redone."""
+    import re
+
+    store = env.work / "tiny-store"
+    argv = ["--domain", "biomedical", "--tasks", "chemprot", "ddi2013-type", "--stages", "single", "pair",
+            "--profile", "test", "--model", str(env.model), "--data-dir", str(env.data), "--set", "epochs=1",
+            "--quiet"]
+    code, out = _run("transfer.grid", [*argv, "--results", str(store)], timeout)
+    if code != 0:
+        return [Fault("results store", "building the tiny grid store", False, out.strip()[-300:])]
+    victim = next(p for p in sorted((store / "runs").iterdir()) if p.name.startswith("single-")).relative_to(store)
+    faults = []
+    copy = env.work / "tiny-store-copy"
+    for name, (damage, hits_victim) in _damages(store, victim).items():
+        if copy.exists():
+            shutil.rmtree(copy)
+        shutil.copytree(store, copy)
+        damaged = damage(copy).relative_to(copy)
+        before = _snapshot(copy)
+        code, out = _run("transfer.grid", [*argv, "--results", str(copy)], timeout)
+        kept = _others_kept(before, _snapshot(copy), damaged)
+        check_code, check = _run("transfer.grid", [*argv, "--results", str(copy), "--dry-run"], timeout)
+        counts = re.search(r"(\d+) runs, (\d+) already done", check)
+        all_done = bool(counts) and counts.group(1) == counts.group(2)
+        traceback = "Traceback (most recent call last)" in out + check
+        intact = _run_intact(copy / victim)  # redone, not counted as done while damaged
+        fault = Fault("results store", f"{name} (grid resume)")
+        fault.survived = code == 0 and check_code == 0 and not traceback and kept and all_done and intact
+        fault.detail = (f"exit {code}" + (", traceback" if traceback else "") + ("" if kept else ", other runs changed")
+                        + ("" if intact else ", the damaged run is still damaged")
+                        + ": " + (counts.group(0) if counts else (check.strip().splitlines() or [""])[-1])[:200])
+        faults.append(fault)
     return faults
 
 
@@ -794,7 +853,8 @@ def main(argv: list[str] | None = None) -> int:
         faults = []
         groups = [("feature cache", cache_faults), ("data file", data_faults)]
         if env.store is not None:
-            groups.append(("results store", lambda e: store_faults(e, e.store, args.store_timeout)))
+            groups.append(("results store", lambda e: graph_store_faults(e, e.store, args.store_timeout)))
+            groups.append(("results store", lambda e: grid_store_faults(e, args.store_timeout)))
         for group, inject in groups:
             print(f"faults: {group} ...", file=sys.stderr, flush=True)
             try:
