@@ -640,3 +640,27 @@ def test_records_resample_by_their_cluster():
     assert docs.delta == rows.delta
     unclustered = bootstrap_edge(task, task.metric, [tuple(clustered)], 400, np.random.default_rng(0), clustered=False)
     assert unclustered.n_clusters == 400
+
+
+# ----------------------------------------------------------------------------------------------- primary metric changes
+
+_COMMITTED = Path(__file__).resolve().parents[1] / "results"
+
+
+@pytest.mark.skipif(not (_COMMITTED / "runs").is_dir(), reason="the committed results/ store is absent")
+def test_runs_stored_under_an_older_primary_report_todays_metric_and_say_how_they_selected():
+    # The committed store was written while DDI's primary was micro-F1; DDI's primary is now macro-F1.
+    from transfer.analysis.index import load_runs, selection_metric_notes
+    from transfer.data.tasks import load_task_table
+    from transfer.experiment.store import ResultsStore
+
+    table = load_task_table()
+    assert table.tasks["ddi2013-type"].metric == "macro_f1"
+    runs = [r for r in load_runs(ResultsStore(_COMMITTED), table) if "ddi2013-type" in r.tasks and r.status == "done"]
+    assert runs
+    for run in runs:
+        stored = run.metrics["tasks"]["ddi2013-type"]
+        assert stored["metric"] == "micro_f1"
+        assert run.scores["ddi2013-type"] == stored["test"]["macro_f1"] != stored["test_score"]
+    notes = selection_metric_notes(runs, ("ddi2013-type", "chemprot"), table)
+    assert len(notes) == 1 and "ddi2013-type" in notes[0] and "micro_f1" in notes[0]

@@ -84,10 +84,21 @@ def _stored_metrics(folder: Path) -> dict:
     return run.read_metrics() if run.metrics_file.is_file() else {}
 
 
-def _scores(metrics: dict) -> dict:
-    """task -> stored test score."""
-    tasks = metrics.get("tasks", {})
-    return {name: info.get("test_score") for name, info in tasks.items() if info.get("test_score") is not None}
+def _scores(metrics: dict, table: TaskTable) -> dict:
+    """task -> stored test score in the task table's primary metric.
+
+    A run stored before a task's primary metric changed (DDI: micro-F1, then macro-F1) has the new primary among
+    its extra metrics (``test.<metric>``); that is the score reported, never the old primary under the new name.
+    """
+    scores = {}
+    for name, info in metrics.get("tasks", {}).items():
+        metric = table.tasks[name].metric if name in table.tasks else info.get("metric")
+        value = (info.get("test") or {}).get(metric)
+        if value is None and info.get("metric") == metric:
+            value = info.get("test_score")
+        if value is not None:
+            scores[name] = value
+    return scores
 
 
 def _wall_seconds(metrics: dict) -> float | None:
@@ -137,7 +148,7 @@ def load_runs(store: ResultsStore, table: TaskTable) -> list[RunInfo]:
             every, roles = _affinity_every(spec), _record_roles(record)
             affinity = metrics.get("affinity") if every > 0 or (roles and "affinity" in roles) else None
             runs.append(RunInfo(record.run_id, record.folder, spec["stage"], tuple(spec["tasks"]), int(spec["seed"]),
-                                setting, status, spec.get("parent"), _scores(metrics), _wall_seconds(metrics), every,
+                                setting, status, spec.get("parent"), _scores(metrics, table), _wall_seconds(metrics), every,
                                 affinity, roles, metrics))
         except (KeyError, TypeError, ValueError, OSError) as exc:
             logger.warning("run %s: unreadable spec or metrics (%s); skipped", record.run_id, exc)
@@ -244,7 +255,26 @@ def index_runs(setting: Setting, runs: list[RunInfo], table: TaskTable) -> Domai
                         run.run_id, run.stage, "+".join(run.tasks), setting.domain)
         for kind, condition in found:
             _add_run(index, kind, condition, run)
+    index.notes.extend(selection_metric_notes(runs, tasks, table))
     return index
+
+
+def selection_metric_notes(runs: list[RunInfo], tasks: tuple[str, ...], table: TaskTable) -> list[str]:
+    """A note per task whose runs chose their epoch by another metric than the task table's primary one.
+
+    The analysis always scores with today's primary metric (recomputed from the predictions), but a run picked
+    its reported epoch on dev by the primary metric of its own time (``metrics.json`` records it per task):
+    stores written before DDI's primary became macro-F1 selected DDI epochs by micro-F1.
+    """
+    notes = []
+    for task in tasks:
+        stored = sorted({((r.metrics.get("tasks") or {}).get(task) or {}).get("metric") for r in runs
+                         if task in r.tasks} - {None, table.tasks[task].metric})
+        if stored:
+            count = sum(1 for r in runs if ((r.metrics.get("tasks") or {}).get(task) or {}).get("metric") in stored)
+            notes.append(f"{task}: scored by {table.tasks[task].metric}, but {count} run(s) selected their epoch "
+                         f"by {', '.join(stored)} (stored before {table.tasks[task].metric} became the primary)")
+    return notes
 
 
 def _condition_label(kind: str, condition) -> str:
