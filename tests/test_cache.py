@@ -164,3 +164,17 @@ def test_key_covers_negative_label_and_tokenizers_version(cache, tokenizer, tabl
     assert _cache_key(replace(task, negative_label="B"), path, tokenizer, MAX_LENGTH) != key
     monkeypatch.setattr(features_module, "_tokenizers_version", lambda: "0.0.0-other")
     assert _cache_key(task, path, tokenizer, MAX_LENGTH) != key
+
+
+def test_cache_with_out_of_range_word_numbers_is_rebuilt(cache, tokenizer, table, tiny_data_dir):
+    """A file that parses but whose bookkeeping cannot be right (here: word numbers past the sentence) is rebuilt."""
+    task, path = table.task("bc5cdr-chemical"), _paths(table, tiny_data_dir, "bc5cdr-chemical")["test"]
+    examples, feats, _ = load_split(task, "test", path, tokenizer, MAX_LENGTH)
+    target = _target(table, tokenizer, tiny_data_dir, "bc5cdr-chemical", "test")
+    with np.load(target, allow_pickle=False) as stored:
+        arrays = {k: stored[k] for k in stored.files}
+    arrays["word_numbers"] = arrays["word_numbers"] + 10_000
+    with open(target, "wb") as handle:
+        np.savez(handle, **arrays)
+    examples2, feats2, hit = load_split(task, "test", path, tokenizer, MAX_LENGTH)
+    assert not hit and _same_features(feats, feats2)

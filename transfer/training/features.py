@@ -261,7 +261,14 @@ def _features_arrays(features: TaskFeatures, task: TaskSpec) -> dict[str, np.nda
     return arrays
 
 
+_DTYPES = {"input_ids": np.int32, "row_offsets": np.int64, "token_type_ids": np.int8, "example_index": np.int64,
+           "word_offset": np.int64, "word_starts": np.int32, "word_offsets": np.int64, "word_numbers": np.int64}
+
+
 def _features_from_arrays(arrays, task: TaskSpec, meta: dict) -> TaskFeatures:
+    for name, dtype in _DTYPES.items():
+        if name in arrays and arrays[name].dtype != dtype:
+            raise CacheFileError(f"array {name} is {arrays[name].dtype}, not {np.dtype(dtype)}")
     rows = int(meta["rows"])
     offsets = arrays["row_offsets"]
     input_ids = _unragged(arrays["input_ids"], offsets, rows)
@@ -326,6 +333,9 @@ def _read_cache(path: Path, key: str, task: TaskSpec, split: str) -> tuple[list[
     if not examples or int(features.example_index.max(initial=-1)) >= len(examples) \
             or int(features.example_index.min(initial=0)) < 0:
         raise CacheFileError("feature rows point at examples that are not there")
+    for numbers, example in zip(features.word_numbers, features.example_index.tolist()):
+        if len(numbers) and (numbers.min() < 0 or numbers.max() >= len(examples[example].text_a)):
+            raise CacheFileError("a word number lies outside its sentence")
     return examples, features
 
 
