@@ -459,3 +459,21 @@ def test_repeated_index_with_other_text_is_refused(tmp_path, table):
                     "1.T1.T2\t@CHEMICAL$ binds @GENE$.\tCPR:9\n1.T1.T2\tSomething else @GENE$.\tfalse\n")
     with pytest.raises(DataFormatError, match=r"line 4: index '1.T1.T2' repeats line 2 with a different sentence"):
         read_split(path, table.task("chemprot"))
+
+
+def test_legacy_cluster_covers_the_committed_predictions():
+    """Prediction files written before records carried a cluster get one from the uid alone."""
+    import json
+
+    table = load_task_table()
+    files = sorted((Path(__file__).resolve().parents[1] / "results").glob("**/predictions/*.jsonl"))
+    if not files:
+        pytest.skip("no committed predictions")
+    for path in files:
+        task = table.task(path.stem)
+        clusters = [legacy_cluster(task, json.loads(line)["uid"]) for line in path.read_text().splitlines()]
+        if task.reader in ("ner", "hoc") or task.cluster_pattern:
+            assert None not in clusters, path
+            assert len(set(clusters)) < len(clusters), path  # units share documents
+        else:
+            assert set(clusters) == {None}, path
