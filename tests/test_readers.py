@@ -17,7 +17,7 @@ from transfer.data.tasks import load_task_table
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BAD = FIXTURES / "bad"
-DATA_DIR = Path(os.environ.get(task_module.DATA_DIR_ENV) or "/work/shared/data")
+DATA_DIR = Path(os.environ.get(task_module.DATA_DIR_ENV) or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 @pytest.fixture(scope="module")
