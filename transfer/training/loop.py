@@ -230,9 +230,10 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, device: str | No
     loop = _Loop(spec, model, optimizer, scheduler, data, dev, precision, tokenizer.pad_token_id, reporter, total_steps,
                  streams, "mean" if one_model else "task")
     if spec.affinity_every:
+        probe_precision = "fp32" if spec.profile.affinity_precision == "fp32" else precision
         loop.tracker = AffinityTracker(train_data, spec.affinity_every, spec.affinity_batches, spec.profile.batch_size,
-                                       tokenizer.pad_token_id, dev, lambda: autocast(dev, precision),
-                                       spec.profile.max_grad_norm, spec.seed)
+                                       tokenizer.pad_token_id, dev, lambda: autocast(dev, probe_precision),
+                                       spec.profile.max_grad_norm, spec.seed, probe_precision)
     loop.run()
     loop.finish(Path(encoder_dir) if spec.save_encoder else None)
     result = loop.result(summary, time.perf_counter() - wall_start)
