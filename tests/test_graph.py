@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from store_builder import TASKS3, build_store, stored_score, write_affinity_run
+from transfer.analysis import PREDICTORS
 from transfer.graph import build_parser, main
 
 SLUG = "clinical-public"
@@ -271,8 +272,8 @@ def test_affinity_tables_match_the_analysis(affinity_cli):
                     - stored_score(root, "single", (row["target"],), 13, row["target"]))
         assert row["delta"] == pytest.approx(expected, abs=1e-9)
     validation = pd.read_csv(out / "affinity_validation.csv")
-    assert len(validation) == 1
-    row = validation.iloc[0]
+    assert list(validation["predictor"]) == [name for name, _ in PREDICTORS]  # one row per predictor
+    row = validation.set_index("predictor").loc["z"]
     assert row["domain"] == "clinical-public" and row["n_edges"] == 6
     assert row["spearman_rho"] == pytest.approx(1.0) and row["sign_agreement"] == pytest.approx(5 / 6)
     assert row["time_ratio"] == pytest.approx(330 / 900) and row["tracking_overhead"] == pytest.approx(1.1)
@@ -305,6 +306,7 @@ def test_affinity_only_store_draws_the_preview_alone(tmp_path):
                             f"affinity_{SLUG}.png", f"affinity_graph_{SLUG}.png", "affinity_validation.md",
                             "affinity_validation.csv"])
     validation = pd.read_csv(out / "affinity_validation.csv")
+    assert validation.iloc[0]["predictor"] == "z"
     assert validation.iloc[0]["n_edges"] == 0 and math.isnan(validation.iloc[0]["spearman_rho"])
 
 

@@ -30,6 +30,7 @@ from transfer.cli import add_common_flags, add_task_file_flag, command
 from transfer.data.tasks import load_task_table
 from transfer.errors import UsageError
 from transfer.experiment.store import ResultsStore
+from transfer.report.present import predictor_summary
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +157,10 @@ def _affinity_line(analysis: DomainAnalysis) -> str:
 
 
 def _affinity_notes(analysis: DomainAnalysis) -> list[str]:
-    return [f"  affinity note: {item}" for item in analysis.affinity_notes] if analysis.affinity is not None else []
+    if analysis.affinity is None:
+        return []
+    return ([f"  affinity {predictor_summary(analysis.affinity)}"]
+            + [f"  affinity note: {item}" for item in analysis.affinity_notes])
 
 
 def _summary(analysis: DomainAnalysis) -> list[str]:

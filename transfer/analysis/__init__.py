@@ -8,6 +8,8 @@
     edges.py    the edge table of a setting: seed test, states, power plan, budget diagnostic
     driver.py   the model table and the driver over the store (``analyse_store``)
     preview.py  the look-ahead affinity preview against the measured edges
+    predictors.py  rank agreement within targets (block permutation p), top-1 partner and regret, split-half
+                reliability: how a predictor of transfer (Z, the marginal affinity, a baseline) is scored
 
 The names below are the package's public interface; import them from ``transfer.analysis``.
 """
@@ -20,14 +22,15 @@ from transfer.analysis.evidence import (DEFAULT_MARGIN, DEFAULT_MIN_SEEDS, SIGNI
 from transfer.analysis.index import DomainRuns, RunInfo, Setting, index_runs, load_runs, missing_runs
 from transfer.analysis.paired import (BootstrapResult, UnitData, bootstrap_edge, decomposed_score, unit_data,
                                       unit_statistics)
-from transfer.analysis.preview import (AFFINITY_EDGE_COLUMNS, VALIDATION_COLUMNS, AffinityPreview, affinity_preview,
-                                       validate_affinity)
+from transfer.analysis.preview import (AFFINITY_EDGE_COLUMNS, PREDICTOR_COLUMNS, PREDICTORS, VALIDATION_COLUMNS,
+                                       AffinityPreview, affinity_preview, predictor_table, validate_affinity)
 from transfer.analysis.stats import bootstrap_p_value, exact_spearman_p, holm, resample_counts, spearman
 
 __all__ = [
     "AFFINITY_EDGE_COLUMNS", "DEFAULT_ALPHA", "DEFAULT_MARGIN", "DEFAULT_MIN_SEEDS", "DEFAULT_N_BOOT", "DEFAULT_SEED",
     "SIGNIFICANT", "STATES", "EvidenceOptions", "GateOptions", "ProvenanceError", "edge_state", "seed_plan",
     "EDGE_COLUMNS", "MIN_N_BOOT", "MODEL_LABELS", "MODEL_TYPES", "VALIDATION_COLUMNS", "AffinityPreview",
+    "PREDICTOR_COLUMNS", "PREDICTORS", "predictor_table",
     "BootstrapResult", "DomainAnalysis", "DomainRuns", "RunInfo", "Setting", "UnitData", "affinity_preview",
     "analyse_store", "auto_n_boot", "bootstrap_edge", "bootstrap_p_value", "decomposed_score",
     "edge_table", "exact_spearman_p", "holm", "index_runs", "load_runs", "missing_runs", "model_scores",

@@ -1,4 +1,11 @@
-"""Look-ahead affinity preview (transfer.training.lookahead) against the measured grid."""
+"""Look-ahead affinity preview (transfer.training.lookahead) against the measured grid.
+
+The preview's matrices (plain Z; where the affinity runs recorded them, the marginal affinity M and the gradient
+cosine) are averaged over the affinity runs (one per seed) and set beside the measured edges. ``validate_affinity``
+keeps today's summary of Z (Spearman, sign agreement, cost); ``predictor_table`` scores Z, M and the baselines
+with the statistics of ``transfer.analysis.predictors`` (rank agreement within targets with a block permutation p,
+top-1 partner and regret, split-half reliability over seeds).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +18,35 @@ import pandas as pd
 
 from transfer.analysis.evidence import SIGNIFICANT
 from transfer.analysis.index import DomainRuns, RunInfo, task_order
+from transfer.analysis.predictors import decisions, rank_agreement, split_half
 from transfer.analysis.stats import spearman
 from transfer.data.tasks import TaskTable
 
-AFFINITY_EDGE_COLUMNS = ["source", "target", "z", "z_std", "n_affinity_runs", "delta", "state", "sign_agree"]
+AFFINITY_EDGE_COLUMNS = ["source", "target", "z", "z_std", "n_affinity_runs", "delta", "state", "sign_agree",
+                         "n_seeds", "z_marginal", "z_marginal_std", "grad_cosine", "target_only", "source_only",
+                         "step_ratio", "size_ratio"]
+# Predictors of delta(s -> t) scored side by side: (column of the edge table, what it is)
+PREDICTORS = (
+    ("z", "look-ahead affinity Z (plain)"),
+    ("z_marginal", "marginal affinity M: Z minus the momentum-only step, per unit learning rate"),
+    ("target_only", "target only: mean Z into t over its sources (Z's column mean)"),
+    ("source_only", "source only: mean Z out of s over its targets (Z's row mean)"),
+    ("step_ratio", "pair / single training-step ratio of the grid runs"),
+    ("size_ratio", "training-set size ratio n(s) / n(t) (the size rule of Weller et al. 2022)"),
+    ("grad_cosine", "cosine similarity of s's and t's gradients (TAG's baseline)"),
+    ("random", "a random ordering (expected values)"),
+)
+# The affinity block's matrices (rows: source, columns: target), by the edge-table column they fill
+MATRIX_KEYS = {"z": "matrix", "z_marginal": "marginal", "grad_cosine": "grad_cosine"}
+PREDICTOR_COLUMNS = ["predictor", "description", "n_edges", "n_targets", "spearman_rho", "spearman_p", "p_method",
+                     "spearman_p_block", "within_rho", "within_p", "null_q95", "block_method", "n_sign_agree",
+                     "sign_agreement", "top1_targets", "top1_accuracy", "regret", "reliability",
+                     "reliability_method", "ceiling", "n_grid_seeds", "n_preview_seeds", "note"]
 VALIDATION_COLUMNS = ["n_edges", "spearman_rho", "spearman_p", "p_method", "n_sign_agree", "sign_agreement",
                       "n_significant", "n_sign_agree_significant", "sign_agreement_significant", "affinity_runs",
                       "affinity_seeds", "preview_wall_s", "grid_wall_s", "n_grid_runs", "time_ratio",
-                      "plain_all_wall_s", "tracking_overhead", "tracker_s", "tracker_overhead"]
+                      "plain_all_wall_s", "tracking_overhead", "tracker_s", "tracker_overhead", "marginal",
+                      "n_grid_seeds", "delta_reliability", "delta_reliability_method"]
 
 
 @dataclass
@@ -27,8 +55,11 @@ class AffinityPreview:
 
     ``tasks`` orders the matrices: the grid's tasks in table order, plus any task only the affinity run has.
     ``z[i, j]`` = Z(tasks[i] -> tasks[j]) (rows: source, columns: target), NaN where no run measured it;
-    ``z_std`` its sample sd over the affinity runs (NaN for one run). ``edges``: every ordered pair s != t
-    (AFFINITY_EDGE_COLUMNS); ``validation``: VALIDATION_COLUMNS (see ``validate_affinity``).
+    ``z_std`` its sample sd over the affinity runs (NaN for one run). ``marginal``: the mean marginal affinity
+    (None when no affinity run recorded it: stores written before it existed). ``stacks``: per-run matrices
+    (runs x tasks x tasks) by MATRIX_KEYS column. ``edges``: every ordered pair s != t (AFFINITY_EDGE_COLUMNS);
+    ``validation``: VALIDATION_COLUMNS (see ``validate_affinity``); ``predictors``: PREDICTOR_COLUMNS, one row
+    per PREDICTORS entry (see ``predictor_table``).
     """
 
     tasks: tuple[str, ...]
@@ -41,6 +72,9 @@ class AffinityPreview:
     edges: pd.DataFrame
     validation: dict
     notes: list = field(default_factory=list)
+    marginal: np.ndarray | None = None
+    stacks: dict = field(default_factory=dict)
+    predictors: pd.DataFrame | None = None
 
     @property
     def has_grid(self) -> bool:
@@ -108,10 +142,10 @@ def _tracker_cost(used: list[RunInfo], preview_wall: float) -> dict:
     return {"tracker_overhead": _ratio(tracker, preview_wall - tracker)}
 
 
-def _affinity_block(run: RunInfo) -> tuple[list[str], np.ndarray] | None:
-    """(tasks, matrix) of a done affinity run, None if it recorded no usable matrix."""
+def _affinity_block(run: RunInfo, key: str = "matrix") -> tuple[list[str], np.ndarray] | None:
+    """(tasks, matrix ``key``) of a done affinity run, None if it recorded no usable matrix of that name."""
     block = run.affinity or {}
-    names, matrix = block.get("tasks"), block.get("matrix")
+    names, matrix = block.get("tasks"), block.get(key)
     if not names or matrix is None:
         return None
     try:
@@ -140,25 +174,67 @@ def _usable_affinity_runs(runs: list[RunInfo]) -> tuple[list[RunInfo], list[str]
     return [by_seed[s] for s in sorted(by_seed)], notes
 
 
+def _stack(used: list[RunInfo], tasks: tuple[str, ...], key: str) -> np.ndarray | None:
+    """runs x tasks x tasks of matrix ``key`` (NaN where a run did not measure a pair); None if no run has it."""
+    position = {task: i for i, task in enumerate(tasks)}
+    stack = np.full((len(used), len(tasks), len(tasks)), np.nan)
+    found = False
+    for k, run in enumerate(used):
+        block = _affinity_block(run, key)
+        if block is None:
+            continue
+        names, values = block
+        idx = [position[name] for name in names]
+        stack[k][np.ix_(idx, idx)] = values
+        found = True
+    return stack if found else None
+
+
+def _mean_sd(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    counts = np.isfinite(stack).sum(axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells (pairs no run measured) stay NaN
+        mean = np.nanmean(stack, axis=0)
+        sd = np.where(counts > 1, np.nanstd(stack, axis=0, ddof=1), np.nan)
+    return mean, sd, counts
+
+
+def _off_diagonal_means(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean Z into each target over its other sources, mean Z out of each source over its other targets)."""
+    off = z.copy()
+    np.fill_diagonal(off, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(off, axis=0), np.nanmean(off, axis=1)
+
+
+def _train_sizes(index: DomainRuns, used: list[RunInfo]) -> dict[str, float]:
+    """Training examples per task, as trained (metrics.json tasks.<t>.examples.train), from any run that has it."""
+    sizes = {}
+    for run in [*index.runs["single"].values(), *used]:
+        for name, info in (run.metrics.get("tasks") or {}).items():
+            train = ((info or {}).get("examples") or {}).get("train")
+            if train and name not in sizes:
+                sizes[name] = float(train)
+    return sizes
+
+
 def affinity_preview(index: DomainRuns, runs: list[RunInfo], edges: pd.DataFrame,
                      table: TaskTable) -> tuple[AffinityPreview | None, list[str]]:
-    """The setting's look-ahead preview: Z averaged over its usable affinity runs, per edge next to the measured
-    delta and evidence state, and ``validate_affinity``; (None, notes) without a done affinity run."""
+    """The setting's look-ahead preview: each matrix averaged over its usable affinity runs, per edge next to the
+    measured delta, evidence state and baselines, ``validate_affinity`` and ``predictor_table``; (None, notes)
+    without a done affinity run."""
     used, notes = _usable_affinity_runs(runs)
     if not used:
         return None, notes
     tasks = task_order(set(index.tasks) | {t for r in used for t in r.tasks}, index.setting.domain, table)
-    position = {task: i for i, task in enumerate(tasks)}
-    stack = np.full((len(used), len(tasks), len(tasks)), np.nan)
-    for k, run in enumerate(used):
-        names, values = _affinity_block(run)
-        idx = [position[name] for name in names]
-        stack[k][np.ix_(idx, idx)] = values
-    counts = np.isfinite(stack).sum(axis=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells (pairs no run measured) stay NaN
-        z = np.nanmean(stack, axis=0)
-        z_std = np.where(counts > 1, np.nanstd(stack, axis=0, ddof=1), np.nan)
+    stacks = {column: _stack(used, tasks, key) for column, key in MATRIX_KEYS.items()}
+    stacks = {column: stack for column, stack in stacks.items() if stack is not None}
+    z, z_std, counts = _mean_sd(stacks["z"])
+    marginal, marginal_std, _ = _mean_sd(stacks["z_marginal"]) if "z_marginal" in stacks else (None, None, None)
+    cosine = _mean_sd(stacks["grad_cosine"])[0] if "grad_cosine" in stacks else None
+    into, out_of = _off_diagonal_means(z)
+    sizes = _train_sizes(index, used)
     measured = {(row["source"], row["target"]): row for _, row in edges.iterrows()}
     rows = []
     for i, source in enumerate(tasks):
@@ -168,9 +244,17 @@ def affinity_preview(index: DomainRuns, runs: list[RunInfo], edges: pd.DataFrame
             edge = measured.get((source, target))
             delta = math.nan if edge is None else float(edge["delta"])
             agree = None if math.isnan(z[i, j]) or math.isnan(delta) else bool(np.sign(z[i, j]) == np.sign(delta))
+            size = (sizes[source] / sizes[target] if source in sizes and target in sizes else math.nan)
             rows.append({"source": source, "target": target, "z": float(z[i, j]), "z_std": float(z_std[i, j]),
                          "n_affinity_runs": int(counts[i, j]), "delta": delta,
-                         "state": "n/a" if edge is None else edge["state"], "sign_agree": agree})
+                         "state": "n/a" if edge is None else edge["state"], "sign_agree": agree,
+                         "n_seeds": 0 if edge is None else int(edge["n_seeds"]),
+                         "z_marginal": math.nan if marginal is None else float(marginal[i, j]),
+                         "z_marginal_std": math.nan if marginal is None else float(marginal_std[i, j]),
+                         "grad_cosine": math.nan if cosine is None else float(cosine[i, j]),
+                         "target_only": float(into[j]), "source_only": float(out_of[i]),
+                         "step_ratio": math.nan if edge is None else float(edge.get("step_ratio", math.nan)),
+                         "size_ratio": size})
     frame = pd.DataFrame(rows, columns=AFFINITY_EDGE_COLUMNS)
     validation = validate_affinity(frame, used, index)
     if validation["n_edges"] == 0 and frame["delta"].notna().any():
@@ -179,8 +263,127 @@ def affinity_preview(index: DomainRuns, runs: list[RunInfo], edges: pd.DataFrame
         notes.append("no measured pairwise edge to compare with: validation n/a (preview only)")
     elif validation["n_edges"] < len(frame):
         notes.append(f"{validation['n_edges']} of {len(frame)} edges have both Z and a measured delta that is not n/a")
+    if marginal is None:
+        notes.append("the affinity run(s) recorded only the plain Z (stored before the marginal affinity existed): "
+                     "the marginal affinity M and the gradient cosine are absent; their rows are n/a")
+    reliability = _delta_reliability(frame, edges)
+    validation.update(marginal="present" if marginal is not None else "absent", n_grid_seeds=_seed_span(frame),
+                      delta_reliability=reliability[0], delta_reliability_method=reliability[1])
     blocks = [r.affinity or {} for r in used]
     preview = AffinityPreview(tasks, z, z_std, tuple(r.run_id for r in used), tuple(r.seed for r in used),
                               tuple(int(b.get("every", r.affinity_every)) for b, r in zip(blocks, used)),
-                              tuple(int(b.get("num_batches", 0)) for b in blocks), frame, validation, notes)
+                              tuple(int(b.get("num_batches", 0)) for b in blocks), frame, validation, notes,
+                              marginal, stacks)
+    preview.predictors = predictor_table(preview)
     return preview, notes
+
+
+def _compared(frame: pd.DataFrame) -> pd.DataFrame:
+    """The edges a predictor is scored on: both Z and a measured delta, state not n/a (as ``validate_affinity``)."""
+    return frame[frame["z"].notna() & frame["delta"].notna() & (frame["state"] != "n/a")]
+
+
+def _seed_span(frame: pd.DataFrame) -> str:
+    """The compared edges' grid seed counts: "3", or "2-5" when they differ; "0" without a compared edge."""
+    counts = _compared(frame)["n_seeds"].astype(int)
+    if counts.empty:
+        return "0"
+    low, high = int(counts.min()), int(counts.max())
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def _per_seed_deltas(frame: pd.DataFrame, edges: pd.DataFrame) -> np.ndarray:
+    """Seeds x compared edges of per-seed deltas, over the seeds every compared edge has (empty if none)."""
+    compared = _compared(frame)
+    by_edge = {}
+    for _, row in edges.iterrows():
+        seeds, deltas = str(row.get("seeds") or "").split(), str(row.get("seed_deltas") or "").split()
+        if len(seeds) == len(deltas):
+            by_edge[row["source"], row["target"]] = dict(zip(map(int, seeds), map(float, deltas)))
+    keyed = [by_edge.get((s, t), {}) for s, t in zip(compared["source"], compared["target"])]
+    common = sorted(set.intersection(*(set(k) for k in keyed))) if keyed else []
+    return np.array([[k[seed] for k in keyed] for seed in common]).reshape(len(common), len(keyed))
+
+
+def _delta_reliability(frame: pd.DataFrame, edges: pd.DataFrame) -> tuple[float, str]:
+    per_seed = _per_seed_deltas(frame, edges)
+    if per_seed.shape[1] == 0:
+        return math.nan, "n/a (no compared edge)"
+    value, method = split_half(per_seed)
+    return value, method.replace("seeds", "grid seeds") if method.startswith("split") else method
+
+
+def _per_run_predictor(preview: AffinityPreview, name: str, compared: pd.DataFrame) -> np.ndarray | None:
+    """Runs x compared edges of a Z-derived predictor measured in each affinity run alone (None: not per run)."""
+    source = {"target_only": "z", "source_only": "z"}.get(name, name)
+    stack = preview.stacks.get(source)
+    if stack is None:
+        return None
+    position = {task: i for i, task in enumerate(preview.tasks)}
+    rows = []
+    for matrix in stack:
+        into, out_of = _off_diagonal_means(matrix)
+        values = []
+        for s, t in zip(compared["source"], compared["target"]):
+            i, j = position[s], position[t]
+            values.append(into[j] if name == "target_only" else out_of[i] if name == "source_only" else matrix[i, j])
+        rows.append(values)
+    per_run = np.array(rows, dtype=float)
+    return per_run[np.isfinite(per_run).all(axis=1)]
+
+
+def _reliability(preview: AffinityPreview, name: str, compared: pd.DataFrame) -> tuple[float, str]:
+    if name == "size_ratio":
+        return 1.0, "fixed by the data"
+    if name == "random":
+        return 0.0, "by construction"
+    per_run = _per_run_predictor(preview, name, compared)
+    if per_run is None:
+        return math.nan, "n/a (not recorded per seed)" if name != "step_ratio" else "n/a (a mean over the grid's seeds)"
+    value, method = split_half(per_run)
+    return value, method.replace("seeds", "preview seeds") if method.startswith("split") else method
+
+
+def predictor_table(preview: AffinityPreview) -> pd.DataFrame:
+    """One row per PREDICTORS entry, scored on the compared edges (PREDICTOR_COLUMNS; see the module docstring
+    of ``transfer.analysis.predictors``). ceiling = sqrt(reliability of the predictor x reliability of delta)."""
+    compared = _compared(preview.edges)
+    delta, targets = compared["delta"].to_numpy(float), list(compared["target"])
+    grid_seeds, delta_reliability = preview.validation["n_grid_seeds"], preview.validation["delta_reliability"]
+    rows = []
+    for name, description in PREDICTORS:
+        values = np.zeros(len(compared)) if name == "random" else compared[name].to_numpy(float)
+        finite = np.isfinite(values)
+        row = {"predictor": name, "description": description, "n_edges": int(finite.sum()),
+               "n_grid_seeds": grid_seeds, "n_preview_seeds": len(preview.run_ids) if name in _PREVIEW_BASED else 0,
+               "note": ""}
+        reliability, method = _reliability(preview, name, compared)
+        row.update(reliability=reliability, reliability_method=method,
+                   ceiling=math.sqrt(reliability * delta_reliability)
+                   if reliability >= 0 and delta_reliability >= 0 else math.nan)
+        if name == "random":
+            stats = decisions(np.zeros(len(compared)), delta, targets)
+            row.update(n_edges=len(compared), spearman_rho=0.0, within_rho=0.0, p_method="expected value",
+                       n_targets=stats["top1_targets"], top1_targets=stats["top1_targets"],
+                       top1_accuracy=stats["random_top1_accuracy"], regret=stats["random_regret"],
+                       note="expected values of a uniformly random ordering of each target's sources")
+        elif not finite.any() or finite.sum() < len(compared):
+            row.update(p_method="n/a", block_method="n/a",
+                       note="absent: not recorded by the store's affinity runs" if not finite.any() and len(compared)
+                       else "n/a: no compared edge" if not len(compared)
+                       else f"n/a: missing on {int((~finite).sum())} of {len(compared)} edges")
+        else:
+            rho, p, p_method = spearman(values, delta)
+            agreement = rank_agreement(values, delta, targets)
+            stats = decisions(values, delta, targets)
+            row.update(agreement, spearman_rho=rho if not math.isnan(rho) else agreement["spearman_rho"],
+                       spearman_p=p, p_method=p_method, top1_targets=stats["top1_targets"],
+                       top1_accuracy=stats["top1_accuracy"], regret=stats["regret"])
+            if name in ("z", "z_marginal"):  # a sign only means something for the affinities themselves
+                agree = int((np.sign(values) == np.sign(delta)).sum())
+                row.update(n_sign_agree=agree, sign_agreement=_share(agree, len(values)))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=PREDICTOR_COLUMNS)
+
+
+_PREVIEW_BASED = {"z", "z_marginal", "target_only", "source_only", "grad_cosine"}

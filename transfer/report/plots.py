@@ -22,7 +22,7 @@ import numpy as np
 from transfer.analysis import AffinityPreview, DomainAnalysis
 from transfer.report.draw import (GREEN, GREY, MISSING, RED, draw_graph, legend_handles, matrix_panel, new_figure,
                                   save_figure, symmetric_limit, wrap_task)
-from transfer.report.present import (affinity_caption, affinity_digraph, affinity_validation_text,
+from transfer.report.present import (affinity_caption, affinity_digraph, affinity_validation_text, predictor_caption,
                                      correction_label, fmt_delta, is_missing, metric_name, model_label, models_wide,
                                      setting_caption, state_legend, state_rule_text, transfer_digraph)
 
@@ -169,15 +169,18 @@ PREVIEW_EDGE_STYLE = {  # sign of Z -> (line colour, width, line style, label te
 
 
 def _z_panel(figure, ax, preview: AffinityPreview, title: str) -> int:
-    """The Z heatmap on ``ax`` in units of 10^exponent (cells and colour bar alike); returns the exponent."""
-    exponent = z_exponent(preview.z)
-    scaled = preview.z / 10.0 ** exponent
+    """The affinity heatmap on ``ax`` in units of 10^exponent (cells and colour bar alike): the marginal affinity
+    M where the affinity runs recorded it, else the plain Z; returns the exponent."""
+    values = preview.marginal if preview.marginal is not None else preview.z
+    symbol = "M" if preview.marginal is not None else "Z"
+    exponent = z_exponent(values)
+    scaled = values / 10.0 ** exponent
     n = len(preview.tasks)
     limit = symmetric_limit(scaled, 0.0) or 1.0  # all zero: a plain -1..1 scale
-    texts = [[fmt_z(preview.z[i, j], exponent) for j in range(n)] for i in range(n)]
+    texts = [[fmt_z(values[i, j], exponent) for j in range(n)] for i in range(n)]
     unit = f", in units of {power_of_ten(exponent)}" if exponent else ""
     matrix_panel(figure, ax, scaled, texts, np.zeros((n, n), dtype=bool), limit, preview.tasks,
-                  f"Z(s→t){unit} (> 0: a step on s lowers t's loss)", title)
+                  f"{symbol}(s→t){unit} (> 0: {'s' if symbol == 'Z' else 's’s gradient'} lowers t's loss)", title)
     return exponent
 
 
@@ -195,18 +198,22 @@ def plot_affinity_heatmaps(analysis: DomainAnalysis):
                             "Measured transfer Δ (pairwise grid)") + "\n"
     z_ax = figure.add_subplot(1, panels, panels)
     runs = len(preview.run_ids)
-    _z_panel(figure, z_ax, preview, "Look-ahead affinity Z (" + ("all-task run)" if runs == 1 else
-                                                                 f"all-task runs, mean over {runs} seeds)"))
+    name = "Marginal affinity M" if preview.marginal is not None else "Look-ahead affinity Z"
+    _z_panel(figure, z_ax, preview, f"{name} (" + ("all-task run)" if runs == 1 else
+                                                  f"all-task runs, mean over {runs} seeds)"))
     z_ax.set_ylabel("source s (look-ahead step on s's loss)", fontsize=10.5)
     title = ("Affinity preview vs measured pairwise transfer" if preview.has_grid
              else "Look-ahead affinity preview (no measured grid to compare with)")
     figure.suptitle(f"{title}, {analysis.setting.domain}", fontsize=13, y=0.99, va="bottom")
     if note:
         note = f"Δ (left): {note}"
-    caption = (f"{affinity_validation_text(preview)}\n{note}Z{' (right)' if preview.has_grid else ''} = 1 − "
-               f"L_t(after one look-ahead step on s) / L_t(before), mean over probes and epochs"
-               f"{' and seeds' if runs > 1 else ''}; no significance test; diagonal (self-affinity) not shown\n"
-               f"{affinity_caption(analysis)}")
+    where = " (right)" if preview.has_grid else ""
+    definition = (f"M{where} = (L_t(after a zero-gradient step) − L_t(after the step on s)) / (lr · L_t(before)): "
+                  "what s's own gradient adds beyond the shared momentum" if preview.marginal is not None else
+                  f"Z{where} = 1 − L_t(after one look-ahead step on s) / L_t(before)")
+    caption = (f"{affinity_validation_text(preview)}\n{predictor_caption(preview)}\n{note}{definition}, mean over "
+               f"probes and epochs{' and seeds' if runs > 1 else ''}; no significance test; diagonal (self-affinity) "
+               f"not shown\n{affinity_caption(analysis)}")
     z_ax.annotate(_wrap(caption, 150), xy=(0.5, 0.0), xycoords=(figure.transFigure, z_ax.xaxis.label), xytext=(0, -12),
                   textcoords="offset points", ha="center", va="top", fontsize=8.5, color="#444444", linespacing=1.5)
     return figure

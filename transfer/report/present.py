@@ -106,6 +106,47 @@ def affinity_validation_text(preview: AffinityPreview) -> str:
     return f"{agreement}\n{cost}"
 
 
+def predictor_caption(preview: AffinityPreview) -> str:
+    """One short line for figures: Z's (and M's) within-target agreement and top-1 against a random pick."""
+    frame = preview.predictors.set_index("predictor")
+    if preview.validation["n_edges"] == 0 or is_missing(frame.loc["z", "top1_accuracy"]):
+        return "within-target check n/a (no compared edge)"
+    parts = []
+    for name, label in (("z", "Z"), ("z_marginal", "M")):
+        row = frame.loc[name]
+        if is_missing(row["top1_accuracy"]):
+            parts.append(f"{label}: absent (stored before the marginal affinity existed)")
+            continue
+        parts.append(f"{label}: within-target ρ {row['within_rho']:+.2f} (block p {fmt_p(row['within_p'])}), top-1 "
+                     f"{row['top1_accuracy']:.2f}")
+    random = frame.loc["random"]
+    return (f"{'; '.join(parts)}; a random pick: top-1 {random['top1_accuracy']:.2f} "
+            f"({plural(int(random['top1_targets']), 'target')}, grid seeds per edge "
+            f"{preview.validation['n_grid_seeds']})")
+
+
+def predictor_summary(preview: AffinityPreview) -> str:
+    """One line per the preview's predictors: within-target rho (one-sided block p), top-1 and regret, and the
+    noise ceiling; predictors that are absent or undefined are named once."""
+    v, frame = preview.validation, preview.predictors
+    if v["n_edges"] == 0:
+        return "predictors: n/a (no compared edge)"
+    scored, absent = [], []
+    for _, row in frame.iterrows():
+        if is_missing(row["top1_accuracy"]):
+            absent.append(str(row["predictor"]))
+            continue
+        within = "" if is_missing(row["within_rho"]) else f"within-t rho {row['within_rho']:+.2f}"
+        p = "" if is_missing(row["within_p"]) else f" (p {fmt_p(row['within_p'])})"
+        scored.append(f"{row['predictor']} {within}{p}, top-1 {row['top1_accuracy']:.2f}, regret {row['regret']:.4f}")
+    ceiling = (f"reliability of delta {v['delta_reliability']:.2f}" if not is_missing(v["delta_reliability"])
+               else f"reliability of delta {v['delta_reliability_method']}")
+    targets = int(frame["top1_targets"].dropna().max()) if frame["top1_targets"].notna().any() else 0
+    return (f"predictors over {v['n_edges']} edges, {plural(targets, 'target')} (grid seeds per edge "
+            f"{v['n_grid_seeds']}, preview seeds {len(preview.run_ids)}): " + "; ".join(scored)
+            + (f"; absent: {', '.join(absent)}" if absent else "") + f"; {ceiling}")
+
+
 def setting_caption(analysis: DomainAnalysis) -> str:
     seeds = ", ".join(map(str, analysis.seeds)) or "none"
     return (f"domain {analysis.setting.domain}, model {analysis.setting.model}, profile {analysis.setting.profile}, "

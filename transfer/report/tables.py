@@ -13,7 +13,7 @@ from pathlib import Path
 import networkx as nx
 import pandas as pd
 
-from transfer.analysis import VALIDATION_COLUMNS, AffinityPreview, DomainAnalysis
+from transfer.analysis import PREDICTOR_COLUMNS, VALIDATION_COLUMNS, AffinityPreview, DomainAnalysis
 from transfer.experiment.store import write_text_atomic
 from transfer.report.present import (NA, affinity_caption, correction_label, state_rule_text, fmt_delta, fmt_p, fmt_score, fmt_sci, fmt_seconds,
                                      fmt_share, is_missing, model_label, plural, models_wide, setting_caption, transfer_digraph)
@@ -252,6 +252,23 @@ AFFINITY_DEFINITIONS = (
     "tracker's own affinity.seconds; tracker overhead = tracker seconds / (affinity run wall - tracker seconds), "
     "measured within the same run.")
 
+PREDICTOR_DEFINITIONS = (
+    "Predictors of Δ(s→t), each scored on the same compared edges. M (marginal affinity) = (L_t(after a "
+    "zero-gradient step) − L_t(after the step on s)) / (lr · L_t(before)): the part of the look-ahead step that s's "
+    "own gradient adds beyond the momentum every source shares, per unit learning rate (recorded by affinity runs "
+    "since it existed; absent in older stores). Baselines: target only (Z's column mean: knows only t), source only "
+    "(Z's row mean), the pair/single step ratio, the training-set size ratio n(s)/n(t) (Weller et al. 2022), the "
+    "cosine of s's and t's probe gradients (TAG's baseline), and a random ordering (expected values). ρ: Spearman "
+    "over all edges, p exch. treats edges as exchangeable, p block permutes the sources within each target (the "
+    "target's main effect stays in the null); within-t ρ: mean over targets with ≥ 2 sources of Spearman across "
+    "that target's sources (a target whose predictor or Δ is tied contributes 0), with its block p; block p values "
+    "are one-sided (agreement), exact over every within-target permutation when there are at most 200,000 of "
+    "them. null 95%: the within-t ρ an uninformed predictor reaches 5% of the time. top-1: share of targets whose "
+    "top-ranked source is the grid's best (ties share the pick); regret: best Δ − picked Δ, mean over targets. "
+    "Reliability: split-half over seeds (Spearman of the two halves' means across edges, averaged over splits, "
+    "Spearman-Brown corrected), n/a below 2 seeds; ceiling = √(reliability of the predictor × reliability of Δ), "
+    "the highest correlation the noise allows. Seeds: grid seeds per compared edge / preview seeds.")
+
 
 def _summary_rows(preview: AffinityPreview) -> list[tuple[str, str]]:
     v = preview.validation
@@ -270,7 +287,43 @@ def _summary_rows(preview: AffinityPreview) -> list[tuple[str, str]]:
         ("tracking overhead, affinity / plain all-task wall", fmt_score(v["tracking_overhead"])),
         ("tracker's own time (affinity.seconds)", fmt_seconds(v["tracker_s"])),
         ("tracker overhead, tracker / rest of the affinity run", fmt_score(v["tracker_overhead"])),
+        ("marginal affinity M in the affinity run(s)", str(v["marginal"])),
+        ("grid seeds per compared edge", str(v["n_grid_seeds"])),
+        ("reliability of Δ (noise ceiling)", _reliability_cell(v["delta_reliability"], v["delta_reliability_method"])),
     ]
+
+
+def _rho(value) -> str:
+    return NA if is_missing(value) else f"{value:+.3f}"
+
+
+def _reliability_cell(value, method) -> str:
+    return str(method) if is_missing(value) else f"{value:.3f} ({method})"
+
+
+PREDICTOR_HEADER = ["predictor", "edges", "ρ", "p exch.", "p block", "within-t ρ", "p block", "null 95%", "top-1",
+                    "regret", "reliability", "ceiling", "seeds", "note"]
+
+
+def _predictor_cells(row) -> list[str]:
+    top1 = (NA if is_missing(row["top1_accuracy"]) else
+            f"{row['top1_accuracy']:.2f} of {int(row['top1_targets'])}")
+    return [str(row["predictor"]), str(int(row["n_edges"])), _rho(row["spearman_rho"]), fmt_p(row["spearman_p"]),
+            fmt_p(row["spearman_p_block"]), _rho(row["within_rho"]), fmt_p(row["within_p"]), _rho(row["null_q95"]),
+            top1, NA if is_missing(row["regret"]) else f"{row['regret']:.4f}",
+            _reliability_cell(row["reliability"], row["reliability_method"]) if not is_missing(row["reliability"])
+            else NA, fmt_score(row["ceiling"]), f"{row['n_grid_seeds']} / {int(row['n_preview_seeds'])}",
+            str(row["note"] or "")]
+
+
+def _predictor_markdown(frame: pd.DataFrame, lead: list[str] | None = None) -> list[str]:
+    """The predictor comparison as Markdown rows (``lead``: extra first columns, e.g. the domain)."""
+    lead = lead or []
+    lines = ["| " + " | ".join([*lead, *PREDICTOR_HEADER]) + " |",
+             "|" + "|".join(["---"] * (len(lead) + 1) + ["---:"] * (len(PREDICTOR_HEADER) - 2) + ["---"]) + "|"]
+    for _, row in frame.iterrows():
+        lines.append("| " + " | ".join([*(str(row[c]) for c in lead), *_predictor_cells(row)]) + " |")
+    return lines
 
 
 def _sign_agree_cell(row) -> str:
@@ -287,15 +340,19 @@ def affinity_markdown(analysis: DomainAnalysis) -> str:
              f"Affinity run{'s' if several else ''}: {', '.join(f'`{r}`' for r in preview.run_ids)}", "",
              "| measure | value |", "|---|---:|"]
     lines += [f"| {name} | {value} |" for name, value in _summary_rows(preview)]
-    header = ["s", "t", "Z", *(["Z sd over seeds"] if several else []), "Δ", "state (Δ)", "sign(Z) = sign(Δ)"]
+    lines += ["", f"Predictors of Δ on the {preview.validation['n_edges']} compared edges:", "",
+              *_predictor_markdown(preview.predictors)]
+    marginal = preview.marginal is not None
+    header = ["s", "t", "Z", *(["Z sd over seeds"] if several else []), *(["M"] if marginal else []), "Δ",
+              "state (Δ)", "sign(Z) = sign(Δ)"]
     lines += ["", "| " + " | ".join(header) + " |",
-              "|" + "|".join(["---"] * 2 + ["---:"] * (3 if several else 2) + ["---", "---"]) + "|"]
+              "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 4) + ["---", "---"]) + "|"]
     for _, row in preview.edges.iterrows():
         cells = [str(row["source"]), str(row["target"]), fmt_sci(row["z"]),
-                 *([fmt_sci(row["z_std"])] if several else []), fmt_delta(row["delta"]), str(row["state"]),
-                 _sign_agree_cell(row)]
+                 *([fmt_sci(row["z_std"])] if several else []), *([fmt_sci(row["z_marginal"])] if marginal else []),
+                 fmt_delta(row["delta"]), str(row["state"]), _sign_agree_cell(row)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", AFFINITY_DEFINITIONS]
+    lines += ["", AFFINITY_DEFINITIONS, "", PREDICTOR_DEFINITIONS]
     if analysis.affinity_notes:
         lines += ["", "Notes:", ""] + [f"- {item}" for item in analysis.affinity_notes]
     return "\n".join(lines) + "\n"
@@ -324,7 +381,24 @@ def affinity_latex(analysis: DomainAnalysis) -> str:
     caption = caption.replace("ρ", r"$\rho$").replace("Δ", r"$\Delta$")
     lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{caption}}}",
               f"\\label{{tab:affinity-{latex_escape(analysis.slug)}}}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _predictor_latex(analysis)) + "\n"
+
+
+def _latex_cell(text: str) -> str:
+    return latex_escape(text).replace("ρ", r"$\rho$").replace("Δ", r"$\Delta$").replace("√", r"$\surd$")
+
+
+def _predictor_latex(analysis: DomainAnalysis) -> list[str]:
+    """The predictor comparison as a second table (without the note column)."""
+    header = PREDICTOR_HEADER[:-1]
+    lines = ["", r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
+             r"\toprule", " & ".join(_latex_cell(h) for h in header) + r" \\", r"\midrule"]
+    for _, row in analysis.affinity.predictors.iterrows():
+        lines.append(" & ".join(_latex_cell(c) for c in _predictor_cells(row)[:-1]) + r" \\")
+    caption = (f"Predictors of measured transfer $\\Delta$, {latex_escape(affinity_caption(analysis))}. "
+               f"{_latex_cell(PREDICTOR_DEFINITIONS)}")
+    return lines + [r"\bottomrule", r"\end{tabular}", f"\\caption{{{caption}}}",
+                    f"\\label{{tab:affinity-predictors-{latex_escape(analysis.slug)}}}", r"\end{table}"]
 
 
 def affinity_csv(analysis: DomainAnalysis) -> str:
@@ -340,6 +414,21 @@ def validation_frame(analyses: list[DomainAnalysis]) -> pd.DataFrame:
     rows = [{"domain": a.setting.domain, "model": a.setting.model, "profile": a.setting.profile,
              **a.affinity.validation} for a in analyses if a.affinity is not None]
     return pd.DataFrame(rows, columns=["domain", "model", "profile", *VALIDATION_COLUMNS])
+
+
+def predictor_frame(analyses: list[DomainAnalysis]) -> pd.DataFrame:
+    """The validation CSV: one row per (setting, predictor): domain, model, profile, PREDICTOR_COLUMNS, then the
+    setting's VALIDATION_COLUMNS that the predictor columns do not already hold (the row of predictor "z" has the
+    same n_edges, Spearman and sign agreement as the setting's summary)."""
+    extra = [c for c in VALIDATION_COLUMNS if c not in PREDICTOR_COLUMNS]
+    rows = []
+    for a in analyses:
+        if a.affinity is None:
+            continue
+        setting = {"domain": a.setting.domain, "model": a.setting.model, "profile": a.setting.profile}
+        for _, row in a.affinity.predictors.iterrows():
+            rows.append({**setting, **row.to_dict(), **{c: a.affinity.validation[c] for c in extra}})
+    return pd.DataFrame(rows, columns=["domain", "model", "profile", *PREDICTOR_COLUMNS, *extra])
 
 
 def affinity_validation_markdown(analyses: list[DomainAnalysis]) -> str:
@@ -359,6 +448,8 @@ def affinity_validation_markdown(analyses: list[DomainAnalysis]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", AFFINITY_DEFINITIONS, "", "p: exact permutation p for up to 8 edges, else spearmanr's "
               "(the CSV's p_method column says which)."]
+    lines += ["", "#### Predictors of Δ (one row per setting and predictor; the CSV holds these rows)", "",
+              *_predictor_markdown(predictor_frame(analyses), ["domain"]), "", PREDICTOR_DEFINITIONS]
     return "\n".join(lines) + "\n"
 
 
@@ -383,7 +474,7 @@ def write_affinity_validation(analyses: list[DomainAnalysis], out: Path) -> list
     out = Path(out)
     written = []
     for name, text in (("affinity_validation.md", affinity_validation_markdown(analyses)),
-                       ("affinity_validation.csv", frame_to_csv(validation_frame(analyses)))):
+                       ("affinity_validation.csv", frame_to_csv(predictor_frame(analyses)))):
         write_text_atomic(out / name, text)
         written.append(out / name)
     return written
