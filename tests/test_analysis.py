@@ -664,3 +664,50 @@ def test_runs_stored_under_an_older_primary_report_todays_metric_and_say_how_the
         assert run.scores["ddi2013-type"] == stored["test"]["macro_f1"] != stored["test_score"]
     notes = selection_metric_notes(runs, ("ddi2013-type", "chemprot"), table)
     assert len(notes) == 1 and "ddi2013-type" in notes[0] and "micro_f1" in notes[0]
+
+
+# ----------------------------------------------------------------------------------------------- convergence
+
+def _run_with_history(stage: str, history: list[float] | None, recorded: bool | None = None):
+    from types import SimpleNamespace
+
+    info = {"metric": "micro_f1"}
+    if recorded is not None:
+        info["peaked_at_last_epoch"] = recorded
+    metrics = {"tasks": {"chemprot": info},
+               "history": [{"epoch": i + 1, "dev": {"chemprot": {"micro_f1": v}}} for i, v in enumerate(history or [])]}
+    return SimpleNamespace(tasks=("chemprot",), stage=stage, metrics=metrics)
+
+
+def test_convergence_counts_task_runs_that_peaked_at_their_last_epoch_and_warns_above_a_fifth():
+    from transfer.experiment.convergence import convergence, peaked_at_last_epoch
+
+    rising, bent, tied = (_run_with_history("single", [0.1, 0.2, 0.3]), _run_with_history("single", [0.1, 0.4, 0.3]),
+                          _run_with_history("mtl", [0.1, 0.4, 0.4]))
+    assert peaked_at_last_epoch(rising.metrics, "chemprot") is True
+    assert peaked_at_last_epoch(bent.metrics, "chemprot") is False
+    assert peaked_at_last_epoch(tied.metrics, "chemprot") is False  # a tie keeps the earlier epoch, as selection does
+    # a recorded flag wins over the history (runs record it with their own selection rule)
+    assert peaked_at_last_epoch(_run_with_history("single", [0.1, 0.4, 0.3], recorded=True).metrics, "chemprot")
+    assert peaked_at_last_epoch(_run_with_history("single", None).metrics, "chemprot") is None
+    def runs(*items):
+        return [(r.stage, r.tasks, r.metrics) for r in items]
+
+    summary = convergence(runs(rising, bent, tied))
+    assert (summary["single_peaked"], summary["single_task_runs"]) == (1, 2)
+    assert (summary["all_peaked"], summary["all_task_runs"]) == (1, 3)
+    assert "1 of 3 task-runs" in summary["warning"]  # 33% > 20%
+    assert "warning" not in convergence(runs(bent, tied, bent, bent, rising, bent))  # 1 of 6 = 17%
+
+
+@pytest.mark.skipif(not (_COMMITTED / "runs").is_dir(), reason="the committed results/ store is absent")
+def test_graph_summary_reports_converged_single_task_runs(capsys, tmp_path):
+    import shutil
+
+    from transfer.graph import main
+
+    store = tmp_path / "store"
+    shutil.copytree(_COMMITTED, store)
+    assert main([str(store), "--out", str(tmp_path / "out"), "--domain", "biomedical"]) == 0
+    out = capsys.readouterr().out
+    assert "converged single task-runs (best dev epoch before the last): 0 of 4 (0%)" in out

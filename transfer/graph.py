@@ -176,6 +176,12 @@ def _summary(analysis: DomainAnalysis) -> list[str]:
     for _, row in analysis.edges[analysis.edges["state"].isin(SIGNIFICANT)].iterrows():
         lines.append(f"  {row['state']:>5}  {row['source']} -> {row['target']}  delta {row['delta']:+.4f}  "
                      f"p_adj {row['p_adj']:.4f}")
+    conv = analysis.convergence
+    if conv.get("single_task_runs"):
+        converged = conv["single_task_runs"] - conv["single_peaked"]
+        lines.append(f"  converged single task-runs (best dev epoch before the last): {converged} of "
+                     f"{conv['single_task_runs']} ({converged / conv['single_task_runs']:.0%}); all task-runs: "
+                     f"{conv['all_task_runs'] - conv['all_peaked']} of {conv['all_task_runs']}")
     if analysis.untrained:
         lines.append(f"  untrained task-runs ({len(analysis.untrained)}):")
         lines += [f"    - {item}" for item in analysis.untrained]

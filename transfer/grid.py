@@ -27,6 +27,7 @@ from transfer.cli import add_common_flags, add_data_flags, add_profile_flags, ad
     positive_int, pre_parse_task_files
 from transfer.data.tasks import TaskTable, load_task_table
 from transfer.experiment.config import DEFAULT_MODEL, Profile, profile_with_overrides
+from transfer.experiment.convergence import convergence
 from transfer.experiment.roles import DEFAULT_ROLES, ROLES, roles_help
 from transfer.experiment.store import ResultsStore
 from transfer.scheduling.plan import PlannedRun, check_roles, dedupe, expand_specs, ordered_tasks, plan_grid  # noqa: F401
@@ -161,6 +162,12 @@ def report(board: Board, store: ResultsStore, scores: Path | None) -> None:
         if run.state in ("failed", "skipped"):
             print(f"  {run.state.upper()} {run.run_id}: {run.error}\n    log: {store.run(run.run_id).log_file}")
     print(f"scores: {scores}" if scores else "scores: not rewritten (see the warning above)")
+    summary = convergence((r.stage, r.tasks, r.metrics()) for r in store.records() if r.run_id in board.runs and r.done)
+    if summary.get("all_task_runs"):
+        print(f"convergence: {summary['all_peaked']} of {summary['all_task_runs']} task-runs peaked at their last "
+              f"epoch (single-task runs: {summary['single_peaked']} of {summary['single_task_runs']})")
+    if summary.get("warning"):
+        logger.warning(summary["warning"])
 
 
 @command

@@ -18,6 +18,7 @@ from transfer.analysis.index import (DomainRuns, PredictionCache, RunInfo, Setti
                                      missing_runs, settings_in_store, task_order)
 from transfer.analysis.preview import AffinityPreview, affinity_preview
 from transfer.data.tasks import TaskTable
+from transfer.experiment.convergence import convergence
 from transfer.experiment.roles import MODEL_LABELS, MODEL_TYPES
 from transfer.experiment.store import ResultsStore
 
@@ -111,6 +112,7 @@ class DomainAnalysis:
     untrained: list = field(default_factory=list)  # "<run id> <task>: <why>" per task-run failing the gate
     plan: str = ""
     budget: dict = field(default_factory=dict)
+    convergence: dict = field(default_factory=dict)  # task-runs that peaked at their last epoch (evidence.convergence)
 
     @property
     def alpha(self) -> float:
@@ -158,13 +160,16 @@ def _analyse_setting(setting: Setting, setting_runs: list[RunInfo], table: TaskT
     models = model_scores(index, gate)
     preview, preview_notes = affinity_preview(index, tracked, edges, table)
     budget = budget_diagnostic(edges) if has_grid else {}
-    notes = list(index.notes) + ([budget["warning"]] if budget.get("warning") else [])
+    converged = convergence((r.stage, r.tasks, r.metrics) for r in setting_runs if r.status == "done" and not r.is_affinity)
+    notes = list(index.notes) + [d["warning"] for d in (converged, budget) if d.get("warning")]
+    if converged.get("warning"):
+        logger.warning("%s: %s", setting.domain, converged["warning"])
     if budget.get("warning"):
         logger.warning("%s: %s", setting.domain, budget["warning"])
     return DomainAnalysis(setting, setting.slug(unique), index.tasks, index.seeds, models, edges,
                           missing_runs(index) if has_grid else [], notes, options, setting_n_boot, has_grid,
                           preview, preview_notes, gate.untrained(), seed_plan(edges, options) if has_grid else "",
-                          budget)
+                          budget, converged)
 
 
 def _skip_unknown(run: RunInfo) -> bool:

@@ -1,0 +1,54 @@
+"""Did a run's baselines converge? Task-runs whose best dev epoch was the last one run, counted per store.
+
+Both the grid's closing summary and the analysis report the count: when many task-runs peak at their last epoch,
+any extra encoder updates help, whoever the partner is, and a pair run's extra steps pass for transfer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+PEAKED_WARN_SHARE = 0.2  # above this share of task-runs peaking at their last epoch, baselines are not converged
+
+
+def peaked_at_last_epoch(metrics: dict, task: str) -> bool | None:
+    """Whether a task-run's best dev epoch was its last one run (it might have gone on improving).
+
+    Runs record it (``tasks.<t>.peaked_at_last_epoch``); for runs stored before, the epoch history is read with
+    the metric the run selected by. None when the run has no history to judge by.
+    """
+    info = (metrics.get("tasks") or {}).get(task) or {}
+    if "peaked_at_last_epoch" in info:
+        return bool(info["peaked_at_last_epoch"])
+    metric = info.get("metric")
+    scores = [((h.get("dev") or {}).get(task) or {}).get(metric) for h in metrics.get("history") or []]
+    scores = [float(s) for s in scores if s is not None]
+    if not scores:
+        return None
+    return max(range(len(scores)), key=lambda i: (scores[i], -i)) == len(scores) - 1
+
+
+def convergence(runs: Iterable[tuple[str, Sequence[str], dict]]) -> dict:
+    """How many task-runs (all, and single-task runs alone) peaked at their last epoch, with a warning above 20%.
+
+    ``runs``: (stage, tasks, metrics.json contents) of done runs.
+    """
+    counts = {"single": [0, 0], "all": [0, 0]}
+    for stage, tasks, metrics in runs:
+        for task in tasks:
+            peaked = peaked_at_last_epoch(metrics, task)
+            if peaked is None:
+                continue
+            groups = ("all", "single") if stage == "single" else ("all",)
+            for group in groups:
+                counts[group][0] += int(peaked)
+                counts[group][1] += 1
+    result = {f"{group}_{key}": value for group, (peaked, total) in counts.items()
+              for key, value in (("peaked", peaked), ("task_runs", total))}
+    peaked, total = counts["all"]
+    if total and peaked / total > PEAKED_WARN_SHARE:
+        result["warning"] = (f"convergence: {peaked} of {total} task-runs ({peaked / total:.0%}) reached their best "
+                             f"dev score at the last epoch run (single-task runs: {counts['single'][0]} of "
+                             f"{counts['single'][1]}); above {PEAKED_WARN_SHARE:.0%}, baselines may not have "
+                             "converged and extra training steps can pass for transfer")
+    return result
