@@ -17,6 +17,7 @@ from pathlib import Path
 
 from transfer.data.files import file_fingerprint
 from transfer.errors import UserError
+from transfer.experiment.roles import STAGES as STAGE_SETTINGS
 
 STAGES = ("single", "mtl", "finetune")
 OPTIMIZERS = ("adamw", "adamax")
@@ -248,11 +249,11 @@ class RunSpec:
 
     @property
     def learning_rate(self) -> float:
-        return self.profile.finetune_learning_rate if self.stage == "finetune" else self.profile.learning_rate
+        return getattr(self.profile, STAGE_SETTINGS[self.stage].learning_rate)  # which value: the roles table
 
     @property
     def epochs(self) -> int:
-        return self.profile.finetune_epochs if self.stage == "finetune" else self.profile.epochs
+        return getattr(self.profile, STAGE_SETTINGS[self.stage].epochs)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
