@@ -119,7 +119,7 @@ def test_tracking_leaves_the_training_trajectory_unchanged(tiny_model_dir, tiny_
         matrix = np.array(affinity[key])
         assert matrix.shape == (2, 2) and np.isfinite(matrix).all(), key
     assert np.allclose(np.diag(affinity["grad_cosine"]), 1.0)
-    assert affinity["precision"] == "fp32" and affinity["diagonal"] == "held-out"
+    assert affinity["precision"] == "fp32" and affinity["diagonal"] == "held-out"  # the test profile trains in fp32
     assert affinity["measurements"] >= 2 and affinity["skipped_zero_lr"] == 0  # no warm-up step at this size
     assert "affinity" not in a
 
@@ -128,11 +128,12 @@ def test_probe_precision_changes_only_the_affinity_run_ids(tiny_model_dir):
     profile = load_profile("test")
     plain = RunSpec(tasks=TASKS, stage="mtl", profile=profile, seed=2, model=str(tiny_model_dir))
     tracked = RunSpec(tasks=TASKS, stage="mtl", profile=profile, seed=2, model=str(tiny_model_dir), affinity_every=2)
-    in_training = profile.replace(affinity_precision="train")
-    assert RunSpec(tasks=TASKS, stage="mtl", profile=in_training, seed=2, model=str(tiny_model_dir)).run_id == plain.run_id
-    assert RunSpec(tasks=TASKS, stage="mtl", profile=in_training, seed=2, model=str(tiny_model_dir),
+    full = profile.replace(affinity_precision="fp32")
+    assert RunSpec(tasks=TASKS, stage="mtl", profile=full, seed=2, model=str(tiny_model_dir)).run_id == plain.run_id
+    assert RunSpec(tasks=TASKS, stage="mtl", profile=full, seed=2, model=str(tiny_model_dir),
                    affinity_every=2).run_id != tracked.run_id
-    assert '"affinity_precision"' not in plain.canonical_json()
+    assert '"affinity_precision"' not in plain.canonical_json() and '"affinity_tracker"' not in plain.canonical_json()
+    assert '"affinity_tracker":2' in tracked.canonical_json()  # runs measured by the older tracker get other ids
 
 
 def test_gradient_and_evaluation_probe_rows_are_disjoint(setup):

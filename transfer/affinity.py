@@ -3,11 +3,14 @@
     python -m transfer.affinity --domain biomedical [grid options]
 
 is ``python -m transfer.grid --stages affinity``: the all-task multi-task run of the domain, with
-``transfer.training.lookahead.AffinityTracker`` measuring Z(s->t) = 1 - L_t(after a step on s) / L_t(before) every
-``--affinity-every`` steps. It is stored in the results store like any run (its own run id, ``metrics.json`` gains
-an ``affinity`` block), and ``python -m transfer.graph`` draws it next to the measured pairwise grid and reports
-how well it predicts it (Spearman correlation, sign agreement, wall-time ratio). Every grid option applies
-(``--profile``, ``--seeds``, ``--results``, ``--devices``, ``--backend dask`` ...).
+``transfer.training.lookahead.AffinityTracker`` measuring, every ``--affinity-every`` steps, the plain look-ahead
+affinity Z(s->t) = 1 - L_t(after a step on s) / L_t(before) and the marginal affinity M(s->t) (the step on s
+minus the momentum-only step of the run's optimiser, per unit learning rate), with probes in fp32 unless the
+profile says ``affinity_precision = "train"`` (``--set affinity_precision=train``). It is stored in the results
+store like any run (its own run id, ``metrics.json`` gains an ``affinity`` block), and ``python -m transfer.graph``
+draws it next to the measured pairwise grid and scores Z, M and simple baselines against it (rank agreement
+within targets with a block permutation p, top-1 partner and regret, split-half reliability, wall-time ratio).
+Every grid option applies (``--profile``, ``--seeds``, ``--results``, ``--devices``, ``--backend dask`` ...).
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ gradients (the gradient-similarity baseline of TAG), from the gradients the prob
 
 Probes run with dropout off and their own random generator, and never touch the real parameters, gradients or
 optimiser state, so the training trajectory is unchanged. ``autocast_factory`` chooses the probes' precision
-(the profile's ``affinity_precision``: fp32 by default, because a look-ahead step moves weights by about lr, a
-relative change near bf16's resolution of 2^-8, so bf16 matmuls round much of the step away).
+(the profile's ``affinity_precision``: the training precision by default, fp32 as an option; see
+``transfer.experiment.config.Profile``).
 """
 
 from __future__ import annotations
