@@ -50,22 +50,32 @@ def lookahead_params(optimizer: torch.optim.Optimizer, named: dict[str, torch.nn
     is_adamw = isinstance(optimizer, torch.optim.AdamW)
     out = {}
     for name, param in named.items():
-        grad = grads.get(name)
-        if grad is None:
-            grad = torch.zeros_like(param)
+        grad, weights = grads.get(name), param.detach()
         state = optimizer.state.get(param, {})
         step = float(state.get("step", 0)) + 1
         decay = _weight_decay_of(optimizer, param)
+        # Fused forms (lerp, addcmul, addcdiv) of the optimiser's formulas: fewer temporaries of encoder size, so
+        # the n + 1 look-ahead steps of a probe cost less; a missing gradient is a zero gradient.
         if is_adamw:  # decoupled weight decay
-            exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * grad if state else (1 - beta1) * grad
-            exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad if state else (1 - beta2) * grad * grad
-            denom = (exp_avg_sq / (1 - beta2 ** step)).sqrt() + eps
-            out[name] = param.detach() * (1 - lr * decay) - lr * (exp_avg / (1 - beta1 ** step)) / denom
+            if state:
+                exp_avg = state["exp_avg"] * beta1 if grad is None else torch.lerp(state["exp_avg"], grad, 1 - beta1)
+                exp_avg_sq = state["exp_avg_sq"] * beta2
+                if grad is not None:
+                    exp_avg_sq.addcmul_(grad, grad, value=1 - beta2)
+            elif grad is None:
+                out[name] = weights * (1 - lr * decay)
+                continue
+            else:
+                exp_avg, exp_avg_sq = grad * (1 - beta1), grad * grad * (1 - beta2)
+            denom = exp_avg_sq.div_(1 - beta2 ** step).sqrt_().add_(eps)
+            out[name] = torch.addcdiv(weights * (1 - lr * decay), exp_avg, denom, value=-lr / (1 - beta1 ** step))
         else:  # Adamax: weight decay added to the gradient, infinity norm of past gradients
-            grad = grad + decay * param.detach() if decay else grad
-            exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * grad if state else (1 - beta1) * grad
+            if grad is None:
+                grad = torch.zeros_like(weights)
+            grad = grad + decay * weights if decay else grad
+            exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1) if state else (1 - beta1) * grad
             exp_inf = torch.maximum(beta2 * state["exp_inf"], grad.abs() + eps) if state else grad.abs() + eps
-            out[name] = param.detach() - (lr / (1 - beta1 ** step)) * exp_avg / exp_inf
+            out[name] = torch.addcdiv(weights, exp_avg, exp_inf, value=-lr / (1 - beta1 ** step))
     return out
 
 
