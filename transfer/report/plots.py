@@ -168,6 +168,11 @@ PREVIEW_EDGE_STYLE = {  # sign of Z -> (line colour, width, line style, label te
 }
 
 
+def _mover(symbol: str) -> str:
+    """What lowers the target's loss when the value is positive: a step on s (Z), or s's own gradient (M)."""
+    return "a step on s" if symbol == "Z" else "s's gradient"
+
+
 def _z_panel(figure, ax, preview: AffinityPreview, title: str) -> int:
     """The affinity heatmap on ``ax`` in units of 10^exponent (cells and colour bar alike): the marginal affinity
     M where the affinity runs recorded it, else the plain Z; returns the exponent."""
@@ -180,7 +185,7 @@ def _z_panel(figure, ax, preview: AffinityPreview, title: str) -> int:
     texts = [[fmt_z(values[i, j], exponent) for j in range(n)] for i in range(n)]
     unit = f", in units of {power_of_ten(exponent)}" if exponent else ""
     matrix_panel(figure, ax, scaled, texts, np.zeros((n, n), dtype=bool), limit, preview.tasks,
-                  f"{symbol}(s→t){unit} (> 0: {'s' if symbol == 'Z' else 's’s gradient'} lowers t's loss)", title)
+                  f"{symbol}(s→t){unit} (> 0: {_mover(symbol)} lowers t's loss)", title)
     return exponent
 
 
@@ -221,25 +226,31 @@ def plot_affinity_heatmaps(analysis: DomainAnalysis):
 
 def _z_label(exponent: int) -> Callable[[dict], str]:
     def label(data: dict) -> str:
-        return "n/a" if is_missing(data["z"]) else fmt_z(data["z"], exponent)
+        return "n/a" if is_missing(data["value"]) else fmt_z(data["value"], exponent)
     return label
 
 
 def plot_affinity_graph(analysis: DomainAnalysis):
-    """The preview transfer graph: arcs s → t coloured by the sign of Z (no test), labelled with Z."""
+    """The preview transfer graph: arcs s → t coloured by the sign of the marginal affinity M where the affinity
+    runs recorded it, else of Z (no test), labelled with it."""
     preview = analysis.affinity
     graph = affinity_digraph(analysis)
-    exponent = z_exponent(preview.z)
-    largest = symmetric_limit(preview.z, 1e-300)
-    for _, _, data in graph.edges(data=True):  # width grows with |Z|: a tiny Z is a thin line, not a strong call
+    symbol = graph.graph["measure"]
+    values = preview.marginal if symbol == "M" else preview.z
+    exponent = z_exponent(values)
+    largest = symmetric_limit(values, 1e-300)
+    for _, _, data in graph.edges(data=True):  # width grows with |value|: a tiny one is a thin line, not a strong call
         if data["colour"] in ("green", "red"):
-            data["width"] = 0.9 + 2.1 * abs(data["z"]) / largest
+            data["width"] = 0.9 + 2.1 * abs(data["value"]) / largest
     present = {data["colour"] for _, _, data in graph.edges(data=True)}
-    labels = {"green": "Z > 0: a step on s lowers t's loss", "red": "Z < 0: a step on s raises t's loss"}
-    labels.update({key: text for key, text in (("grey", "Z = 0"), ("missing", "not measured")) if key in present})
+    labels = {"green": f"{symbol} > 0: {_mover(symbol)} lowers t's loss",
+              "red": f"{symbol} < 0: {_mover(symbol)} raises t's loss"}
+    labels.update({key: text for key, text in (("grey", f"{symbol} = 0"), ("missing", "not measured")) if key in present})
     unit = f" in units of {power_of_ten(exponent)}" if exponent else ""
-    caption = (f"{affinity_caption(analysis, short=True)}\nlabel: Z(s→t){unit}, Z = 1 − L_t(after a step on s) / "
-               f"L_t(before)\ncolour: sign of Z, line width: |Z|; an unfitted preview, no significance test")
+    definition = ("M = (L_t(after a zero-gradient step) − L_t(after the step on s)) / (lr · L_t(before))"
+                  if symbol == "M" else "Z = 1 − L_t(after a step on s) / L_t(before)")
+    caption = (f"{affinity_caption(analysis, short=True)}\nlabel: {symbol}(s→t){unit}, {definition}\n"
+               f"colour: sign of {symbol}, line width: |{symbol}|; an unfitted preview, no significance test")
     return draw_graph(preview.tasks, graph, PREVIEW_EDGE_STYLE, _z_label(exponent),
                       f"Affinity preview s → t (unfitted, no test), {analysis.setting.domain}", caption,
                       legend_handles(PREVIEW_EDGE_STYLE, labels))

@@ -77,7 +77,7 @@ def affinity_caption(analysis: DomainAnalysis, short: bool = False) -> str:
     batches = "/".join(map(str, sorted(set(preview.num_batches))))
     text = (f"domain {analysis.setting.domain}, model {analysis.setting.model}, profile {analysis.setting.profile}; "
             f"{plural(len(preview.run_ids), 'affinity run')} (seed{'s' if len(preview.seeds) > 1 else ''} "
-            f"{', '.join(map(str, preview.seeds))}), Z measured every {every} steps")
+            f"{', '.join(map(str, preview.seeds))}), affinity measured every {every} steps")
     return text if short else f"{text} on {batches} probe batch{'es' if batches != '1' else ''} per task"
 
 
@@ -224,17 +224,20 @@ def transfer_digraph(analysis: DomainAnalysis) -> nx.DiGraph:
 
 
 def affinity_digraph(analysis: DomainAnalysis) -> nx.DiGraph:
-    """Nodes = the preview's tasks; edges s->t with z, z_std, delta, colour = sign of Z (green > 0, red < 0, grey
-    = 0, missing: not measured) and measured_state = the measured edge's evidence state."""
+    """Nodes = the preview's tasks; edges s->t with z, z_std, z_marginal, delta, value (what the figure draws: the
+    marginal affinity M where recorded, else Z; graph attribute ``measure`` says which), colour = sign of value
+    (green > 0, red < 0, grey = 0, missing: not measured) and measured_state = the measured edge's evidence state."""
     preview = analysis.affinity
+    column = "z_marginal" if preview.marginal is not None else "z"
     graph = nx.DiGraph(domain=analysis.setting.domain, model=analysis.setting.model,
-                       profile=analysis.setting.profile, preview=True)
+                       profile=analysis.setting.profile, preview=True, measure="M" if column == "z_marginal" else "Z")
     for task in preview.tasks:
         graph.add_node(task, label=task)
     for _, row in preview.edges.iterrows():
-        z = float(row["z"])
-        colour = "missing" if math.isnan(z) else "green" if z > 0 else "red" if z < 0 else "grey"
-        graph.add_edge(row["source"], row["target"], z=z, z_std=float(row["z_std"]), delta=float(row["delta"]),
+        value = float(row[column])
+        colour = "missing" if math.isnan(value) else "green" if value > 0 else "red" if value < 0 else "grey"
+        graph.add_edge(row["source"], row["target"], z=float(row["z"]), z_std=float(row["z_std"]),
+                       z_marginal=float(row["z_marginal"]), value=value, delta=float(row["delta"]),
                        colour=colour, measured_state=str(row["state"]))
     return graph
 
