@@ -8,10 +8,11 @@ exploratory, n/a), the learning gate of every task-run, a seed plan and a budget
 graph, the delta heatmap, the bar chart of single
 task vs MT-Refinement vs MT-Fine-Tune, the paper-style tables (Markdown, CSV, LaTeX) and the graph as GraphML.
 Where the store holds an affinity run (python -m transfer.affinity: an all-task run that records look-ahead task
-affinity Z), also the preview next to the measured grid: affinity_<slug>.{md,csv,tex} (Z and delta per edge,
-Spearman rho, sign agreement, wall-time ratio), affinity_<slug> figure (delta and Z heatmaps side by side),
-affinity_graph_<slug> figure (preview graph coloured by the sign of Z), and affinity_validation.{md,csv} across
-domains. Affinity runs never stand in for the all-task or pair runs of the grid.
+affinity Z and the marginal affinity M), also the preview next to the measured grid: affinity_<slug>.{md,csv,tex}
+(Z, M, the baselines and delta per edge; every predictor scored by rank agreement within targets with a block
+permutation p, top-1 partner and regret, split-half reliability; wall-time ratio), affinity_<slug> figure (delta
+and M, else Z, heatmaps side by side), affinity_graph_<slug> figure (preview graph coloured by the sign of M, else
+Z), and affinity_validation.{md,csv} across domains (one CSV row per setting and predictor). Affinity runs never stand in for the all-task or pair runs of the grid.
 Also rebuilds RESULTS_DIR/scores.csv. Reads only the store; never imports torch.
 """
 
@@ -44,11 +45,14 @@ EPILOG = ("Edge s->t: delta = test score of t in the {s,t} mtl run minus t's sin
           "+/- margin; inconclusive: neither; exploratory: fewer than --min-seeds seeds (never coloured below "
           f"{MIN_COLOURED_SEEDS}); n/a: runs or predictions missing, or a task-run failed the learning gate. "
           "Affinity preview (domains with an affinity run, python -m transfer.affinity): "
-          "Z(s->t) = 1 - L_t(after one look-ahead step on s) / L_t(before), compared with the measured deltas "
-          "in affinity_<slug>.{md,csv,tex}, the figures affinity_<slug> (delta and Z heatmaps) and "
-          "affinity_graph_<slug> (preview graph, coloured by the sign of Z, no test), and "
-          "affinity_validation.{md,csv} (per domain: Spearman rho and p, sign agreement on all and on "
-          "significant edges, preview wall time / single+pair grid wall time).")
+          "Z(s->t) = 1 - L_t(after one look-ahead step on s) / L_t(before) and the marginal M(s->t) (the step "
+          "on s minus the momentum-only step, per unit learning rate), compared with the measured deltas beside "
+          "baselines (target only, source only, step ratio, size ratio, gradient cosine, random) in "
+          "affinity_<slug>.{md,csv,tex}, the figures affinity_<slug> (delta and M, else Z, heatmaps) and "
+          "affinity_graph_<slug> (preview graph, no test), and affinity_validation.{md,csv} (per domain and "
+          "predictor: Spearman rho with exchangeable and within-target block permutation p, within-target rho, "
+          "top-1 partner and regret, split-half reliability and ceiling, preview wall time / single+pair grid "
+          "wall time).")
 
 
 def _probability(text: str) -> float:
