@@ -73,6 +73,9 @@ def test_top1_accuracy_and_regret_by_hand():
     assert result["random_regret"] == pytest.approx(0.45 / 3)
     tied = decisions([1, 1, 1, 1, 1, 1], deltas, TARGETS)
     assert tied["top1_accuracy"] == pytest.approx(0.5) and tied["regret"] == pytest.approx(result["random_regret"])
+    # a target whose sources all have the same delta offers no decision: left out (2 targets scored, not 3)
+    flat = decisions(PREDICTOR, [0.1, 0.3, 0.2, 0.2, 0.4, -0.1], TARGETS)
+    assert flat["top1_targets"] == 2 and flat["top1_accuracy"] == pytest.approx(0.5)
 
 
 def test_split_half_reliability():

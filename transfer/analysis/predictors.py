@@ -10,7 +10,7 @@ baseline); the measured delta(s -> t) is what it predicts. Statistics (numpy/sci
   (a target whose predictor or deltas are all tied contributes 0: no order to agree with), with the same block p.
 * decisions: per target, the source the predictor ranks first (ties: each tied source equally likely); top-1
   accuracy (it is the grid's best source) and regret (best delta minus the picked source's delta), mean over
-  targets.
+  targets (those whose sources' deltas are not all equal).
 * ``split_half``: the split-half reliability of per-seed values (Spearman across edges between the means of two
   halves of the seeds, averaged over the splits, Spearman-Brown corrected to the full count): the noise ceiling.
 
@@ -125,15 +125,16 @@ def _upper_p(observed: float, null: np.ndarray, method: str) -> float:
 def decisions(x: Sequence[float], y: Sequence[float], targets: Sequence) -> dict:
     """Top-1 partner accuracy and regret of the source ``x`` ranks first for each target (ties share the pick).
 
-    Over targets with at least 2 sources: accuracy = mean chance the pick is a best source (ties in delta: any
+    Over targets with at least 2 sources whose deltas are not all equal (where every source is as good as the
+    others there is no decision to score): accuracy = mean chance the pick is a best source (ties in delta: any
     best counts); regret = mean (best delta - picked delta). Also what a uniformly random pick gets.
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     accuracy, regret, chance, chance_regret = [], [], [], []
     for block in _blocks(list(targets)):
-        if len(block) < 2:
-            continue
         px, py = x[block], y[block]
+        if len(block) < 2 or np.ptp(py) == 0:
+            continue
         best = py >= py.max() - 1e-12
         picked = px >= px.max() - 1e-12
         accuracy.append(float(best[picked].mean()))

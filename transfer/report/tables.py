@@ -264,7 +264,8 @@ PREDICTOR_DEFINITIONS = (
     "that target's sources (a target whose predictor or Δ is tied contributes 0), with its block p; block p values "
     "are one-sided (agreement), exact over every within-target permutation when there are at most 200,000 of "
     "them. null 95%: the within-t ρ an uninformed predictor reaches 5% of the time. top-1: share of targets whose "
-    "top-ranked source is the grid's best (ties share the pick); regret: best Δ − picked Δ, mean over targets. "
+    "top-ranked source is the grid's best (ties share the pick); regret: best Δ − picked Δ, mean over targets "
+    "(targets whose sources' Δ are all equal offer no decision and are left out). "
     "Reliability: split-half over seeds (Spearman of the two halves' means across edges, averaged over splits, "
     "Spearman-Brown corrected), n/a below 2 seeds; ceiling = √(reliability of the predictor × reliability of Δ), "
     "the highest correlation the noise allows. Seeds: grid seeds per compared edge / preview seeds.")
