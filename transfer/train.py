@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from transfer import __version__
-from transfer.cli import add_common_flags, command, pre_parse_task_files
+from transfer.cli import add_common_flags, command, positive_int, pre_parse_task_files
 from transfer.data.tasks import TaskTable, load_task_table, locate_tasks
 from transfer.errors import UsageError, UserError
 from transfer.experiment.config import DEFAULT_MODEL, STAGES, RunSpec, data_fingerprints, profile_with_overrides
@@ -33,16 +33,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UsageError(f"{message} (see python -m transfer.train --help)")
-
-
-def _threads(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def build_parser(table: TaskTable) -> argparse.ArgumentParser:
@@ -67,7 +57,7 @@ def build_parser(table: TaskTable) -> argparse.ArgumentParser:
     parser.add_argument("--save-encoder", action=argparse.BooleanOptionalAction, default=None,
                         help="save the encoder for a later finetune (default: on for mtl runs)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False,
                         help="log lines instead of a live progress bar")
     add_common_flags(parser)

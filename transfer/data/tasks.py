@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transfer.data.files import read_toml
 from transfer.errors import UserError
 
 KINDS = ("tagging", "classification", "regression", "multilabel")
@@ -191,17 +191,7 @@ def _check_keys(entry: dict, allowed: set[str], where: str) -> None:
 
 
 def _parse_file(path: Path) -> tuple[dict[str, TaskSpec], dict[str, DomainSpec]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is accepted
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[:exc.start].count(b"\n") + 1
-        raise TaskConfigError(f"{path}, line {line}: not valid UTF-8 text ({exc.reason}); save it as UTF-8") from None
-    except OSError as exc:
-        raise TaskConfigError(f"{path}: cannot be read ({exc.strerror})") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise TaskConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, TaskConfigError)
     _check_keys(raw, {"tasks", "domains"}, str(path))
     tasks: dict[str, TaskSpec] = {}
     for name, entry in _table(raw, "tasks", str(path)).items():

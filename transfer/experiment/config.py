@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transfer.data.files import file_fingerprint
+from transfer.data.files import file_fingerprint, read_toml
 from transfer.errors import UserError
 from transfer.experiment.roles import STAGES as STAGE_SETTINGS
 
@@ -200,17 +200,7 @@ def profile_path(name_or_path: str) -> Path:
 def load_profile(name_or_path: str) -> Profile:
     """Load a profile by name (``quick``, ``paper``, ``test``) or from a TOML file path."""
     path = profile_path(name_or_path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is accepted
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}, line {line}: not valid UTF-8 text ({exc.reason}); save it as UTF-8") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
-    try:
-        values = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    values = read_toml(path, ConfigError)
     return profile_from_dict(values, name=path.stem, source=str(path))
 
 
