@@ -22,8 +22,8 @@ import numpy as np
 from transfer.analysis import AffinityPreview, DomainAnalysis
 from transfer.report.draw import (GREEN, GREY, MISSING, RED, draw_graph, legend_handles, matrix_panel, new_figure,
                                   save_figure, symmetric_limit, wrap_task)
-from transfer.report.present import (affinity_caption, affinity_digraph, affinity_validation_text, predictor_caption,
-                                     correction_label, fmt_delta, is_missing, metric_name, model_label, models_wide,
+from transfer.report.present import (affinity_caption, affinity_digraph, affinity_validation_text, correction_label,
+                                     fmt_delta, is_missing, metric_name, model_label, models_wide, predictor_caption,
                                      setting_caption, state_legend, state_rule_text, transfer_digraph)
 
 logger = logging.getLogger(__name__)
