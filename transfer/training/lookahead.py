@@ -226,11 +226,17 @@ class AffinityTracker:
 
 
 def _cosines(flat: list[torch.Tensor]) -> np.ndarray:
-    """Cosine similarity of every pair of (clipped) source gradients; 0 where a gradient is zero."""
-    stacked = torch.stack(flat)
-    norms = torch.linalg.vector_norm(stacked, dim=1).clamp_min(1e-30)
-    gram = (stacked @ stacked.T) / (norms[:, None] * norms[None, :])
-    return gram.double().cpu().numpy()
+    """Cosine similarity of every pair of (clipped) source gradients; 0 where a gradient is zero.
+
+    Pair by pair rather than one stacked matrix product: no second copy of the n flattened gradients.
+    """
+    n = len(flat)
+    gram = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i, n):
+            gram[i, j] = gram[j, i] = float(torch.dot(flat[i], flat[j]))
+    norms = np.sqrt(np.clip(np.diag(gram), 1e-60, None))
+    return gram / np.outer(norms, norms)
 
 
 def _clip_(grads: dict[str, torch.Tensor], max_norm: float) -> None:
