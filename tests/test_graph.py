@@ -250,6 +250,10 @@ def test_affinity_summary_line(affinity_cli):
     assert "Spearman rho +1.000 (n 6, p 0.00278)" in line
     assert "sign agreement 5/6 = 0.83 (no significant edge)" in line
     assert "time ratio 0.367 (preview 330 s / grid 900 s)" in line
+    predictors = next(line for line in printed.splitlines() if "affinity predictors" in line)
+    assert predictors.startswith("  affinity predictors over 6 edges, 3 targets (grid seeds per edge 1, preview seeds 1)")
+    assert "z within-t rho +1.00 (p 0.125)" in predictors  # Z_AGREE orders every target's two sources right
+    assert "absent: z_marginal, step_ratio, grad_cosine" in predictors  # the store records no steps, no M
 
 
 def test_affinity_run_leaves_the_grid_outputs_unchanged(full_run, affinity_cli):
