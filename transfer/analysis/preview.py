@@ -369,7 +369,7 @@ def predictor_table(preview: AffinityPreview) -> pd.DataFrame:
                        note="expected values of a uniformly random ordering of each target's sources")
         elif not finite.any() or finite.sum() < len(compared):
             row.update(p_method="n/a", block_method="n/a",
-                       note="absent: not recorded by the store's affinity runs" if not finite.any() and len(compared)
+                       note=f"absent: {_ABSENT[name]}" if not finite.any() and len(compared)
                        else "n/a: no compared edge" if not len(compared)
                        else f"n/a: missing on {int((~finite).sum())} of {len(compared)} edges")
         else:
@@ -387,3 +387,7 @@ def predictor_table(preview: AffinityPreview) -> pd.DataFrame:
 
 
 _PREVIEW_BASED = {"z", "z_marginal", "target_only", "source_only", "grad_cosine"}
+_ABSENT = {  # why a predictor has no value on any compared edge
+    "z": "no plain Z recorded", "target_only": "no plain Z recorded", "source_only": "no plain Z recorded",
+    "z_marginal": "not recorded by the store's affinity runs", "grad_cosine": "not recorded by the store's affinity runs",
+    "step_ratio": "the grid runs record no training steps", "size_ratio": "no training-set sizes recorded"}
