@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transfer.data.tasks import TaskTable
 from transfer.experiment.roles import ROLES as ROLE_TABLE
-from transfer.experiment.store import ResultsStore, RunFolder, read_predictions
+from transfer.experiment.store import ResultsStore, RunFolder, RunRecord, read_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -40,33 +40,46 @@ class Setting:
 
 @dataclass(frozen=True)
 class RunInfo:
-    """One run folder as the analysis needs it."""
+    """A run folder as the analysis sees it: the store's ``RunRecord`` (the one record of a run folder) plus what
+    the analysis derives from it: its setting, its status with any damage named, its roles (checked against the
+    roles table) and its stored test scores in today's primary metrics."""
 
-    run_id: str
-    folder: Path
-    stage: str
-    tasks: tuple[str, ...]
-    seed: int
+    record: RunRecord = field(repr=False)
     setting: Setting
     status: str
-    parent: str | None
-    scores: dict = field(default_factory=dict)  # task -> stored test score (done runs only)
-    wall_seconds: float | None = None  # metrics.json train.wall_seconds (done runs only)
-    affinity_every: int = 0  # > 0: an affinity run (look-ahead affinity tracked); never a grid condition
-    affinity: dict | None = None  # metrics.json "affinity" block of a done affinity run
     roles: tuple[str, ...] | None = None  # spec.json "roles" where the grid wrote them; None: infer (older stores)
+    scores: dict = field(default_factory=dict)  # task -> stored test score (done runs only)
     metrics: dict = field(default_factory=dict, compare=False, repr=False)  # the whole metrics.json of a done run
+
+    run_id = property(lambda self: self.record.run_id)
+    folder = property(lambda self: self.record.folder)
+    stage = property(lambda self: self.record.stage)
+    tasks = property(lambda self: self.record.tasks)
+    seed = property(lambda self: self.record.seed)
+    parent = property(lambda self: self.record.parent)
+    affinity_every = property(lambda self: self.record.affinity_every)  # > 0: an affinity run, never a condition
+
+    @property
+    def wall_seconds(self) -> float | None:
+        """metrics.json train.wall_seconds (done runs only)."""
+        wall = (self.metrics.get("train") or {}).get("wall_seconds")
+        return None if wall is None else float(wall)
+
+    @property
+    def affinity(self) -> dict | None:
+        """metrics.json "affinity" block of a done affinity run."""
+        return self.metrics.get("affinity") if self.is_affinity else None
 
     @property
     def is_affinity(self) -> bool:
         return "affinity" in self.roles if self.roles is not None else self.affinity_every > 0
 
     def predictions_file(self, task: str) -> Path:
-        return RunFolder(self.folder).predictions_file(task)
+        return self.record.predictions_file(task)
 
     def finished_at(self) -> float:
         """When the run wrote its results (metrics.json's mtime): of two done runs of one condition, the newer wins."""
-        return RunFolder(self.folder).metrics_file.stat().st_mtime
+        return self.record.metrics_file.stat().st_mtime
 
 
 def _run_domain(spec: dict, table: TaskTable) -> str:
@@ -76,12 +89,6 @@ def _run_domain(spec: dict, table: TaskTable) -> str:
         return table.domain_of(list(spec["tasks"])).name
     except (KeyError, ValueError):
         return "unknown"
-
-
-def _stored_metrics(folder: Path) -> dict:
-    """A run's metrics.json ({} when absent)."""
-    run = RunFolder(folder)
-    return run.read_metrics() if run.metrics_file.is_file() else {}
 
 
 def _scores(metrics: dict, table: TaskTable) -> dict:
@@ -99,16 +106,6 @@ def _scores(metrics: dict, table: TaskTable) -> dict:
         if value is not None:
             scores[name] = value
     return scores
-
-
-def _wall_seconds(metrics: dict) -> float | None:
-    wall = (metrics.get("train") or {}).get("wall_seconds")
-    return None if wall is None else float(wall)
-
-
-def _affinity_every(spec: dict) -> int:
-    """The spec's look-ahead affinity interval; 0 for plain runs and for specs older than the key."""
-    return int(spec.get("affinity_every") or 0)
 
 
 def _spec_roles(spec: dict) -> tuple[str, ...] | None:
@@ -144,12 +141,8 @@ def load_runs(store: ResultsStore, table: TaskTable) -> list[RunInfo]:
         try:
             setting = Setting(_run_domain(spec, table), str(spec["model"]), str(spec["profile"]["name"]))
             status = f"damaged: {damage}" if damage else record.status or "unknown"
-            metrics = _stored_metrics(record.folder) if status == "done" else {}
-            every, roles = _affinity_every(spec), _record_roles(record)
-            affinity = metrics.get("affinity") if every > 0 or (roles and "affinity" in roles) else None
-            runs.append(RunInfo(record.run_id, record.folder, spec["stage"], tuple(spec["tasks"]), int(spec["seed"]),
-                                setting, status, spec.get("parent"), _scores(metrics, table), _wall_seconds(metrics), every,
-                                affinity, roles, metrics))
+            metrics = record.metrics()
+            runs.append(RunInfo(record, setting, status, _record_roles(record), _scores(metrics, table), metrics))
         except (KeyError, TypeError, ValueError, OSError) as exc:
             logger.warning("run %s: unreadable spec or metrics (%s); skipped", record.run_id, exc)
     return runs
