@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from transfer import __version__
-from transfer.cli import add_common_flags, command, positive_int, pre_parse_task_files
+from transfer.cli import add_common_flags, add_data_flags, add_profile_flags, command, positive_int, pre_parse_task_files
 from transfer.data.tasks import TaskTable, load_task_table, locate_tasks
 from transfer.errors import UsageError, UserError
 from transfer.experiment.config import DEFAULT_MODEL, STAGES, RunSpec, data_fingerprints, profile_with_overrides
@@ -44,14 +44,9 @@ def build_parser(table: TaskTable) -> argparse.ArgumentParser:
                         help="single: one task; mtl: multi-task refinement; finetune: start from --parent's encoder")
     parser.add_argument("--domain", choices=sorted(table.domains), default=None,
                         help="whose data folder to read (default: the tasks' home domain)")
-    parser.add_argument("--profile", default="quick", help="profile name in experiments/ or a .toml path")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a profile value, e.g. --set epochs=3 --set max_train_examples=none")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="encoder: a local path or Hugging Face id; 'minilm' is the bundled all-MiniLM-L6-v2")
+    add_profile_flags(parser, DEFAULT_MODEL)
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the profile's first seed)")
-    parser.add_argument("--data-dir", default=None, help="data directory (else $TRANSFER_DATA_DIR, else ./data)")
-    parser.add_argument("--task-file", action="append", default=[], help="extra task table (TOML) to load")
+    add_data_flags(parser)
     parser.add_argument("--out", default=None, help="output folder (default: runs/<run id>)")
     parser.add_argument("--parent", default=None, help="finetune: folder of the mtl run to start from")
     parser.add_argument("--save-encoder", action=argparse.BooleanOptionalAction, default=None,

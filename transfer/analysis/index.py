@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transfer.data.tasks import TaskTable
 from transfer.experiment.roles import ROLES as ROLE_TABLE
-from transfer.experiment.store import ResultsStore, RunFolder, RunRecord, read_predictions
+from transfer.experiment.store import ResultsStore, RunRecord, read_predictions
 
 logger = logging.getLogger(__name__)
 

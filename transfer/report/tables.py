@@ -2,7 +2,8 @@
 transfer graph (networkx DiGraph, GraphML), and the look-ahead affinity preview next to the measured edges
 (per setting: Markdown, CSV, LaTeX; across settings: the validation table, Markdown and CSV).
 
-Pure formatting of ``transfer.analysis.DomainAnalysis``; nothing here computes a statistic.
+Pure formatting of ``transfer.analysis.DomainAnalysis``; nothing here computes a statistic. About 480 lines, over
+the ~450 guide: one job (every table writer in every format), each format a few small functions.
 """
 
 from __future__ import annotations
