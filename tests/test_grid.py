@@ -162,9 +162,12 @@ def _wait_for(condition, timeout: float, what: str) -> None:
 
 
 def test_resume_after_kill_9_redoes_only_the_interrupted_run(tmp_path, tiny_data_dir, fake_env, monkeypatch):
-    monkeypatch.setenv("FAKE_TRAIN_SLEEP", "2")
+    # One slot, and runs long enough that the one caught running cannot finish between the check and the kill,
+    # even on a loaded machine (with two slots a second run could end, or the next not yet start, in that window).
+    monkeypatch.setenv("FAKE_TRAIN_SLEEP", "5")
     results = tmp_path / "results"
-    args = _args(results, tiny_data_dir, "--tasks", *TWO, "--stages", "single", "pair", "--devices", "cpu")
+    args = _args(results, tiny_data_dir, "--tasks", *TWO, "--stages", "single", "pair", "--devices", "cpu",
+                 "--jobs-per-device", "1")
     with open(tmp_path / "grid.out", "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "transfer.grid", *args], stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
