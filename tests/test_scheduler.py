@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 
 import pytest
 
@@ -152,3 +154,13 @@ def test_board_orders_longest_first_and_holds_children_until_parent_done():
     assert child.run_id in [r.run_id for r in board.ready(0)]
     board.mark(board.runs[parent.run_id], "failed")
     assert [r.run_id for r in board.orphans()] == [child.run_id]
+
+
+def test_the_log_header_names_no_folder_of_this_machine(tmp_path, monkeypatch):
+    # logs are committed with a store: the worker command in the header must carry no absolute path
+    monkeypatch.chdir(tmp_path)
+    cmd = [sys.executable, "-m", "transfer.scheduling.worker", "--results", str(tmp_path / "results"),
+           "--data-dir", str(tmp_path.parent / "data"), "--device", "cpu"]
+    shown = scheduler.portable_command(cmd)
+    assert shown[0] == "python" and shown[4] == "results" and shown[6] == os.path.join("..", "data")
+    assert not any(os.path.isabs(arg) for arg in shown)

@@ -222,13 +222,27 @@ def _package_env(env: dict) -> dict:
     return env
 
 
+def portable_command(cmd: list[str]) -> list[str]:
+    """The command as a log line may show it: logs are committed with a store, so no folder of this machine
+    (the interpreter is ``python``, absolute paths are given relative to the working folder)."""
+    shown = []
+    for arg in cmd:
+        if arg == sys.executable:
+            shown.append("python")
+        elif os.path.isabs(arg):
+            shown.append(os.path.relpath(arg))
+        else:
+            shown.append(arg)
+    return shown
+
+
 def start_worker(store: ResultsStore, run_id: str, owner: str, cmd: list[str], env: dict,
                  slot_name: str) -> subprocess.Popen:
     """Start a worker subprocess; its stdout/stderr go to the run's log.txt (after a header line)."""
     log_path = store.run(run_id).log_file
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {socket.gethostname()} slot {slot_name}: "
-                  f"{' '.join(cmd)}\n")
+                  f"{' '.join(portable_command(cmd))}\n")
         return subprocess.Popen(cmd, env=_package_env(env), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
 
