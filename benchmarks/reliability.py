@@ -208,7 +208,7 @@ def task_file_cases(env: Env) -> list[Case]:
         "labels a string": f'[tasks.mine]\n{TASK_OK}labels = "BIO"\n',
         "labels a number": f"[tasks.mine]\n{TASK_OK}labels = 5\n",
         "name with ../": f'[tasks."../../x"]\n{TASK_OK}labels = ["a", "b"]\n',
-        "absolute name": f'[tasks."/tmp/x"]\n{TASK_OK}labels = ["a", "b"]\n',
+        "absolute name": f'[tasks."/x"]\n{TASK_OK}labels = ["a", "b"]\n',
         "folder outside": f'[tasks.mine]\n{TASK_OK}labels = ["a", "b"]\nfolder = "../../etc"\n',
         "not TOML": "[tasks.mine\nkind = \n",
         "unknown key": f'[tasks.mine]\n{TASK_OK}labels = ["a", "b"]\ncolour = "red"\n',
@@ -683,6 +683,17 @@ def _run(module: str, argv: list[str], timeout: int) -> tuple[int | None, str]:
     return code, out
 
 
+def _damaged_copies(store: Path, victim: Path, copy: Path):
+    """For each damage: a fresh copy of ``store`` with it applied; yields (name, whether it hits the victim run,
+    the damaged path relative to the copy, a snapshot of the copy taken before the program under test runs)."""
+    for name, (damage, hits_victim) in _damages(store, victim).items():
+        if copy.exists():
+            shutil.rmtree(copy)
+        shutil.copytree(store, copy)
+        damaged = damage(copy).relative_to(copy)
+        yield name, hits_victim, damaged, _snapshot(copy)
+
+
 def graph_store_faults(env: Env, store: Path, timeout: int) -> list[Fault]:
     """Damage a copy of ``store``: ``transfer.graph`` must finish, name the damaged run and touch no other run."""
     victim = next(p for p in sorted((store / "runs").iterdir()) if (p / "metrics.json").is_file()).relative_to(store)
@@ -691,12 +702,7 @@ def graph_store_faults(env: Env, store: Path, timeout: int) -> list[Fault]:
     extra += ["--no-figures"] if "--no-figures" in graph_help else []  # tables are enough to read every run
     faults = []
     copy = env.work / "store-copy"
-    for name, (damage, hits_victim) in _damages(store, victim).items():
-        if copy.exists():
-            shutil.rmtree(copy)
-        shutil.copytree(store, copy)
-        damaged = damage(copy).relative_to(copy)
-        before = _snapshot(copy)
+    for name, hits_victim, damaged, before in _damaged_copies(store, victim, copy):
         code, out = _run("transfer.graph", [str(copy), "--out", str(env.work / "graph-out"), *extra], timeout)
         kept = _others_kept(before, _snapshot(copy), damaged)
         traceback = "Traceback (most recent call last)" in out
@@ -741,12 +747,7 @@ def grid_store_faults(env: Env, timeout: int) -> list[Fault]:
     victim = next(p for p in sorted((store / "runs").iterdir()) if p.name.startswith("single-")).relative_to(store)
     faults = []
     copy = env.work / "tiny-store-copy"
-    for name, (damage, hits_victim) in _damages(store, victim).items():
-        if copy.exists():
-            shutil.rmtree(copy)
-        shutil.copytree(store, copy)
-        damaged = damage(copy).relative_to(copy)
-        before = _snapshot(copy)
+    for name, hits_victim, damaged, before in _damaged_copies(store, victim, copy):
         code, out = _run("transfer.grid", [*argv, "--results", str(copy)], timeout)
         kept = _others_kept(before, _snapshot(copy), damaged)
         check_code, check = _run("transfer.grid", [*argv, "--results", str(copy), "--dry-run"], timeout)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random BERT, a miniature data directory and an isolated feature cache."""
+"""Shared fixtures: a tiny random BERT and its tokenizer, the task table, a miniature data directory and an
+isolated feature cache."""
 
 from __future__ import annotations
 
@@ -26,6 +27,22 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared data not found at {SHARED} (set TRANSFER_DATA_DIR)")
     return make_tiny_data_dir(tmp_path_factory.mktemp("tiny-data"))
+
+
+@pytest.fixture(scope="session")
+def table():
+    """The built-in task table."""
+    from transfer.data.tasks import load_task_table
+
+    return load_task_table()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir):
+    """The tiny BERT's fast tokenizer."""
+    from transfer.training.model import load_tokenizer
+
+    return load_tokenizer(str(tiny_model_dir))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -11,22 +11,11 @@ import numpy as np
 import pytest
 
 from transfer.data.readers import read_split
-from transfer.data.tasks import load_task_table, locate_tasks
+from transfer.data.tasks import locate_tasks
 from transfer.training import features as features_module
 from transfer.training.features import _cache_key, cache_path, load_split
-from transfer.training.model import load_tokenizer
 
 MAX_LENGTH = 40
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return load_tokenizer(str(tiny_model_dir))
-
-
-@pytest.fixture(scope="module")
-def table():
-    return load_task_table()
 
 
 @pytest.fixture()

@@ -7,18 +7,7 @@ from transfer.data.examples import Example
 from transfer.training.features import build_features, load_split
 from transfer.training.batches import collate, make_batches, sample_examples
 from transfer.training.kinds import IGNORE_INDEX
-from transfer.training.model import load_tokenizer
-from transfer.data.tasks import load_task_table, locate_tasks
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return load_tokenizer(str(tiny_model_dir))
-
-
-@pytest.fixture(scope="module")
-def table():
-    return load_task_table()
+from transfer.data.tasks import locate_tasks
 
 
 def test_pairs_are_packed_and_truncated_longest_first(tokenizer, table):

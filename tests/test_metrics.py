@@ -22,7 +22,6 @@ from transfer.scoring.metrics import (
     pearson,
     score_task,
 )
-from transfer.data.tasks import load_task_table
 
 CHEMPROT_LABELS = ["CPR:3", "CPR:4", "CPR:5", "CPR:6", "CPR:9", "false"]
 
@@ -41,11 +40,6 @@ PRED = ["CPR:3", "CPR:4", "CPR:4", "CPR:3", "false", "false", "false"]
 #   CPR:9: gold 1, pred 0       -> 0, 0, 0
 #   macro P = (1/2 + 1/2)/5 = 1/5, R = (1/2 + 1)/5 = 3/10, F1 = (1/2 + 2/3)/5 = 7/30
 #   (averaging only over the classes present, CPR:3/4/9, would give 7/18 instead)
-
-
-@pytest.fixture(scope="module")
-def table():
-    return load_task_table()
 
 
 def _approx(*values):

@@ -20,11 +20,6 @@ BAD = FIXTURES / "bad"
 DATA_DIR = Path(os.environ.get(task_module.DATA_DIR_ENV) or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
-@pytest.fixture(scope="module")
-def table():
-    return load_task_table()
-
-
 def test_registry_covers_every_reader_name():
     assert set(READERS) == set(task_module.READERS)
 

@@ -121,7 +121,7 @@ def test_task_values_are_type_checked(tmp_path, entry, message):
     assert message in str(info.value) and str(info.value).startswith(f"{path}: ")
 
 
-@pytest.mark.parametrize("name", ['"../../x"', '"/tmp/x"', '"a/b"', '".hidden"', '"a..b"'])
+@pytest.mark.parametrize("name", ['"../../x"', '"/x"', '"a/b"', '".hidden"', '"a..b"'])
 def test_task_names_are_plain_names(tmp_path, name):
     path = tmp_path / "bad.toml"
     path.write_text(f'[tasks.{name}]\ndomain = "biomedical"\nkind = "regression"\nreader = "sts"\nmetric = "pearson"\n')
