@@ -161,6 +161,36 @@ def _wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def test_sigterm_to_the_grid_stops_its_workers_and_leaves_the_run_resumable(tmp_path, tiny_data_dir, fake_env,
+                                                                             monkeypatch):
+    # A batch system preempts with SIGTERM, sent to the grid alone: the workers must not run on as orphans
+    # (they would write into the store after the grid is gone, racing the next grid).
+    psutil = pytest.importorskip("psutil")
+    monkeypatch.setenv("FAKE_TRAIN_SLEEP", "60")
+    results = tmp_path / "results"
+    args = _args(results, tiny_data_dir, "--tasks", "chemprot", "--stages", "single", "--devices", "cpu",
+                 "--jobs-per-device", "1")
+    with open(tmp_path / "grid.out", "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "transfer.grid", *args], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    store = ResultsStore(results)
+    try:
+        _wait_for(lambda: any((store.folder(r) / "progress.json").is_file() for r in _statuses(results)), 90,
+                  "a run in progress")
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert workers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert list(_statuses(results).values()) == ["running"]  # left for the next grid, claim released
+    assert all(store.claim_info(r) is None for r in _statuses(results))
+    assert "rerun the same command to resume" in (tmp_path / "grid.out").read_text()
+
+
 def test_resume_after_kill_9_redoes_only_the_interrupted_run(tmp_path, tiny_data_dir, fake_env, monkeypatch):
     # One slot, and runs long enough that the one caught running cannot finish between the check and the kill,
     # even on a loaded machine (with two slots a second run could end, or the next not yet start, in that window).

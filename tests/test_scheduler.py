@@ -16,8 +16,9 @@ from transfer.scheduling.scheduler import Board, claim_run, device_slots, parse_
 from transfer.experiment.store import ResultsStore, read_json
 
 
-def _spec(tasks=("chemprot",), stage="single", **extra) -> RunSpec:
-    return RunSpec(tasks=tuple(tasks), stage=stage, profile=load_profile("test"), seed=1, domain="biomedical", **extra)
+def _spec(tasks=("chemprot",), stage="single", seed=1, **extra) -> RunSpec:
+    return RunSpec(tasks=tuple(tasks), stage=stage, profile=load_profile("test"), seed=seed, domain="biomedical",
+                   **extra)
 
 
 # ----------------------------------------------------------------------------------------------- slots
@@ -141,6 +142,18 @@ def test_describe_exit():
 
 
 # ----------------------------------------------------------------------------------------------- the board
+
+def test_board_starts_seed_by_seed_longest_first():
+    # a grid stopped part-way must leave whole seeds: seed 13's short run goes before seed 14's long one
+    long_14 = PlannedRun(_spec(("chemprot", "ddi2013-type"), "mtl", seed=14), "pair", 40)
+    short_13 = PlannedRun(_spec(("ddi2013-type",), seed=13), "single", 10)
+    long_13 = PlannedRun(_spec(("chemprot", "ddi2013-type"), "mtl", seed=13), "pair", 40)
+    plan = [short_13, long_14, long_13]
+    board = Board.from_plan(plan)
+    assert [r.run_id for r in board.ready(0)] == [long_13.run_id, short_13.run_id, long_14.run_id]
+    board = Board.from_plan([long_14, short_13, long_13])  # the plan's first seed comes first
+    assert [r.run_id for r in board.ready(0)] == [long_14.run_id, long_13.run_id, short_13.run_id]
+
 
 def test_board_orders_longest_first_and_holds_children_until_parent_done():
     parent = PlannedRun(_spec(("chemprot", "ddi2013-type"), "mtl", save_encoder=True), "all", 40)

@@ -10,10 +10,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 from transfer.errors import UserError
 
@@ -91,3 +94,27 @@ def command(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | No
             return EXIT_USER_ERROR
 
     return wrapper
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (a batch system preempting us, a grid shutting its workers down), handled as Ctrl-C is."""
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(f"signal {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Interrupted`, so the code that cleans up after Ctrl-C (stop the
+    workers, release claims) runs for it too, instead of the process dying with its children left running.
+    Signal handlers live in the main thread only; elsewhere (a Dask worker thread) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+

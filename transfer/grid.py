@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transfer.cli import add_common_flags, add_data_flags, add_profile_flags, add_results_flag, command, \
-    positive_int, pre_parse_task_files
+    positive_int, pre_parse_task_files, sigterm_interrupts
 from transfer.data.tasks import TaskTable, load_task_table
 from transfer.experiment.config import DEFAULT_MODEL, Profile, profile_with_overrides
 from transfer.experiment.convergence import convergence
@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{sum(p.estimated_examples for p in plan):,} estimated training examples in all")
         return 0
     try:
-        board = _execute(args, plan, store, console)
+        with sigterm_interrupts():  # a SIGTERM stops the workers too, as Ctrl-C does
+            board = _execute(args, plan, store, console)
     except KeyboardInterrupt:
         store.try_write_scores_table()
         print("interrupted: runs in progress are left 'running'; rerun the same command to resume", file=sys.stderr)

@@ -94,7 +94,7 @@ class DaskScheduler:
             while not board.finished():
                 skip_orphans(board, self.store, self.owner)
                 for run in board.ready(time.monotonic()):
-                    self._submit(run)
+                    self._submit(run, priority=-board.order[run.run_id])
                 for future in [f for f in self.futures if f.done()]:
                     self._collect(board, future)
                 if self.view is not None:
@@ -106,14 +106,14 @@ class DaskScheduler:
             raise
         return board
 
-    def _submit(self, run: GridRun) -> None:
+    def _submit(self, run: GridRun, priority: int) -> None:
         request = {"results": str(self.store.root.resolve()), "run_id": run.run_id,
                    "spec": run.planned.spec.to_dict(), "roles": list(run.planned.roles), "force": run.force,
                    "needs_encoder": run.needs_encoder, "retry_failed": self.options.retry_failed,
                    "data_dir": str(Path(self.options.data_dir).resolve()) if self.options.data_dir else None,
                    "task_files": [str(Path(f).resolve()) for f in self.options.task_files]}
         future = self.client.submit(run_on_dask_worker, request, key=f"transfer-{run.run_id}-{uuid.uuid4().hex[:6]}",
-                                    pure=False, priority=run.planned.estimated_examples,
+                                    pure=False, priority=priority,  # Dask runs higher first
                                     resources={"GPU": 1} if self.worker_gpus else None)
         run.state, run.slot, run.started, run.force = "running", "dask", time.time(), False
         self.futures[future] = run

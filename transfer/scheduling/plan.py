@@ -35,7 +35,7 @@ class PlannedRun:
 
     spec: RunSpec
     roles: tuple[str, ...]
-    estimated_examples: int = 0  # training examples it goes through (all epochs): what the longest-first order uses
+    estimated_examples: int = 0  # training examples it goes through (all epochs): what the start order uses
     run_id: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -193,6 +193,18 @@ def train_counts(table: TaskTable, paths: dict[str, dict[str, Path]], fingerprin
         except OSError as exc:  # only a cache
             logger.warning("could not write %s: %s", cache_file, exc)
     return counts
+
+
+def start_order(plan: list[PlannedRun]) -> dict[str, int]:
+    """Each run's place in the order runs start: seed by seed (in the plan's order of seeds), longest first within
+    a seed. A multi-seed grid stopped part-way (it takes hours on a CPU) then leaves whole seeds done, which the
+    analysis can use, rather than a few runs of every seed; there is no barrier between seeds, so a slot freed near
+    the end of one seed takes the next seed's longest run."""
+    seed_rank: dict[int, int] = {}
+    for run in plan:
+        seed_rank.setdefault(run.spec.seed, len(seed_rank))
+    ordered = sorted(plan, key=lambda run: (seed_rank[run.spec.seed], -run.estimated_examples, run.run_id))
+    return {run.run_id: place for place, run in enumerate(ordered)}
 
 
 def plan_grid(table: TaskTable, domain: str | None, tasks: tuple[str, ...], stages: tuple[str, ...],

@@ -13,7 +13,8 @@ The device slots are ``transfer.scheduling.slots``, the Dask backend ``transfer.
 * Dask: one task per run (``resources={"GPU": 1}`` when workers have GPUs); the task claims the run on the
   worker host and starts the same worker subprocess there, whose GPU is the Dask worker's own.
 
-Ready runs start longest first (estimated training examples); a finetune run starts once its refinement
+Ready runs start seed by seed, longest first within a seed (estimated training examples; see
+``plan.start_order``); a finetune run starts once its refinement
 run is done, and is recorded failed (``skipped``) when that run failed. A done refinement run whose
 ``encoder/`` is gone is redone only while one of its finetune runs still has to run. A damaged run folder (see
 ``transfer.experiment.store``) counts as not done: the run is redone, its damaged files set aside. A failure
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transfer.experiment.store import ResultsStore
-from transfer.scheduling.plan import PlannedRun
+from transfer.scheduling.plan import PlannedRun, start_order
 from transfer.scheduling.slots import Slot, device_slots, parse_devices, usable_cores  # noqa: F401  (the slots' API)
 from transfer.scheduling.worker import EXIT_INTERRUPTED, EXIT_NOT_CLAIMED
 
@@ -77,10 +78,11 @@ class Board:
     """The plan's runs and their states; says which may start next."""
 
     runs: dict[str, GridRun] = field(default_factory=dict)
+    order: dict[str, int] = field(default_factory=dict)  # run id -> place in the start order
 
     @classmethod
     def from_plan(cls, plan: list[PlannedRun]) -> "Board":
-        return cls({p.run_id: GridRun(p) for p in plan})
+        return cls({p.run_id: GridRun(p) for p in plan}, start_order(plan))
 
     def count(self, state: str) -> int:
         return sum(1 for run in self.runs.values() if run.state == state)
@@ -99,10 +101,10 @@ class Board:
         return self.runs[parent].state if parent in self.runs else "done"
 
     def ready(self, now: float) -> list[GridRun]:
-        """Pending runs whose parent is done, longest first."""
+        """Pending runs whose parent is done, in the start order."""
         ready = [run for run in self.of_state("pending")
                  if run.not_before <= now and self.parent_state(run) == "done"]
-        return sorted(ready, key=lambda run: (-run.planned.estimated_examples, run.run_id))
+        return sorted(ready, key=lambda run: self.order[run.run_id])
 
     def orphans(self) -> list[GridRun]:
         """Pending runs whose parent failed (or was itself skipped)."""

@@ -23,14 +23,13 @@ import argparse
 import importlib
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 import traceback
 from pathlib import Path
 
-from transfer.cli import add_common_flags, add_data_flags, command
+from transfer.cli import add_common_flags, add_data_flags, command, sigterm_interrupts
 from transfer.errors import UsageError
 from transfer.experiment.config import run_spec_from_dict
 from transfer.experiment.progress import LogReporter
@@ -43,10 +42,6 @@ TRAIN_FN_ENV = "TRANSFER_TRAIN_FN"
 HEARTBEAT_S = 30.0
 PROGRESS_EVERY_S = 1.0
 EXIT_DONE, EXIT_FAILED, EXIT_NOT_CLAIMED, EXIT_INTERRUPTED = 0, 1, 3, 130
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM (a batch system preempting us, or the grid shutting down)."""
 
 
 class ProgressFileReporter(LogReporter):
@@ -217,10 +212,6 @@ def _claim(store: ResultsStore, run_id: str, owner: str | None) -> bool:
     return store.try_claim(run_id, spec, owner=f"worker:{socket.gethostname()}:{os.getpid()}", roles=roles)
 
 
-def _raise_interrupted(signum, frame) -> None:
-    raise Interrupted(f"signal {signal.Signals(signum).name}")
-
-
 @command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -230,17 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     if not _claim(store, args.run_id, args.owner):
         print(f"run {args.run_id} is done or claimed by another process; nothing to do")
         return EXIT_NOT_CLAIMED
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if in_main_thread else None
-    try:
+    with sigterm_interrupts():
         if args.threads:
             import torch
 
             torch.set_num_threads(args.threads)
         return execute(store, args.run_id, data_dir=args.data_dir, device=args.device, task_files=args.task_file)
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
