@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from transfer.experiment.config import RunSpec, load_profile
+from transfer.experiment.config import ConfigError, RunSpec, load_profile
 from transfer.training.features import SplitData, build_features
 from transfer.training.batches import collate
 from transfer.training.lookahead import AffinityTracker, lookahead_params
@@ -122,6 +122,33 @@ def test_tracking_leaves_the_training_trajectory_unchanged(tiny_model_dir, tiny_
     assert affinity["precision"] == "fp32" and affinity["diagonal"] == "held-out"  # the test profile trains in fp32
     assert affinity["measurements"] >= 2 and affinity["skipped_zero_lr"] == 0  # no warm-up step at this size
     assert "affinity" not in a
+
+
+def test_a_short_preview_follows_the_start_of_the_all_task_runs_trajectory(tiny_model_dir, tiny_data_dir):
+    # affinity_epochs = 1 of a 2-epoch schedule: the preview's steps are the all-task run's first epoch, step for
+    # step (same learning-rate schedule), and it stops there
+    profile = load_profile("test").replace(epochs=2, max_train_examples=12)
+    plain = RunSpec(tasks=TASKS, stage="mtl", profile=profile, seed=2, model=str(tiny_model_dir))
+    preview = RunSpec(tasks=TASKS, stage="mtl", profile=profile, seed=2, model=str(tiny_model_dir), affinity_every=2,
+                      affinity_epochs=1)
+    a = train(plain, data_dir=tiny_data_dir)
+    b = train(preview, data_dir=tiny_data_dir)
+    assert (a["train"]["epochs_run"], b["train"]["epochs_run"]) == (2, 1)
+    first_epoch = len(b["train"]["losses"])
+    assert 0 < first_epoch < len(a["train"]["losses"])
+    assert b["train"]["losses"] == a["train"]["losses"][:first_epoch]
+    assert len(b["affinity"]["per_epoch"]) == 1
+
+
+def test_affinity_epochs_is_hashed_only_when_set_and_only_for_affinity_runs(tiny_model_dir):
+    profile = load_profile("test")
+    tracked = RunSpec(tasks=TASKS, stage="mtl", profile=profile, seed=2, model=str(tiny_model_dir), affinity_every=2)
+    short = RunSpec(tasks=TASKS, stage="mtl", profile=profile, seed=2, model=str(tiny_model_dir), affinity_every=2,
+                    affinity_epochs=1)
+    assert '"affinity_epochs"' not in tracked.canonical_json() and short.run_id != tracked.run_id
+    assert short.last_epoch == 1 and tracked.last_epoch == short.epochs == profile.epochs
+    with pytest.raises(ConfigError, match="affinity_epochs"):
+        RunSpec(tasks=TASKS, stage="mtl", profile=profile, affinity_epochs=1)  # not an affinity run
 
 
 def test_probe_precision_changes_only_the_affinity_run_ids(tiny_model_dir):
@@ -244,8 +271,9 @@ def test_affinity_stage_plans_one_tracked_all_task_run(tiny_data_dir, tmp_path, 
 
     profile = load_profile("test")
     runs = grid.expand_specs(TASKS, ("all", "affinity"), (1,), profile=profile, model="m", domain="biomedical",
-                             affinity_every=7, affinity_batches=2)
+                             affinity_every=7, affinity_batches=2, affinity_epochs=1)
     (_, plain), (stage, tracked) = runs
+    assert tracked.affinity_epochs == 1 and tracked.last_epoch == 1
     assert stage == "affinity" and tracked.tasks == plain.tasks and tracked.stage == "mtl"
     assert (tracked.affinity_every, tracked.affinity_batches, plain.affinity_every) == (7, 2, 0)
     assert tracked.run_id != plain.run_id

@@ -69,6 +69,9 @@ def build_parser(table: TaskTable) -> argparse.ArgumentParser:
                       help="affinity stage: take a look-ahead affinity measurement every this many training steps")
     what.add_argument("--affinity-batches", type=positive_int, default=1,
                       help="affinity stage: probe batches per task and measurement")
+    what.add_argument("--affinity-epochs", type=positive_int, default=None,
+                      help="affinity stage: stop the preview after this many epochs of the all-task run's schedule "
+                           "(its learning rate decays as over the whole run; default: train the whole run)")
     what.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds to run (None: the profile's seeds)")
     add_profile_flags(what, DEFAULT_MODEL)
     add_data_flags(what)
@@ -182,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     request = resolve_request(args, table, parser)
     plan = plan_grid(table, request.domain, request.tasks, request.stages, request.seeds, request.profile,
                      args.model, args.data_dir, write_cache=not args.dry_run,
-                     affinity_every=args.affinity_every, affinity_batches=args.affinity_batches)
+                     affinity_every=args.affinity_every, affinity_batches=args.affinity_batches,
+                     affinity_epochs=args.affinity_epochs or 0)
     store = ResultsStore(args.results)
     if args.dry_run:
         out = Console(width=None if sys.stdout.isatty() else 250)

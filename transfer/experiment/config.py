@@ -220,6 +220,9 @@ class RunSpec:
     save_encoder: bool = False
     affinity_every: int = 0  # >0: measure look-ahead task affinity every this many steps (transfer.training.lookahead)
     affinity_batches: int = 1  # probe batches per task and measurement
+    # >0: an affinity run stops after this many epochs of its stage's schedule (a preview over the start of the
+    # all-task run's trajectory, at a fraction of its cost); 0: it trains as the all-task run does
+    affinity_epochs: int = 0
     extra: tuple[tuple[str, str], ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -237,6 +240,8 @@ class RunSpec:
             raise ConfigError("affinity_every must be >= 0 and affinity_batches >= 1")
         if self.affinity_every and len(self.tasks) < 2:
             raise ConfigError("look-ahead affinity needs a multi-task (mtl) run with at least two tasks")
+        if self.affinity_epochs < 0 or (self.affinity_epochs and not self.affinity_every):
+            raise ConfigError("affinity_epochs must be >= 0, and is set only for an affinity run (affinity_every > 0)")
         if self.stage == "finetune":
             if len(self.tasks) != 1:
                 raise ConfigError("a finetune run takes exactly one task")
@@ -249,7 +254,13 @@ class RunSpec:
 
     @property
     def epochs(self) -> int:
+        """The epochs the learning-rate schedule spans."""
         return getattr(self.profile, STAGE_SETTINGS[self.stage].epochs)
+
+    @property
+    def last_epoch(self) -> int:
+        """The epoch after which training ends at the latest (an affinity preview can end before the schedule)."""
+        return min(self.affinity_epochs, self.epochs) if self.affinity_epochs else self.epochs
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -263,6 +274,8 @@ class RunSpec:
         for name, legacy in LEGACY_PROFILE_VALUES.items():
             if data["profile"][name] == legacy:
                 data["profile"].pop(name)
+        if not self.affinity_epochs:  # added later: absent from every earlier spec, so their run ids stay
+            data.pop("affinity_epochs")
         if not self.affinity_every:  # the probes' precision changes no score of a run that has no probes
             data["profile"].pop("affinity_precision", None)
         else:

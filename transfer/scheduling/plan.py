@@ -100,7 +100,8 @@ def _finetune(plan: SeedPlan) -> list[RunSpec]:
 
 def _affinity(plan: SeedPlan) -> list[RunSpec]:
     return [plan.spec(plan.tasks, "affinity", affinity_every=plan.options["affinity_every"],
-                      affinity_batches=plan.options["affinity_batches"])]
+                      affinity_batches=plan.options["affinity_batches"],
+                      affinity_epochs=plan.options["affinity_epochs"])]
 
 
 PLANNER_RULES: dict[str, Callable[[SeedPlan], list[RunSpec]]] = {
@@ -121,7 +122,7 @@ def check_roles(roles: tuple[str, ...]) -> None:
 def expand_specs(tasks: tuple[str, ...], stages: tuple[str, ...], seeds: tuple[int, ...], *, profile: Profile,
                  model: str, domain: str | None, fingerprints: tuple[tuple[str, str], ...] = (),
                  code_version: str = transfer.__version__, affinity_every: int = 20,
-                 affinity_batches: int = 1) -> list[tuple[str, RunSpec]]:
+                 affinity_batches: int = 1, affinity_epochs: int = 0) -> list[tuple[str, RunSpec]]:
     """(role, spec) of every run, seed by seed, in the roles table's order (a parent before its children)."""
     check_roles(tuple(stages))
 
@@ -131,7 +132,8 @@ def expand_specs(tasks: tuple[str, ...], stages: tuple[str, ...], seeds: tuple[i
                        data_fingerprints=own, code_version=code_version, **extra)
 
     runs: list[tuple[str, RunSpec]] = []
-    options = {"affinity_every": affinity_every, "affinity_batches": affinity_batches}
+    options = {"affinity_every": affinity_every, "affinity_batches": affinity_batches,
+               "affinity_epochs": affinity_epochs}
     for seed in seeds:
         plan = SeedPlan(tuple(tasks), seed, tuple(stages), lambda t, s, **x: make(t, s, seed, **x), options)
         for name in (r for r in ROLES if r in stages):
@@ -158,7 +160,7 @@ def dedupe(runs: list[tuple[str, RunSpec]]) -> list[tuple[tuple[str, ...], RunSp
 def estimate_examples(spec: RunSpec, train_counts: dict[str, int]) -> int:
     """Training examples the run goes through: sum of min(train size, max_train_examples), times epochs."""
     cap = spec.profile.max_train_examples
-    return sum(min(train_counts[name], cap or train_counts[name]) for name in spec.tasks) * spec.epochs
+    return sum(min(train_counts[name], cap or train_counts[name]) for name in spec.tasks) * spec.last_epoch
 
 
 def counts_cache_file() -> Path:
@@ -209,12 +211,13 @@ def start_order(plan: list[PlannedRun]) -> dict[str, int]:
 
 def plan_grid(table: TaskTable, domain: str | None, tasks: tuple[str, ...], stages: tuple[str, ...],
               seeds: tuple[int, ...], profile: Profile, model: str, data_dir: str | None = None,
-              write_cache: bool = True, affinity_every: int = 20, affinity_batches: int = 1) -> list[PlannedRun]:
+              write_cache: bool = True, affinity_every: int = 20, affinity_batches: int = 1,
+              affinity_epochs: int = 0) -> list[PlannedRun]:
     """Every run of the grid with its data fingerprints, roles and estimated size."""
     paths = locate_tasks(table, tasks, domain, data_dir)
     fingerprints = data_fingerprints(paths)
     counts = train_counts(table, paths, dict(fingerprints), counts_cache_file(), write_cache)
     runs = dedupe(expand_specs(tasks, stages, seeds, profile=profile, model=model, domain=domain,
                                fingerprints=fingerprints, affinity_every=affinity_every,
-                               affinity_batches=affinity_batches))
+                               affinity_batches=affinity_batches, affinity_epochs=affinity_epochs))
     return [PlannedRun(spec, roles, estimate_examples(spec, counts)) for roles, spec in runs]

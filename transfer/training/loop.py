@@ -303,14 +303,14 @@ class _Loop:
         self.tracker: AffinityTracker | None = None
 
     def run(self) -> None:
-        stale, patience = 0, self.spec.profile.patience
-        for epoch in range(1, self.spec.epochs + 1):
+        stale, patience, ceiling = 0, self.spec.profile.patience, self.spec.last_epoch
+        for epoch in range(1, ceiling + 1):
             self.train_epoch()
             improved = self.evaluate(epoch)
             self.epochs_run = epoch
             stale = 0 if improved else stale + 1
-            self.stopped_early = bool(patience) and stale >= patience and epoch < self.spec.epochs
-            last = epoch == self.spec.epochs or self.stopped_early
+            self.stopped_early = bool(patience) and stale >= patience and epoch < ceiling
+            last = epoch == ceiling or self.stopped_early
             self._keep_weights(epoch, last)
             if self.stopped_early:
                 logger.info("no task improved on dev for %d epochs; stopping after epoch %d", stale, epoch)
