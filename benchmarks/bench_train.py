@@ -51,6 +51,32 @@ out. MFU = sum of F_train over the real tokens of the timed steps / timed second
 the variant's precision (bf16 peak for bf16 variants, fp32 peak for fp32). Padding positions are waste and
 do not count; ``executed_util`` counts every padded position instead (what the hardware actually computed),
 so ``executed_util - mfu`` is the part lost to padding and the rest of the gap to 1 is kernel efficiency.
+
+The peak (the MFU denominator, part ``peak``) is measured per precision: fp32 (TF32 on CUDA, as training runs
+it), bf16 where it runs natively, and fp16 on CUDA. Each precision is timed on several shapes: squares of
+``--matmul-size`` and twice that (skipped where the operands would take over a quarter of the free memory), and
+the encoder's own forward matmuls at one training batch at its widest (``batch x max_length`` rows; the fused
+Q/K/V projection ``H x 3H``, the attention output ``H x H``, the feed-forward ``H x I`` and ``I x H``). Each
+shape runs ``torch.mm(a, b, out=c)`` on preallocated operands with the benchmark's thread count: two untimed
+calls, then timed repeats until ``--peak-seconds`` have passed and at least ``--matmul-repeats`` ran. A shape's
+figure is its **best** repeat and a precision's peak is its **fastest shape**; every shape's best and median
+are in the JSON. Why: a matmul is never faster than the hardware allows but is slower whenever another process
+takes a core or the clock has not ramped up, so the median of a few repeats undercounts on a shared or
+frequency-scaling CPU (one machine gave 153 GFLOP/s fp32 that way, 333 with the best of ten on a quiet
+machine), and a single shape can miss the blocking the kernel library does best (on an AMX CPU a
+4096 x 384 x 1536 bf16 matmul ran about 1.4x faster than the 2048 square).
+
+Load check: around the peak measurement, each training variant and each evaluation, the benchmark reads the
+CPU time every process used (``/proc/stat``) and its own (the process clock, children included); what other
+processes used over the interval, in cores, is recorded as ``load`` (with the load averages before and after).
+Above ``--quiet-cores`` (default 0.1 of one core) the interval is not quiet: a warning line says the numbers
+are not trustworthy and the report's ``meta.quiet`` is false.
+
+Impossible utilisation: the hardware cannot run faster than its peak, so an MFU or executed utilisation above
+100% means the peak was measured too low. Such a row records ``mfu`` and ``executed_util`` as null with a
+``utilisation_error`` (both are dropped: they share the wrong denominator), the tables print
+``n/a (>100%: peak too low)``, and one warning line (``meta.peak_too_low``) says the measured peak is wrong.
+Values are never clamped.
 """
 
 from __future__ import annotations
@@ -148,27 +174,275 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(size: int, dtype_name: str, device, repeats: int = 5, warmup: int = 2) -> dict:
-    """GFLOP/s of a ``size``^3 matmul (2*size^3 FLOPs): ``warmup`` untimed runs, then the median of ``repeats``."""
+# Peak measurement. A timed matmul on a CPU runs slower whenever another process takes its core or the clock
+# has not ramped up, and never faster than the hardware allows, so the fastest repeat is the estimate of the
+# peak and the median is not: the median of a few repeats undercounts on a shared or frequency-scaling CPU.
+# One shape can also miss the blocking the kernel library does best, so every precision is timed on several
+# shapes (large squares and the encoder's own) and its peak is the fastest of them.
+PEAK_SECONDS = 1.0  # time budget of one shape: repeat until it has passed (and at least PEAK_MIN_REPEATS ran)
+PEAK_MIN_REPEATS = 10
+PEAK_WARMUP = 2  # untimed calls per shape (first kernel selection, page faults of the output)
+PEAK_MAX_REPEATS = 10_000  # bounds a tiny shape's loop; real shapes reach their budget long before
+CUDA_REPEAT_SECONDS = 1e-3  # on CUDA one repeat is a group of calls lasting at least this long (launch overhead)
+PEAK_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+QUIET_CORES = 0.1  # other processes may use this much of one core during a measurement before it is "not quiet"
+MEMORY_SHARE = 0.25  # a peak shape may take at most this share of the free memory (else it is skipped)
+
+
+@dataclass(frozen=True)
+class MatmulShape:
+    """``(m x k) @ (k x n)``, named for what it stands for; ``2*m*k*n`` FLOPs."""
+
+    name: str
+    m: int
+    k: int
+    n: int
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.m * self.k * self.n
+
+    def nbytes(self, itemsize: int) -> int:
+        """Memory of the three operands, plus the fp32 buffers they are drawn in."""
+        inputs = self.m * self.k + self.k * self.n
+        return (inputs + self.m * self.n) * itemsize + inputs * 4
+
+
+def peak_shapes(square: int, arch: Arch | None = None, tokens: int | None = None) -> list[MatmulShape]:
+    """The shapes a peak is measured on: squares of ``square`` and ``2*square``, and where the encoder is known,
+    its forward matmuls at ``tokens`` rows (one training batch at its widest): the fused Q/K/V projection
+    (``H x 3H``), the attention output (``H x H``) and the two feed-forward matrices (``H x I``, ``I x H``)."""
+    shapes = [MatmulShape(f"square {n}", n, n, n) for n in (square, 2 * square)]
+    if arch is not None and tokens:
+        h, i = arch.hidden, arch.intermediate
+        shapes += [MatmulShape("qkv projection", tokens, h, 3 * h), MatmulShape("attention output", tokens, h, h),
+                   MatmulShape("feed-forward in", tokens, h, i), MatmulShape("feed-forward out", tokens, i, h)]
+    return shapes
+
+
+def peak_precisions(device) -> list[str]:
+    """fp32 everywhere (TF32 on CUDA, as training uses it), bf16 where it runs natively, fp16 on CUDA."""
+    precisions = ["fp32"] + (["bf16"] if bf16_native(device) else [])
+    return precisions + (["fp16"] if device.type == "cuda" else [])
+
+
+def time_repeats(step, *, budget_s: float, min_repeats: int, warmup: int, timer=time.perf_counter,
+                 max_repeats: int = PEAK_MAX_REPEATS) -> list[float]:
+    """Seconds of each timed ``step()``: ``warmup`` untimed calls, then repeats until ``budget_s`` has passed and
+    at least ``min_repeats`` ran (at most ``max_repeats``)."""
+    for _ in range(warmup):
+        step()
+    times: list[float] = []
+    start = timer()
+    while len(times) < max_repeats and (len(times) < min_repeats or timer() - start < budget_s):
+        begin = timer()
+        step()
+        times.append(timer() - begin)
+    return times
+
+
+def time_matmul(shape: MatmulShape, precision: str, device, *, budget_s: float = PEAK_SECONDS,
+                min_repeats: int = PEAK_MIN_REPEATS, warmup: int = PEAK_WARMUP, timer=time.perf_counter) -> dict:
+    """GFLOP/s of ``torch.mm(a, b, out=c)`` on preallocated operands of ``shape``: the best repeat, the median
+    for reference. On CUDA each repeat is a group of calls between two synchronisations lasting at least
+    ``CUDA_REPEAT_SECONDS``, so launch latency does not count."""
     import torch
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    dtype = getattr(torch, PEAK_DTYPES[precision])
     gen = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
-    b = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
-    out = torch.empty(size, size, device=device, dtype=dtype)
-    for _ in range(warmup):
-        torch.mm(a, b, out=out)
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
+    a = torch.randn(shape.m, shape.k, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(shape.k, shape.n, generator=gen).to(device=device, dtype=dtype)
+    out = torch.empty(shape.m, shape.n, device=device, dtype=dtype)
+    calls = 1
+
+    def step() -> None:
+        for _ in range(calls):
+            torch.mm(a, b, out=out)
         sync(device)
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return {"dtype": dtype_name, "size": size, "repeats": repeats, "seconds": [round(t, 6) for t in times],
-            "median_seconds": round(median, 6), "gflops": round(2 * size ** 3 / median / 1e9, 2)}
+
+    if device.type == "cuda":
+        step()
+        begin = time.perf_counter()
+        step()
+        calls = max(1, min(1000, int(CUDA_REPEAT_SECONDS / max(time.perf_counter() - begin, 1e-9)) + 1))
+    times = [t / calls for t in time_repeats(step, budget_s=budget_s, min_repeats=min_repeats, warmup=warmup,
+                                             timer=timer)]
+    best, median = min(times), statistics.median(times)
+    return {"shape": shape.name, "m": shape.m, "k": shape.k, "n": shape.n, "flops": shape.flops,
+            "repeats": len(times), "calls_per_repeat": calls, "best_seconds": round(best, 9),
+            "median_seconds": round(median, 9), "worst_seconds": round(max(times), 9),
+            "gflops": round(shape.flops / best / 1e9, 2), "median_gflops": round(shape.flops / median / 1e9, 2)}
+
+
+def free_memory_bytes(device) -> int | None:
+    """Free device memory on CUDA, ``MemAvailable`` on the CPU; None where unknown."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def measure_peaks(shapes: list[MatmulShape], precisions: list[str], device, *, budget_s: float = PEAK_SECONDS,
+                  min_repeats: int = PEAK_MIN_REPEATS, warmup: int = PEAK_WARMUP, time_fn=None,
+                  free_bytes: int | None = None) -> dict:
+    """The peak of each precision: the fastest of its shapes, each at its best repeat (``time_matmul``); every
+    shape's numbers are kept. A shape that would take more than ``MEMORY_SHARE`` of ``free_bytes`` is skipped."""
+    import torch
+
+    time_fn = time_fn or time_matmul
+    out: dict = {}
+    for precision in precisions:
+        itemsize = torch.empty((), dtype=getattr(torch, PEAK_DTYPES[precision])).element_size()
+        rows, skipped = [], []
+        for shape in shapes:
+            if free_bytes is not None and shape.nbytes(itemsize) > MEMORY_SHARE * free_bytes:
+                skipped.append({"shape": shape.name, "m": shape.m, "k": shape.k, "n": shape.n,
+                                "why": f"needs {shape.nbytes(itemsize) / 2 ** 20:,.0f} MB, over "
+                                       f"{MEMORY_SHARE:.0%} of the {free_bytes / 2 ** 20:,.0f} MB free"})
+                continue
+            rows.append(time_fn(shape, precision, device, budget_s=budget_s, min_repeats=min_repeats, warmup=warmup))
+        if not rows:
+            raise SystemExit(f"no peak shape of {precision} fits in memory: {skipped}")
+        best = max(rows, key=lambda row: row["gflops"])
+        out[precision] = {"dtype": precision, "gflops": best["gflops"], "best_shape": best["shape"],
+                          "shapes": rows, "skipped_shapes": skipped}
+    return out
+
+
+def encoder_arch(model: str) -> Arch:
+    """The encoder's ``Arch`` from its config (no weights are loaded)."""
+    from transformers import AutoConfig
+
+    from transfer.training.model import resolve_model
+
+    config = AutoConfig.from_pretrained(resolve_model(model))
+    return Arch(config.num_hidden_layers, config.hidden_size, config.intermediate_size)
+
+
+# Load check. The CPU time of all processes comes from /proc/stat; this process's own (every thread, and its
+# children) from the process clock and getrusage; the difference over an interval is what other work took
+# from the machine while it was being measured.
+
+def _read_proc_stat() -> str:
+    with open("/proc/stat") as handle:
+        return handle.read()
+
+
+def cpu_seconds_of_stat(text: str, ticks_per_second: float) -> tuple[float, float]:
+    """(CPU seconds run by anything, CPU seconds stolen by the hypervisor) since boot, from /proc/stat's text."""
+    fields = text.split("\n", 1)[0].split()
+    if not fields or fields[0] != "cpu":
+        raise ValueError("the first line of /proc/stat is not the 'cpu' total")
+    ticks = [int(x) for x in fields[1:9]] + [0] * (9 - len(fields))
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks[:8]
+    return (user + nice + system + irq + softirq) / ticks_per_second, steal / ticks_per_second
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) and of its children, finished or running."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = time.process_time() + children.ru_utime + children.ru_stime
+    try:
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            try:
+                times = child.cpu_times()
+            except psutil.Error:  # exited in between: counted by RUSAGE_CHILDREN once reaped
+                continue
+            total += times.user + times.system
+    except ImportError:  # pragma: no cover - psutil is normally there
+        pass
+    return total
+
+
+class LoadCheck:
+    """Whether the machine was quiet during a block: how much CPU time other processes used in it.
+
+    ``result`` (after the block): the interval, load averages before and after, CPU seconds of all processes,
+    of this one and of the others (plus hypervisor steal), ``other_cores`` = other seconds / wall seconds, and
+    ``quiet`` (``other_cores <= threshold_cores``; None where /proc/stat cannot be read). A block that was not
+    quiet prints a warning line at once.
+    """
+
+    def __init__(self, what: str, *, threshold_cores: float = QUIET_CORES, read_stat=_read_proc_stat,
+                 own_cpu=own_cpu_seconds, clock=time.monotonic, loadavg=None, ticks_per_second: float | None = None,
+                 stream=None):
+        self.what, self.threshold = what, threshold_cores
+        self.read_stat, self.own_cpu, self.clock = read_stat, own_cpu, clock
+        self.loadavg = loadavg or _loadavg
+        self.ticks = ticks_per_second or (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+        self.stream = stream
+        self.result: dict | None = None
+
+    def _sample(self) -> dict:
+        try:
+            used, steal = cpu_seconds_of_stat(self.read_stat(), self.ticks)
+        except (OSError, ValueError):
+            used = steal = None
+        return {"wall": self.clock(), "used": used, "steal": steal, "own": self.own_cpu(), "loadavg": self.loadavg()}
+
+    def __enter__(self) -> "LoadCheck":
+        self._before = self._sample()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.result = load_interval(self.what, self._before, self._sample(), self.threshold)
+        if self.result["quiet"] is False:
+            print(f"warning: {load_warning_text([self.result])}", file=self.stream or sys.stderr, flush=True)
+
+
+def load_interval(what: str, before: dict, after: dict, threshold_cores: float) -> dict:
+    """The load record of one interval between two ``LoadCheck`` samples."""
+    seconds = after["wall"] - before["wall"]
+    out = {"what": what, "seconds": round(seconds, 3), "load_average_before": before["loadavg"],
+           "load_average_after": after["loadavg"], "threshold_cores": threshold_cores}
+    own = after["own"] - before["own"]
+    if before["used"] is None or after["used"] is None or seconds <= 0:
+        return {**out, "cpu_seconds_own": round(own, 3), "quiet": None,
+                "how": "not checked: /proc/stat unreadable (load averages only)"}
+    used = after["used"] - before["used"]
+    steal = after["steal"] - before["steal"]
+    other = used - own + steal
+    return {**out, "cpu_seconds_all": round(used, 3), "cpu_seconds_own": round(own, 3),
+            "steal_seconds": round(steal, 3), "cpu_seconds_other": round(other, 3),
+            "other_cores": round(other / seconds, 3), "quiet": other / seconds <= threshold_cores,
+            "how": "CPU time of all processes (/proc/stat, plus hypervisor steal) minus this process's own "
+                   "(process clock, children included) over the interval"}
+
+
+def load_warning_text(records: list[dict]) -> str | None:
+    """One line naming every interval that was not quiet, or None when all were (or none was checked)."""
+    busy = [r for r in records if r and r.get("quiet") is False]
+    if not busy:
+        return None
+    where = ", ".join(f"{r['other_cores']:.2f} cores during {r['what']}" for r in busy)
+    return (f"the machine was not quiet: other processes used {where} (more than {busy[0]['threshold_cores']} "
+            "of a core): these numbers are not trustworthy")
+
+
+def utilisation(model_gflops: float, executed_gflops: float, peak: float | None) -> dict:
+    """``mfu`` and ``executed_util`` against ``peak``; both null with a ``utilisation_error`` when either is above
+    1: the hardware cannot beat its peak, so the peak was measured wrong (too low) and every utilisation against
+    it is overstated. Never clamped."""
+    if not peak:
+        return {"mfu": None, "executed_util": None}
+    mfu, executed = model_gflops / peak, executed_gflops / peak
+    if max(mfu, executed) <= 1.0:
+        return {"mfu": round(mfu, 4), "executed_util": round(executed, 4)}
+    return {"mfu": None, "executed_util": None,
+            "utilisation_error": f"executed {executed_gflops:,.1f} GFLOP/s (model {model_gflops:,.1f}) is faster "
+                                 f"than the measured peak of {peak:,.1f} GFLOP/s: the peak is too low, so no "
+                                 "utilisation is given"}
 
 
 def bf16_native(device) -> bool:
@@ -361,9 +635,7 @@ def timed_summary(clock: StepClock, batches: list[BatchRecord], arch: Arch, peak
         "examples_per_s": round(examples / seconds, 3), "real_tokens_per_s": round(real / seconds, 1),
         "padded_tokens_per_s": round(padded / seconds, 1),
         "model_gflops_per_s": round(model_gflops, 3), "executed_gflops_per_s": round(executed_gflops, 3),
-        "peak_gflops": peak_gflops,
-        "mfu": round(model_gflops / peak_gflops, 4) if peak_gflops else None,
-        "executed_util": round(executed_gflops / peak_gflops, 4) if peak_gflops else None,
+        "peak_gflops": peak_gflops, **utilisation(model_gflops, executed_gflops, peak_gflops),
     }
 
 
@@ -708,13 +980,14 @@ def _eval_summary(label: str, precision: str, records: list[BatchRecord], second
     real = sum(r.real_tokens for r in records)
     padded = sum(r.padded_tokens for r in records)
     flops = sum(r.flops for r in records)
+    executed = arch.padded_forward_flops(records)
     return {
         "label": label, "precision": precision, "examples": examples, "real_tokens": real, "padded_tokens": padded,
         "pad_fraction": round(1 - real / padded, 4), "seconds": round(seconds, 4),
         "examples_per_s": round(examples / seconds, 2), "real_tokens_per_s": round(real / seconds, 1),
         "padded_tokens_per_s": round(padded / seconds, 1), "model_gflops_per_s": round(flops / seconds / 1e9, 3),
-        "peak_gflops": peak, "mfu": round(flops / seconds / 1e9 / peak, 4) if peak else None,
-        "executed_util": round(arch.padded_forward_flops(records) / seconds / 1e9 / peak, 4) if peak else None,
+        "executed_gflops_per_s": round(executed / seconds / 1e9, 3),
+        "peak_gflops": peak, **utilisation(flops / seconds / 1e9, executed / seconds / 1e9, peak),
         "timer": "one full pass over the dev sample after an untimed warm-up batch; tokenisation not timed",
     }
 
@@ -858,6 +1131,48 @@ def busy_warning(meta: dict) -> str | None:
             "the CPU, so these numbers are not reliable (OpenMP threads stall when their cores are shared)")
 
 
+def peak_errors(report: dict) -> list[dict]:
+    """Per precision, the rows whose utilisation was refused (faster than the measured peak; in a report written
+    before refusals, any stored utilisation above 1): the peak, the fastest executed GFLOP/s against it and the
+    rows' labels; empty when every utilisation was possible."""
+    by_precision: dict[str, dict] = {}
+    for part in ("train", "eval"):
+        for item in (report.get(part) or {}).values():
+            if not _impossible(item):
+                continue
+            entry = by_precision.setdefault(item["precision"], {"precision": item["precision"],
+                                                                "peak_gflops": item["peak_gflops"],
+                                                                "fastest_executed_gflops": 0.0, "rows": []})
+            executed = item.get("executed_gflops_per_s") or item["executed_util"] * item["peak_gflops"]
+            entry["fastest_executed_gflops"] = max(entry["fastest_executed_gflops"], executed)
+            entry["rows"].append(f"{part}: {item['label']}")
+    return list(by_precision.values())
+
+
+def _impossible(item: dict) -> bool:
+    """Whether a row's utilisation is impossible: refused, or (in an older report) stored above 1."""
+    return bool(item.get("utilisation_error")) or any((item.get(k) or 0) > 1 for k in ("mfu", "executed_util"))
+
+
+def peak_warning_text(errors: list[dict]) -> str | None:
+    """One line saying the measured peak is wrong, or None when no utilisation was refused."""
+    if not errors:
+        return None
+    what = "; ".join(f"{e['precision']} peak {e['peak_gflops']:,.1f} GFLOP/s, but {len(e['rows'])} row(s) executed "
+                     f"up to {e['fastest_executed_gflops']:,.1f}" for e in errors)
+    return (f"the measured matmul peak is wrong (too low): {what}; their MFU and utilisation are shown as n/a "
+            "(re-measure the peak on a quiet machine, with a longer --peak-seconds)")
+
+
+UTIL_REFUSED = "n/a (>100%: peak too low)"
+
+
+def _util(item: dict, key: str) -> str:
+    """A utilisation cell: the percentage, or ``UTIL_REFUSED`` where the row's utilisation is impossible (both
+    cells of the row, as they share the wrong peak)."""
+    return UTIL_REFUSED if _impossible(item) else _fmt(item.get(key), pct=True)
+
+
 def _fmt(value, digits: int = 1, pct: bool = False) -> str:
     if value is None:
         return "-"
@@ -868,6 +1183,36 @@ def _fmt(value, digits: int = 1, pct: bool = False) -> str:
 
 def _ratio(value) -> str:
     return "-" if value is None else f"{value:.2f}x"
+
+
+def render_peak(peak: dict, console) -> None:
+    """The peak of each precision, and a table of every shape's best and median GFLOP/s."""
+    from rich.table import Table
+
+    precisions = [k for k in peak if k in PEAK_DTYPES]
+    method = peak.get("method", {})
+    best = {k: peak[k].get("best_shape") or f"square {peak[k].get('size')}" for k in precisions}  # older reports
+    console.print("matmul peak: " + ", ".join(f"{k} {peak[k]['gflops']:,.1f} GFLOP/s ({best[k]})" for k in precisions)
+                  + (f"; best repeat of each shape, at least {method['min_repeats']} repeats and "
+                     f"{method['budget_seconds_per_shape']:g}s per shape, {method['torch_threads']} threads"
+                     if method else ""))
+    table = Table(title="matmul GFLOP/s per shape: best repeat (median)", header_style="bold")
+    table.add_column("shape")
+    table.add_column("m x k x n", justify="right")
+    for k in precisions:
+        table.add_column(k, justify="right")
+    cells: dict[tuple, dict] = {}
+    for k in precisions:
+        for row in peak[k].get("shapes", []):  # reports written before several shapes were timed have none
+            cells.setdefault((row["shape"], row["m"], row["k"], row["n"]), {})[k] = row
+        for row in peak[k].get("skipped_shapes", []):
+            cells.setdefault((row["shape"], row["m"], row["k"], row["n"]), {})
+    for (name, m, k_, n), by in cells.items():
+        table.add_row(name, f"{m} x {k_} x {n}",
+                      *[f"{by[k]['gflops']:,.1f} ({by[k]['median_gflops']:,.1f})" if k in by else "skipped"
+                        for k in precisions])
+    if cells:
+        console.print(table)
 
 
 def render(report: dict, console=None) -> None:
@@ -885,11 +1230,13 @@ def render(report: dict, console=None) -> None:
                   f"{meta.get('load_average_start')} -> {meta.get('load_average_end')}")
     if meta.get("busy"):
         console.print(f"[bold red]warning:[/] {meta['busy']}")
+    if meta.get("not_quiet"):
+        console.print(f"[bold red]warning:[/] {meta['not_quiet']}")
+    too_low = peak_warning_text(peak_errors(report))
+    if too_low:
+        console.print(f"[bold red]warning:[/] {too_low}")
     if report.get("peak"):
-        p = report["peak"]
-        console.print(f"matmul peak ({p['fp32']['size']}^3): fp32 {p['fp32']['gflops']:,.1f} GFLOP/s, "
-                      f"bf16 {p['bf16']['gflops']:,.1f} GFLOP/s" if p.get("bf16") else
-                      f"matmul peak ({p['fp32']['size']}^3): fp32 {p['fp32']['gflops']:,.1f} GFLOP/s")
+        render_peak(report["peak"], console)
     if report.get("train"):
         w = report["workload"]
         table = Table(title=f"training: {w['task']} x {w['steps']} steps of {w['batch_size']} (max_length "
@@ -901,17 +1248,17 @@ def render(report: dict, console=None) -> None:
             table.add_row(v["label"], _fmt(v["examples_per_s"]), _fmt(v["real_tokens_per_s"], 0),
                           _fmt(v["padded_tokens_per_s"], 0), _fmt(v["pad_fraction"], pct=True),
                           _ratio(v.get("real_tokens_per_s_vs_a")), _ratio(v.get("real_tokens_per_s_vs_b")),
-                          _fmt(v["mfu"], pct=True), _fmt(v["executed_util"], pct=True), _fmt(v["peak_memory_mb"], 0),
+                          _util(v, "mfu"), _util(v, "executed_util"), _fmt(v["peak_memory_mb"], 0),
                           _fmt(v.get("train_peak_memory_mb"), 0))
         console.print(table)
     if report.get("eval"):
         table = Table(title="evaluation (inference) on the dev sample", header_style="bold")
-        for col in ("variant", "examples", "ex/s", "real tok/s", "pad", "vs (a)", "MFU"):
+        for col in ("variant", "examples", "ex/s", "real tok/s", "pad", "vs (a)", "MFU", "exec util"):
             table.add_column(col, justify="left" if col == "variant" else "right")
         for v in report["eval"].values():
             table.add_row(v["label"], str(v["examples"]), _fmt(v["examples_per_s"]), _fmt(v["real_tokens_per_s"], 0),
                           _fmt(v["pad_fraction"], pct=True), _ratio(v.get("real_tokens_per_s_vs_a")),
-                          _fmt(v["mfu"], pct=True))
+                          _util(v, "mfu"), _util(v, "executed_util"))
         console.print(table)
     if report.get("profile"):
         p = report["profile"]
@@ -956,8 +1303,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="minilm", help="encoder: 'minilm' (bundled all-MiniLM-L6-v2) or a local path")
     parser.add_argument("--task", default=DEFAULT_TASK, help="a single-label classification task of transfer's table")
     parser.add_argument("--data-dir", default=None, help="data directory (else $TRANSFER_DATA_DIR, else ./data)")
-    parser.add_argument("--matmul-size", type=int, default=2048, help="n of the n^3 matmul that measures the peak")
-    parser.add_argument("--matmul-repeats", type=int, default=5, help="timed matmuls per dtype (the median is used)")
+    parser.add_argument("--matmul-size", type=int, default=2048,
+                        help="n of the square n^3 peak matmul (2n^3 is timed too where memory allows)")
+    parser.add_argument("--matmul-repeats", type=int, default=PEAK_MIN_REPEATS,
+                        help="fewest timed matmuls per peak shape (the best is used)")
+    parser.add_argument("--peak-seconds", type=float, default=PEAK_SECONDS,
+                        help="time budget of each peak shape: repeat until it has passed")
+    parser.add_argument("--quiet-cores", type=float, default=QUIET_CORES,
+                        help="CPU other processes may use during a measurement (in cores) before it is flagged")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--variants", default=",".join(TRAIN_VARIANTS),
                         help=f"comma-separated subset of the training variants {','.join(TRAIN_VARIANTS)}")
@@ -986,6 +1339,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     variants = _split_list(args.variants, TRAIN_VARIANTS, "variant")
     if args.steps < 2:
         raise SystemExit("--steps must be at least 2 (one untimed step, one timed)")
+    if args.matmul_size < 1 or args.matmul_repeats < 1 or args.peak_seconds < 0 or args.quiet_cores < 0:
+        raise SystemExit("--matmul-size and --matmul-repeats must be at least 1, --peak-seconds and --quiet-cores "
+                         "at least 0")
     skip = min(max(args.skip_steps, 1), args.steps - 1)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -996,12 +1352,30 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     report: dict = {"meta": machine_info(device)}
     peaks: dict[str, float] = {}
+    loads: list[dict] = []
+
+    def checked(what: str, fn):
+        """``fn()`` under a load check; the check's record goes into the result (a dict) and ``loads``."""
+        with LoadCheck(what, threshold_cores=args.quiet_cores) as check:
+            result = fn()
+        result["load"] = check.result
+        loads.append(check.result)
+        return result
+
     if "peak" in parts:
-        report["peak"] = {"fp32": matmul_peak(args.matmul_size, "fp32", device, args.matmul_repeats)}
-        peaks["fp32"] = report["peak"]["fp32"]["gflops"]
-        if bf16_native(device):
-            report["peak"]["bf16"] = matmul_peak(args.matmul_size, "bf16", device, args.matmul_repeats)
-            peaks["bf16"] = report["peak"]["bf16"]["gflops"]
+        print("measuring the matmul peak ...", file=sys.stderr, flush=True)
+        shapes = peak_shapes(args.matmul_size, encoder_arch(args.model), args.batch_size * args.max_length)
+        report["peak"] = checked("the peak measurement", lambda: measure_peaks(
+            shapes, peak_precisions(device), device, budget_s=args.peak_seconds, min_repeats=args.matmul_repeats,
+            free_bytes=free_memory_bytes(device)))
+        report["peak"]["method"] = {
+            "statistic": "best repeat of each shape, fastest shape of each precision",
+            "budget_seconds_per_shape": args.peak_seconds, "min_repeats": args.matmul_repeats,
+            "warmup_calls": PEAK_WARMUP, "torch_threads": torch.get_num_threads(), "call": "torch.mm(a, b, out=c)",
+            "tf32": bool(device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32),
+            "encoder_shape_rows": args.batch_size * args.max_length,
+        }
+        peaks.update({k: v["gflops"] for k, v in report["peak"].items() if k in PEAK_DTYPES})
     if {"train", "eval", "profile"} & set(parts):
         workload = load_workload(model=args.model, task_name=args.task, data_dir=args.data_dir, batch_size=args.batch_size,
                                  max_length=args.max_length, steps=args.steps, skip=skip, eval_examples=args.eval_examples,
@@ -1034,13 +1408,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         for name in TRAIN_VARIANTS:
             if name in variants:
                 print(f"training variant {name} ...", file=sys.stderr, flush=True)
-                report["train"][name] = runners[name]()
+                report["train"][name] = checked(f"training {name}", runners[name])
         add_ratios(report["train"])
     if "eval" in parts:
         print("evaluation ...", file=sys.stderr, flush=True)
-        report["eval"] = {"hf_maxlen_fp32": eval_hf(workload, peaks), "transfer": eval_transfer(workload, peaks)}
+        report["eval"] = {"hf_maxlen_fp32": checked("evaluation hf_maxlen_fp32", lambda: eval_hf(workload, peaks)),
+                          "transfer": checked("evaluation transfer", lambda: eval_transfer(workload, peaks))}
         if resolve_precision("auto", device) != "fp32":
-            report["eval"]["transfer_fp32"] = eval_transfer(workload, peaks, precision="fp32")
+            report["eval"]["transfer_fp32"] = checked("evaluation transfer_fp32",
+                                                      lambda: eval_transfer(workload, peaks, precision="fp32"))
         base = report["eval"]["hf_maxlen_fp32"]["real_tokens_per_s"]
         for item in report["eval"].values():
             item["real_tokens_per_s_vs_a"] = round(item["real_tokens_per_s"] / base, 3)
@@ -1052,6 +1428,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         report["grid"] = grid_view(args.grid_results, args.grid_wall_seconds)
     report["meta"]["load_average_end"] = _loadavg()
     report["meta"]["busy"] = busy_warning(report["meta"])
+    quiet = [r["quiet"] for r in loads]
+    report["meta"]["quiet"] = False if False in quiet else (True if quiet and all(quiet) else None)
+    report["meta"]["not_quiet"] = load_warning_text(loads)
+    report["meta"]["peak_too_low"] = peak_errors(report)
     report["meta"]["args"] = vars(args)
     return report
 

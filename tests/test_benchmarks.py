@@ -1,9 +1,12 @@
-"""Smoke tests of benchmarks/: the FLOP formula by hand, one tiny end-to-end run, the grid and core-split arithmetic."""
+"""Smoke tests of benchmarks/: the FLOP formula by hand, the peak measurement (best repeat, fastest shape), the
+load check, the refusal of impossible utilisation, one tiny end-to-end run, the grid and core-split arithmetic."""
 
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -88,23 +91,242 @@ def _positive_numbers(item: dict, keys: set) -> None:
             assert value > 0 or key == "pad_fraction" and value >= 0, (key, value)
 
 
+class FakeClock:
+    """A clock that moves only when ``advance`` is called: a timed call lasts exactly what the test says."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_shape_is_timed_by_its_best_repeat_not_its_median(monkeypatch):
+    import torch
+
+    clock = FakeClock()
+    # one warm-up call (10 us, must not count), then five timed repeats: best 1 us, median 3 us
+    us = 1e-6
+    durations = iter([10 * us, 4 * us, 1 * us, 3 * us, 3 * us, 5 * us])
+    monkeypatch.setattr(bench_train, "sync", lambda device: clock.advance(next(durations)))
+    shape = bench_train.MatmulShape("square 64", 64, 64, 64)
+    row = bench_train.time_matmul(shape, "fp32", torch.device("cpu"), budget_s=0.0, min_repeats=5, warmup=1,
+                                  timer=clock)
+    assert row["repeats"] == 5
+    assert row["best_seconds"] == pytest.approx(us) and row["median_seconds"] == pytest.approx(3 * us)
+    assert row["worst_seconds"] == pytest.approx(5 * us)  # the warm-up's 10 us was not timed
+    assert row["gflops"] == pytest.approx(2 * 64 ** 3 / us / 1e9, abs=0.01)  # 524.29, from the best repeat
+    assert row["median_gflops"] == pytest.approx(2 * 64 ** 3 / (3 * us) / 1e9, abs=0.01)
+
+
+def test_repeats_run_until_the_budget_has_passed_and_at_least_the_minimum_ran():
+    clock = FakeClock()
+    assert len(bench_train.time_repeats(lambda: clock.advance(1.0), budget_s=0.0, min_repeats=3, warmup=2,
+                                        timer=clock)) == 3
+    # a 7.5 s budget of 1 s calls: repeats start while under 7.5 s have passed, so 8 run
+    times = bench_train.time_repeats(lambda: clock.advance(1.0), budget_s=7.5, min_repeats=3, warmup=0, timer=clock)
+    assert times == [1.0] * 8
+    assert len(bench_train.time_repeats(lambda: clock.advance(1.0), budget_s=1e9, min_repeats=1, warmup=0,
+                                        timer=clock, max_repeats=20)) == 20
+
+
+def test_the_peak_of_a_precision_is_its_fastest_shape():
+    import torch
+
+    arch = bench_train.Arch(layers=2, hidden=32, intermediate=128)
+    shapes = bench_train.peak_shapes(64, arch, tokens=96)
+    assert [(s.m, s.k, s.n) for s in shapes] == [(64, 64, 64), (128, 128, 128), (96, 32, 96), (96, 32, 32),
+                                                 (96, 32, 128), (96, 128, 32)]
+    speeds = {"fp32": [10.0, 12.0, 9.0, 8.0, 30.0, 11.0], "bf16": [40.0, 20.0, 20.0, 20.0, 20.0, 20.0]}
+    calls = []
+
+    def fake_time(shape, precision, device, **kwargs):
+        calls.append((shape.name, precision, kwargs["budget_s"], kwargs["min_repeats"]))
+        gflops = speeds[precision][shapes.index(shape)]
+        return {"shape": shape.name, "m": shape.m, "k": shape.k, "n": shape.n, "gflops": gflops, "median_gflops": gflops / 2}
+
+    peaks = bench_train.measure_peaks(shapes, ["fp32", "bf16"], torch.device("cpu"), budget_s=0.5, min_repeats=7,
+                                      time_fn=fake_time)
+    assert peaks["fp32"]["gflops"] == 30.0 and peaks["fp32"]["best_shape"] == "feed-forward in"
+    assert peaks["bf16"]["gflops"] == 40.0 and peaks["bf16"]["best_shape"] == "square 64"
+    assert [row["gflops"] for row in peaks["fp32"]["shapes"]] == speeds["fp32"]  # every shape is recorded
+    assert len(calls) == 12 and all(c[2:] == (0.5, 7) for c in calls)
+    # a shape whose operands would take more than a quarter of the free memory is skipped, and says why
+    free = 4 * shapes[1].nbytes(4) - 1
+    peaks = bench_train.measure_peaks(shapes, ["fp32"], torch.device("cpu"), time_fn=fake_time, free_bytes=free)
+    assert [row["shape"] for row in peaks["fp32"]["skipped_shapes"]] == ["square 128"]
+    assert "square 128" not in [row["shape"] for row in peaks["fp32"]["shapes"]]
+
+
+def test_a_real_tiny_peak_measurement():
+    import torch
+
+    shapes = [bench_train.MatmulShape("square 64", 64, 64, 64), bench_train.MatmulShape("flat", 32, 64, 16)]
+    peaks = bench_train.measure_peaks(shapes, ["fp32"], torch.device("cpu"), budget_s=0.0, min_repeats=3, warmup=1)
+    rows = peaks["fp32"]["shapes"]
+    assert [row["repeats"] for row in rows] == [3, 3]
+    assert all(row["best_seconds"] <= row["median_seconds"] <= row["worst_seconds"] for row in rows)
+    assert peaks["fp32"]["gflops"] == max(row["gflops"] for row in rows) > 0
+
+
+def _stat(user: int, system: int, idle: int, steal: int = 0) -> str:
+    return f"cpu  {user} 0 {system} {idle} 0 0 0 {steal} 0 0\ncpu0 {user} 0 {system} {idle} 0 0 0 {steal} 0 0\n"
+
+
+def _check(stats, own, walls, threshold=0.1):
+    stats, own, walls = iter(stats), iter(own), iter(walls)
+    stream = io.StringIO()
+    with bench_train.LoadCheck("the test", threshold_cores=threshold, read_stat=lambda: next(stats),
+                               own_cpu=lambda: next(own), clock=lambda: next(walls), loadavg=lambda: [1.0, 1.0, 1.0],
+                               ticks_per_second=100, stream=stream) as check:
+        pass
+    return check.result, stream.getvalue()
+
+
+def test_the_load_check_flags_an_interval_where_other_processes_ran():
+    # 2 s of wall time; all processes ran 6 s of CPU (400 + 200 ticks), this one 1 s: the others 2.5 cores
+    result, printed = _check([_stat(1000, 500, 9000), _stat(1400, 700, 9100)], [10.0, 11.0], [100.0, 102.0])
+    assert result["cpu_seconds_all"] == 6.0 and result["cpu_seconds_own"] == 1.0
+    assert result["cpu_seconds_other"] == 5.0 and result["other_cores"] == 2.5 and result["quiet"] is False
+    assert "not trustworthy" in printed and "2.50 cores during the test" in printed
+    assert bench_train.load_warning_text([result]) in printed
+
+
+def test_the_load_check_passes_a_quiet_interval_and_counts_steal():
+    # this process ran 1.9 of the 2 CPU seconds: the others 0.05 cores, under the 0.1 threshold
+    result, printed = _check([_stat(1000, 500, 9000), _stat(1150, 550, 9100)], [10.0, 11.9], [100.0, 102.0])
+    assert result["other_cores"] == 0.05 and result["quiet"] is True and printed == ""
+    assert bench_train.load_warning_text([result]) is None
+    # the same interval with 0.4 s stolen by the hypervisor is not quiet
+    result, printed = _check([_stat(1000, 500, 9000, 10), _stat(1150, 550, 9100, 50)], [10.0, 11.9], [100.0, 102.0])
+    assert result["steal_seconds"] == 0.4 and result["other_cores"] == 0.25 and result["quiet"] is False
+    assert "not trustworthy" in printed
+
+
+def test_the_load_check_says_when_it_cannot_tell():
+    def unreadable():
+        raise OSError("no /proc/stat")
+
+    stream = io.StringIO()
+    with bench_train.LoadCheck("x", read_stat=unreadable, stream=stream) as check:
+        pass
+    assert check.result["quiet"] is None and "not checked" in check.result["how"] and stream.getvalue() == ""
+    with open("/proc/stat") as handle:  # the real file parses
+        used, steal = bench_train.cpu_seconds_of_stat(handle.read(), 100)
+    assert used > 0 and steal >= 0
+
+
+def _percentages(text: str) -> list[float]:
+    return [float(x.replace(",", "")) for x in re.findall(r"(\d[\d,]*\.\d+)%", text)]
+
+
+def _timed(peak):
+    """Three steps of 1 s of a BERT-base-sized encoder, rows of 40 and 50 real tokens padded to 64 (~60 GFLOP/s)."""
+    arch = bench_train.Arch(layers=12, hidden=768, intermediate=3072)
+    clock = bench_train.StepClock(device="cpu", skip=1, total=3, ends=[1.0, 2.0, 3.0])
+    batches = [bench_train.BatchRecord(2, 90, 64, arch.train_flops([40, 50])) for _ in range(3)]
+    return bench_train.timed_summary(clock, batches, arch, peak), arch, batches
+
+
+def test_a_utilisation_above_100_percent_is_refused_not_printed():
+    from rich.console import Console
+
+    possible, arch, batches = _timed(peak=1000.0)
+    assert 0 < possible["mfu"] <= possible["executed_util"] <= 1 and "utilisation_error" not in possible
+    executed = possible["executed_gflops_per_s"]
+    impossible, _, _ = _timed(peak=executed * 0.96)  # executed 104% of the peak, MFU itself below 100%
+    assert possible["model_gflops_per_s"] / (executed * 0.96) < 1
+    assert impossible["mfu"] is None and impossible["executed_util"] is None
+    assert "peak is too low" in impossible["utilisation_error"]
+    evaluated = bench_train._eval_summary("(c) eval", "fp32", batches, 1.0, arch, peak=1e-9)
+    assert evaluated["mfu"] is None and evaluated["executed_util"] is None and evaluated["utilisation_error"]
+
+    possible.update(label="(c) possible", precision="fp32", peak_memory_mb=1.0)
+    impossible.update(label="(c) impossible", precision="fp32", peak_memory_mb=1.0)
+    report = {"meta": {"time": "t", "host": "h", "cpu": "c", "device": "cpu", "torch_threads": 1, "bf16_native": False},
+              "workload": {"task": "t", "steps": 3, "batch_size": 2, "max_length": 4, "skip_steps": 1},
+              "train": {"ok": possible, "bad": impossible}, "eval": {"bad": evaluated}}
+    report["meta"]["peak_too_low"] = bench_train.peak_errors(report)
+    assert [e["rows"] for e in report["meta"]["peak_too_low"]] == [["train: (c) impossible", "eval: (c) eval"]]
+    console = Console(file=io.StringIO(), width=250)
+    bench_train.render(report, console)
+    text = console.file.getvalue()
+    assert text.count(bench_train.UTIL_REFUSED) == 4  # MFU and exec util of the two refused rows
+    assert max(_percentages(text)) <= 100.0
+    assert f"{100 * possible['mfu']:.1f}%" in text  # the possible row still shows its number
+    warnings = [line for line in text.splitlines() if "measured matmul peak is wrong" in line]
+    assert len(warnings) == 1
+
+
+def test_an_older_report_with_a_stored_utilisation_above_100_percent_is_not_printed_as_a_number():
+    from rich.console import Console
+
+    row = {"label": "(c) old", "precision": "fp32", "examples": 8, "examples_per_s": 1.0, "real_tokens_per_s": 1.0,
+           "pad_fraction": 0.0, "mfu": 0.969, "executed_util": 1.013, "peak_gflops": 212.2}
+    report = {"meta": {"time": "t", "host": "h", "cpu": "c", "device": "cpu", "torch_threads": 1, "bf16_native": False},
+              "eval": {"old": row}}
+    console = Console(file=io.StringIO(), width=250)
+    bench_train.render(report, console)
+    text = console.file.getvalue()
+    assert text.count(bench_train.UTIL_REFUSED) == 2 and "101.3%" not in text and "96.9%" not in text
+    assert "fp32 peak 212.2 GFLOP/s, but 1 row(s) executed up to 215.0" in text
+
+
+def test_a_refused_utilisation_is_null_in_the_json(tmp_path):
+    impossible, _, _ = _timed(peak=1e-9)
+    out = tmp_path / "r.json"
+    assert bench_train.write_report({"train": {"bad": impossible}}, str(out), "x", lambda r: None) == 0
+    stored = json.loads(out.read_text())["train"]["bad"]
+    assert stored["mfu"] is None and stored["executed_util"] is None and stored["utilisation_error"]
+
+
+def test_a_run_against_a_too_low_peak_refuses_its_utilisation(tiny_model_dir, tiny_data_dir, tmp_path, capsys,
+                                                              monkeypatch):
+    def slow_peak(shape, precision, device, **kwargs):  # a peak far below anything the encoder runs at
+        return {"shape": shape.name, "m": shape.m, "k": shape.k, "n": shape.n, "gflops": 1e-6, "median_gflops": 1e-6}
+
+    monkeypatch.setattr(bench_train, "time_matmul", slow_peak)
+    out = tmp_path / "bench.json"
+    assert bench_train.main(["--model", str(tiny_model_dir), "--data-dir", str(tiny_data_dir), "--parts", "peak,eval",
+                             "--steps", "2", "--batch-size", "4", "--max-length", "32", "--eval-examples", "8",
+                             "--eval-batch-size", "8", "--threads", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["eval"] and all(item["mfu"] is None and item["executed_util"] is None and
+                                  "peak is too low" in item["utilisation_error"] for item in report["eval"].values())
+    assert report["meta"]["peak_too_low"][0]["peak_gflops"] == 1e-6
+    printed = capsys.readouterr().out
+    assert bench_train.UTIL_REFUSED in printed and "measured matmul peak is wrong" in printed
+    assert max(_percentages(printed), default=0.0) <= 100.0
+
+
 def test_tiny_end_to_end_run_writes_every_number(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"
     store = _fake_store(tmp_path / "store")
     code = bench_train.main(["--model", str(tiny_model_dir), "--data-dir", str(tiny_data_dir), "--steps", "2",
                              "--skip-steps", "1", "--batch-size", "4", "--max-length", "32", "--eval-examples", "8",
                              "--eval-batch-size", "8", "--matmul-size", "64", "--matmul-repeats", "2",
-                             "--profile-warm-steps", "1", "--grid-results", str(store), "--out", str(out)])
+                             "--peak-seconds", "0", "--profile-warm-steps", "1", "--grid-results", str(store),
+                             "--out", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     assert set(report) >= {"meta", "peak", "workload", "train", "eval", "profile", "grid"}
-    assert report["peak"]["fp32"]["gflops"] > 0
+    fp32 = report["peak"]["fp32"]
+    assert fp32["gflops"] > 0 and fp32["gflops"] == max(row["gflops"] for row in fp32["shapes"])
+    hidden = report["workload"]["arch"]["hidden"]
+    assert [(r["m"], r["k"]) for r in fp32["shapes"]][:3] == [(64, 64), (128, 128), (4 * 32, hidden)]
+    assert all(row["repeats"] >= 2 for row in fp32["shapes"])
+    assert report["peak"]["load"]["what"] == "the peak measurement" and "quiet" in report["peak"]["load"]
+    assert report["meta"]["quiet"] in (True, False, None) and isinstance(report["meta"]["peak_too_low"], list)
     assert report["workload"]["hf_tokenisation_matches"] is True
     assert list(report["train"]) == list(bench_train.TRAIN_VARIANTS)
     for name, item in report["train"].items():
         assert TRAIN_KEYS <= set(item), name
         _positive_numbers(item, TRAIN_KEYS)
         assert item["timed_steps"] == 1 and item["examples"] == 4
+        assert item["load"]["what"] == f"training {name}"
     assert report["train"]["hf_maxlen_fp32"]["real_tokens_per_s_vs_a"] == 1.0
     assert report["train"]["hf_maxlen_fp32"]["padded_tokens"] == 4 * 32  # padding="max_length"
     assert report["train"]["transfer_fp32_grouped"]["precision"] == "fp32"
