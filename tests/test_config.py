@@ -35,7 +35,7 @@ def test_run_id_is_stable_and_sensitive_to_what_matters():
     spec = RunSpec(tasks=("chemprot",), stage="single", profile=profile, seed=1)
     assert spec.run_id == RunSpec(tasks=("chemprot",), stage="single", profile=profile, seed=1).run_id
     assert spec.run_id != RunSpec(tasks=("chemprot",), stage="single", profile=profile, seed=2).run_id
-    assert spec.run_id != RunSpec(tasks=("chemprot",), stage="single", profile=profile.replace(epochs=4), seed=1).run_id
+    assert spec.run_id != RunSpec(tasks=("chemprot",), stage="single", profile=profile.replace(epochs=profile.epochs + 1), seed=1).run_id
     renamed = RunSpec(tasks=("chemprot",), stage="single", profile=profile.replace(name="other"), seed=1)
     assert spec.run_id == renamed.run_id
     assert run_spec_from_dict(spec.to_dict()) == spec
@@ -99,7 +99,9 @@ def test_stored_profiles_of_the_committed_store_still_load():
     import json
     from pathlib import Path
 
-    specs = sorted((Path(__file__).resolve().parents[1] / "results").glob("**/spec.json"))
+    from stores import COMMITTED_STORE, LEGACY_STORE
+
+    specs = sorted(LEGACY_STORE.glob("runs/*/spec.json")) + sorted(COMMITTED_STORE.glob("**/spec.json"))
     assert specs
     for spec_file in specs:
         data = json.loads(spec_file.read_text())
