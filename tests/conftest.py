@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tiny_data import SHARED, make_tiny_data_dir  # noqa: E402
+from stores import COMMITTED_STORE, LEGACY_STORE  # noqa: E402,F401  (for the tests that import them from here)
 from tiny_model import build_tiny_bert  # noqa: E402
 
 

@@ -644,19 +644,18 @@ def test_records_resample_by_their_cluster():
 
 # ----------------------------------------------------------------------------------------------- primary metric changes
 
-_COMMITTED = Path(__file__).resolve().parents[1] / "results"
+from stores import LEGACY_STORE as _LEGACY  # noqa: E402
 
 
-@pytest.mark.skipif(not (_COMMITTED / "runs").is_dir(), reason="the committed results/ store is absent")
 def test_runs_stored_under_an_older_primary_report_todays_metric_and_say_how_they_selected():
-    # The committed store was written while DDI's primary was micro-F1; DDI's primary is now macro-F1.
+    # The legacy store was written while DDI's primary was micro-F1; DDI's primary is now macro-F1.
     from transfer.analysis.index import load_runs, selection_metric_notes
     from transfer.data.tasks import load_task_table
     from transfer.experiment.store import ResultsStore
 
     table = load_task_table()
     assert table.tasks["ddi2013-type"].metric == "macro_f1"
-    runs = [r for r in load_runs(ResultsStore(_COMMITTED), table) if "ddi2013-type" in r.tasks and r.status == "done"]
+    runs = [r for r in load_runs(ResultsStore(_LEGACY), table) if "ddi2013-type" in r.tasks and r.status == "done"]
     assert runs
     for run in runs:
         stored = run.metrics["tasks"]["ddi2013-type"]
@@ -700,14 +699,13 @@ def test_convergence_counts_task_runs_that_peaked_at_their_last_epoch_and_warns_
     assert "warning" not in convergence(runs(bent, tied, bent, bent, rising, bent))  # 1 of 6 = 17%
 
 
-@pytest.mark.skipif(not (_COMMITTED / "runs").is_dir(), reason="the committed results/ store is absent")
 def test_graph_summary_reports_converged_single_task_runs(capsys, tmp_path):
     import shutil
 
     from transfer.graph import main
 
     store = tmp_path / "store"
-    shutil.copytree(_COMMITTED, store)
+    shutil.copytree(_LEGACY, store)
     assert main([str(store), "--out", str(tmp_path / "out"), "--domain", "biomedical"]) == 0
     out = capsys.readouterr().out
     assert "converged single task-runs (best dev epoch before the last): 0 of 4 (0%)" in out

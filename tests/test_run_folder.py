@@ -28,9 +28,9 @@ from transfer.scheduling import scheduler, worker
 from transfer.scheduling.plan import PlannedRun, dedupe, expand_specs
 from transfer.scheduling.dask_backend import dask_client
 from transfer.scheduling.scheduler import Board, GridOptions, LocalScheduler, Slot, settle_run
+from stores import COMMITTED_STORE, LEGACY_STORE, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-COMMITTED = REPO / "results"
+COMMITTED = COMMITTED_STORE
 TWO = ("chemprot", "ddi2013-type")
 SPEC = {"tasks": ["chemprot"], "stage": "single", "seed": 1, "model": "m", "profile": {"name": "test"}}
 
@@ -54,8 +54,8 @@ def test_roles_table_matches_the_trainer_and_the_analysis_labels():
                             "mt-finetune": "MT-Fine-Tune"}
 
 
-def _committed_specs() -> dict[str, dict]:
-    return {p.parent.name: read_json(p) for p in sorted((COMMITTED / "runs").glob("*/spec.json"))}
+def _stored_specs(store: Path) -> dict[str, dict]:
+    return {p.parent.name: read_json(p) for p in sorted((store / "runs").glob("*/spec.json"))}
 
 
 def _stored_profile(spec: dict) -> Profile:
@@ -66,30 +66,40 @@ def _stored_profile(spec: dict) -> Profile:
     return run_spec_from_dict({k: v for k, v in spec.items() if k not in ("run_id", "roles")}).profile
 
 
-@pytest.mark.skipif(not (COMMITTED / "runs").is_dir(), reason="no committed store")
-def test_plan_gives_the_run_ids_of_the_committed_store():
-    specs = _committed_specs()
+def _replanned(specs: dict[str, dict]) -> set[str]:
+    """The run ids today's planner gives the grids the stored specs came from (their domain, seed, profile,
+    model and data), every stage included."""
     from transfer.data.tasks import load_task_table
 
     table = load_task_table()
+    fingerprints: dict[str, set] = {}
+    for spec in specs.values():
+        fingerprints.setdefault(spec["domain"], set()).update(tuple(fp) for fp in spec["data_fingerprints"])
+    grids = {(s["domain"], s["seed"], _stored_profile(s), s["model"], s["code_version"], s.get("affinity_every") or 20,
+              s.get("affinity_batches") or 1) for s in specs.values()}
     planned = set()
-    for domain in sorted({s["domain"] for s in specs.values()}):
-        mine = [s for s in specs.values() if s["domain"] == domain]
-        fingerprints = tuple(sorted({tuple(fp) for s in mine for fp in s["data_fingerprints"]}))
-        sample = next(s for s in mine if s["stage"] == "single")
-        tracked = next(s for s in mine if s.get("affinity_every"))
-        profile = _stored_profile(sample)
-        runs = dedupe(expand_specs(table.domain(domain).tasks, tuple(ROLES), (sample["seed"],), profile=profile,
-                                   model=sample["model"], domain=domain, fingerprints=fingerprints,
-                                   code_version=sample["code_version"], affinity_every=tracked["affinity_every"],
-                                   affinity_batches=tracked["affinity_batches"]))
+    for domain, seed, profile, model, code_version, every, batches in grids:
+        runs = dedupe(expand_specs(table.domain(domain).tasks, tuple(ROLES), (seed,), profile=profile, model=model,
+                                   domain=domain, fingerprints=tuple(sorted(fingerprints[domain])),
+                                   code_version=code_version, affinity_every=every, affinity_batches=batches))
         planned |= {spec.run_id for _, spec in runs}
-    # Affinity runs are the one exception, on purpose: the tracker's version is part of their identity (the
-    # committed ones predate the marginal affinity), so a plan gives them new ids and a resume re-measures them.
+    return planned
+
+
+def test_plan_gives_the_run_ids_of_the_legacy_store():
+    specs = _stored_specs(LEGACY_STORE)
+    planned = _replanned(specs)
+    # Affinity runs are the one exception, on purpose: the tracker's version is part of their identity (these
+    # predate the marginal affinity), so a plan gives them new ids and a resume re-measures them.
     tracked_ids = {rid for rid, s in specs.items() if s.get("affinity_every")}
     assert tracked_ids and not tracked_ids & planned
-    assert len(planned - set(specs)) == len(tracked_ids)
     assert planned >= set(specs) - tracked_ids
+
+
+@pytest.mark.skipif(not list(COMMITTED.glob("runs/*/spec.json")), reason="no committed store")
+def test_plan_gives_the_run_ids_of_the_committed_store():
+    specs = _stored_specs(COMMITTED)
+    assert set(specs) <= _replanned(specs)  # so the grid's command resumes the store, never redoes it
 
 
 def test_grid_writes_roles_beside_the_spec_without_changing_run_ids(tmp_path, tiny_data_dir, fake_env):
@@ -204,14 +214,13 @@ def _board_of(specs: list[tuple[tuple[str, ...], object]]) -> Board:
     return Board.from_plan([PlannedRun(spec, roles, 1) for roles, spec in specs])
 
 
-@pytest.mark.skipif(not (COMMITTED / "runs").is_dir(), reason="no committed store")
-def test_resuming_the_committed_store_without_encoders_runs_nothing(tmp_path, fake_env):
+def test_resuming_a_complete_store_without_encoders_runs_nothing(tmp_path, fake_env):
     from transfer.data.tasks import load_task_table
 
-    shutil.copytree(COMMITTED / "runs", tmp_path / "results" / "runs")
+    shutil.copytree(LEGACY_STORE / "runs", tmp_path / "results" / "runs")
     store = ResultsStore(tmp_path / "results")
     assert not any(store.run(r.run_id).has_encoder() for r in store.records())
-    specs = _committed_specs()
+    specs = _stored_specs(LEGACY_STORE)
     sample = next(s for s in specs.values() if s["domain"] == "biomedical" and s["stage"] == "single")
     fingerprints = tuple(sorted({tuple(fp) for s in specs.values() for fp in s["data_fingerprints"]}))
     tasks = load_task_table().domain("biomedical").tasks
