@@ -23,7 +23,8 @@ from transfer import affinity, grid
 from transfer.experiment import claims
 from transfer.experiment.config import Profile, load_profile
 from transfer.experiment.roles import MODEL_LABELS, MODEL_TYPES, ROLES, STAGES, children_of
-from transfer.experiment.store import DamagedRunError, ResultsStore, RunFolder, read_json, read_predictions
+from transfer.experiment.store import (DamagedRunError, ResultsStore, RunFolder, predictions_damage, read_json,
+                                       read_predictions)
 from transfer.scheduling import scheduler, worker
 from transfer.scheduling.plan import PlannedRun, dedupe, expand_specs
 from transfer.scheduling.dask_backend import dask_client
@@ -133,6 +134,9 @@ DAMAGE = {
     "empty metrics": lambda run: run.metrics_file.write_text(""),
     "cut predictions": lambda run: run.predictions_file("chemprot").write_text('{"uid": "u1", "gold": "a"}\n{"uid'),
     "missing predictions": lambda run: run.predictions_file("chemprot").unlink(),
+    "predictions cut at a line end": lambda run: run.predictions_file("chemprot").write_text(
+        run.predictions_file("chemprot").read_text().splitlines(keepends=True)[0]),
+    "predictions not UTF-8": lambda run: run.predictions_file("chemprot").write_bytes(b'{"uid": "\xff"}\n' * 2),
 }
 
 
@@ -160,6 +164,12 @@ def test_predictions_cut_mid_line_name_the_line(tmp_path):
     path.write_text('{"uid": 1}\n{"uid": 2}\n{"ui')
     with pytest.raises(DamagedRunError, match=r"p.jsonl, line 3"):
         read_predictions(path)
+    assert "p.jsonl, line 3" in predictions_damage(path, 3)
+    path.write_text('{"uid": 1}\n{"uid": 2}\n{"ui"\n')  # cut, then a newline: the last record does not parse
+    assert "p.jsonl, line 3" in predictions_damage(path)
+    path.write_text('{"uid": 1}\n{"uid": 2}\n')
+    assert predictions_damage(path, 2) is None and predictions_damage(path) is None
+    assert "2 records, but metrics.json counts 3" in predictions_damage(path, 3)
 
 
 def test_grid_redoes_a_damaged_run_and_keeps_the_damaged_files(tmp_path, tiny_data_dir, fake_env):

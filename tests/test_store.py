@@ -13,8 +13,10 @@ SPEC = {"tasks": ["chemprot"], "stage": "single", "seed": 1, "model": "m", "prof
 
 def finish(store: ResultsStore, run_id: str, tasks=("chemprot",)) -> None:
     """Record a run as done with a (tiny) result, as the worker does."""
-    result = {"run_id": run_id, "tasks": {t: {"metric": "acc", "test_score": 0.5} for t in tasks},
-              "predictions": {t: [{"uid": "u1", "gold": "a", "pred": "a"}] for t in tasks}}
+    result = {"run_id": run_id,
+              "tasks": {t: {"metric": "acc", "test_score": 0.5, "examples": {"test": 2}} for t in tasks},
+              "predictions": {t: [{"uid": "u1", "gold": "a", "pred": "a"}, {"uid": "u2", "gold": "b", "pred": "a"}]
+                              for t in tasks}}
     store.run(run_id).write_result(result)
     store.set_status(run_id, "done")
 

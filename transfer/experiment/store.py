@@ -18,7 +18,7 @@ This module is the only one that knows the files of a run folder; everything els
 ``roles`` (what the run is for in the grid, see ``transfer.experiment.roles``) sits outside the spec's hashed
 part: recording it changes no run id. Writes are atomic (temporary file, flushed to disk, then renamed). A run
 is *done* only when its status says so, ``metrics.json`` parses and every task's predictions file exists and
-parses; a folder whose files do not parse is *damaged* (:attr:`RunRecord.damage` names the file and the
+is whole (:func:`predictions_damage`: not cut mid-line, not shorter than the test set); a folder whose files do not parse is *damaged* (:attr:`RunRecord.damage` names the file and the
 problem): the analysis skips it and says so, the grid redoes it after moving the damaged files aside.
 This module never imports torch: analysis code reads the store through it. It is one job, the files of a run
 folder and the store of them, kept together so that a file's name, its reading, writing and damage check
@@ -81,6 +81,43 @@ def read_predictions(path: Path) -> list[dict]:
             except json.JSONDecodeError:
                 raise DamagedRunError(f"{path}, line {number}: not a JSON record (file cut mid-line?)") from None
     return records
+
+
+def _test_count(metrics: dict, task: str) -> int | None:
+    """The test examples ``metrics.json`` says a task was scored on (None where it does not say)."""
+    count = ((metrics.get("tasks") or {}).get(task) or {}).get("examples", {}).get("test")
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
+
+
+def predictions_damage(path: Path, expected_records: int | None = None) -> str | None:
+    """What is wrong with a predictions file (file and problem), or None, without parsing every record.
+
+    The writer writes the whole file atomically, one JSON record per line, each ending in a newline, so a file
+    that is not whole was cut or copied short: its last line is incomplete (no final newline, or the last
+    record does not parse), or it holds fewer lines than ``metrics.json`` counts test examples. Checking that
+    reads the file once as bytes; parsing every record (what the analysis does once, when it needs them) cost
+    three parses per file per process when every ``is_done`` did it.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return f"{path}: cannot be read: {exc}"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"{path}: not UTF-8 text (byte {exc.start})"
+    lines = text.count("\n")
+    if text and not text.endswith("\n"):
+        return f"{path}, line {lines + 1}: not a JSON record (file cut mid-line?)"
+    if text:
+        last = text[text.rstrip("\n").rfind("\n") + 1:]
+        try:
+            json.loads(last)
+        except json.JSONDecodeError:
+            return f"{path}, line {lines}: not a JSON record (file cut mid-line?)"
+    if expected_records is not None and lines < expected_records:  # fewer only: a cut file never has more
+        return f"{path}: {lines} records, but metrics.json counts {expected_records} test examples (cut short?)"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- one run folder
@@ -243,12 +280,14 @@ class RunFolder:
                 return None
             if not self.metrics_file.is_file():
                 return f"{self.metrics_file}: missing although {_STATUS} says done"
-            self.read_metrics()
+            metrics = self.read_metrics()
             for task in spec["tasks"]:
                 path = self.predictions_file(str(task))
                 if not path.is_file():
                     return f"{path}: missing although {_STATUS} says done"
-                read_predictions(path)
+                problem = predictions_damage(path, _test_count(metrics, str(task)))
+                if problem:
+                    return problem
         except DamagedRunError as exc:
             return str(exc)
         except (OSError, UnicodeDecodeError) as exc:
@@ -457,7 +496,7 @@ class ResultsStore:
         return run.status_or_empty().get("status")
 
     def is_done(self, run_id: str) -> bool:
-        """Done and whole: status done, metrics.json parses, every task's predictions exist and parse."""
+        """Done and whole: status done, metrics.json parses, every task's predictions exist and are whole."""
         return self.run(run_id).is_done()
 
     # -- reading ---------------------------------------------------------------------------------------------
