@@ -14,7 +14,7 @@ from transfer.training.loop import train
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_a_run_records_precision_encoder_device_versions_and_commit(tiny_model_dir, tiny_data_dir):
+def test_a_run_records_precision_encoder_device_versions_and_commit(tiny_model_dir, tiny_data_dir, monkeypatch):
     import torch
     import transformers
 
@@ -22,12 +22,15 @@ def test_a_run_records_precision_encoder_device_versions_and_commit(tiny_model_d
 
     spec = RunSpec(tasks=("chemprot",), stage="single", profile=load_profile("test").replace(epochs=1), seed=3,
                    model=str(tiny_model_dir))
+    moved = "f" * 40
+    monkeypatch.setattr(prov, "git_commit", lambda start=None: moved)  # the checkout moves on while a run trains
     block = train(spec, data_dir=tiny_data_dir)["provenance"]
     assert block["precision"] == "fp32" and block["encoder_impl"] == "transfer" and block["random_streams"] == "task"
     assert block["device_class"] in ("cpu (bf16)", "cpu (no bf16)")
     assert (block["torch"], block["transformers"], block["transfer"]) == (
         torch.__version__, transformers.__version__, transfer.__version__)
-    assert block["git_commit"] == prov.git_commit()
+    assert block["git_commit"] == prov._CODE_AT_IMPORT["git_commit"] != moved  # the commit the process started from
+    assert block["package_changed"] == prov._CODE_AT_IMPORT["package_changed"]
 
 
 def test_device_class_names_bf16_support_and_the_gpu(monkeypatch):
@@ -54,6 +57,27 @@ def test_git_commit_is_read_from_the_git_folder_without_running_git(tmp_path):
     assert prov.git_commit(tmp_path) == sha.replace("0", "f")  # a loose ref wins over the packed one
     (git / "HEAD").write_text(sha + "\n")
     assert prov.git_commit(tmp_path) == sha  # detached HEAD
+
+
+def test_package_changed_says_whether_tracked_package_files_differ_from_the_commit(tmp_path):
+    import shutil
+
+    if shutil.which("git") is None:
+        pytest.skip("no git here")
+    assert prov.package_changed(tmp_path) is None  # not a checkout
+    run = lambda *args: subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, check=True)  # noqa: E731
+    run("init", "-q")
+    (tmp_path / "transfer").mkdir()
+    (tmp_path / "transfer" / "m.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("a\n")
+    run("add", ".")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    assert prov.package_changed(tmp_path) is False
+    (tmp_path / "README.md").write_text("b\n")  # outside the package: not the code that ran
+    (tmp_path / "transfer" / "new.py").write_text("")  # untracked: not imported by the tracked code
+    assert prov.package_changed(tmp_path) is False
+    (tmp_path / "transfer" / "m.py").write_text("x = 2\n")
+    assert prov.package_changed(tmp_path) is True
 
 
 def test_git_commit_of_this_checkout_matches_git(monkeypatch):

@@ -1,4 +1,5 @@
-"""How a run was computed: resolved precision, encoder implementation, device class, library versions, commit.
+"""How a run was computed: resolved precision, encoder implementation, device class, library versions, and the
+commit the process started from (with whether the package differed from it).
 
 The run id hashes what a run was asked to do (the spec); these values say how this machine did it. A bf16 and an
 fp32 run of one spec share a run id, so each run records them in ``metrics.json`` and the analysis compares them
@@ -8,6 +9,8 @@ before it puts runs into one edge.
 from __future__ import annotations
 
 import platform
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +42,24 @@ def git_commit(start: Path | None = None) -> str | None:
     return None
 
 
+def package_changed(root: Path | None = None) -> bool | None:
+    """Whether the package's tracked files differ from the checked-out commit (None: no git, or not a checkout)."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", "transfer"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
+# Read once, when the process imports the training code: a run lasts long, and the checkout may move on meanwhile
+# (a commit, a pull), while the process keeps running the code it imported at its start.
+_CODE_AT_IMPORT = {"git_commit": git_commit(), "package_changed": package_changed()}
+
+
 def provenance(device: torch.device, precision: str, encoder_impl: str, random_streams: str) -> dict:
     """The provenance block of a run's metrics."""
     import transformers
@@ -49,5 +70,5 @@ def provenance(device: torch.device, precision: str, encoder_impl: str, random_s
         "precision": precision, "encoder_impl": encoder_impl, "device_class": device_class(device),
         "random_streams": random_streams, "torch": torch.__version__, "transformers": transformers.__version__,
         "numpy": np.__version__, "python": platform.python_version(), "transfer": transfer.__version__,
-        "git_commit": git_commit(),
+        **_CODE_AT_IMPORT,
     }
