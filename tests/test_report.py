@@ -81,6 +81,31 @@ def test_graph_draws_a_missing_edge_dashed_with_na(tmp_path):
     assert _edge_texts(figure).count("n/a") == 2
 
 
+def test_a_task_no_single_run_learned_is_hatched_and_its_incoming_edges_are_not_drawn(tmp_path):
+    from store_builder import write_run
+
+    root = build_store(tmp_path, seeds=(13, 14), skip={("single", "mednli", 13), ("single", "mednli", 14)})
+    for seed in (13, 14):
+        write_run(root, ("mednli",), "single", seed, {"mednli": ["entailment"] * 400})  # one class: untrained
+    (result,) = analyse_store(root, TABLE, n_boot=100)
+    assert result.unlearned == ("mednli",)
+    assert set(_row(result, s, "mednli")["state"] for s in TASKS3 if s != "mednli") == {"n/a"}  # the table keeps them
+    figure = plots.plot_transfer_graph(result)
+    ax = figure.axes[0]
+    arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
+    assert len(arrows) == 6 - 2  # the two edges into mednli are left out; its outgoing ones stay
+    hatched = [p for p in ax.patches if p.get_hatch()]
+    assert len(hatched) == 1
+    assert "edges into mednli not drawn" in " ".join(t.get_text() for t in ax.texts)
+    graph = transfer_digraph(result)
+    assert graph.nodes["mednli"]["learned"] is False and graph.has_edge("shareclefe", "mednli")  # GraphML keeps all
+    # one seed that learned is enough: the task is then a target like any other
+    partly = build_store(tmp_path / "b", seeds=(13, 14), skip={("single", "mednli", 13)})
+    write_run(partly, ("mednli",), "single", 13, {"mednli": ["entailment"] * 400})
+    (result,) = analyse_store(partly, TABLE, n_boot=100)
+    assert result.unlearned == () and not any(p.get_hatch() for p in plots.plot_transfer_graph(result).axes[0].patches)
+
+
 def test_heatmap_cells_show_each_delta_and_its_state(analysis):
     figure = plots.plot_delta_heatmap(analysis)
     ax = figure.axes[0]

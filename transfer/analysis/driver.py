@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_N_BOOT = None  # auto: see auto_n_boot
-MODEL_COLUMNS = ["model_type", "task", "mean", "std", "n_seeds", "seeds", "untrained"]
+MODEL_COLUMNS = ["model_type", "task", "mean", "std", "n_seeds", "seeds", "untrained", "n_untrained"]
 _MODEL_KINDS = {"single": "single", "mt-refinement": "all", "mt-finetune": "finetune"}
 
 __all__ = ["MODEL_LABELS", "MODEL_TYPES", "DomainAnalysis", "analyse_store", "auto_n_boot", "model_scores",
@@ -47,7 +47,7 @@ def model_scores(index: DomainRuns, gate: Gate | None = None) -> pd.DataFrame:
 
     mean/std are over seeds (std with ddof=1, NaN for one seed). The average over tasks is given only when
     every task has a score, so a missing run never shifts the average silently. ``untrained``: the seeds whose
-    task-run failed the learning gate, with the reason ("" when none or no gate).
+    task-run failed the learning gate, with the reason ("" when none or no gate); ``n_untrained``: how many.
     """
     rows = []
     for model_type in MODEL_TYPES:
@@ -60,13 +60,14 @@ def model_scores(index: DomainRuns, gate: Gate | None = None) -> pd.DataFrame:
             per_task.append({"model_type": model_type, "task": task,
                              "mean": float(values.mean()) if len(values) else math.nan,
                              "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
-                             "n_seeds": len(values), "seeds": " ".join(map(str, runs)), "untrained": "; ".join(flagged)})
+                             "n_seeds": len(values), "seeds": " ".join(map(str, runs)), "untrained": "; ".join(flagged),
+                             "n_untrained": len(flagged)})
         means = [row["mean"] for row in per_task]
         complete = bool(means) and not np.isnan(means).any()
         rows += per_task + [{"model_type": model_type, "task": "Avg",
                              "mean": float(np.mean(means)) if complete else math.nan, "std": math.nan,
                              "n_seeds": min(row["n_seeds"] for row in per_task) if complete else 0, "seeds": "",
-                             "untrained": ""}]
+                             "untrained": "", "n_untrained": 0}]
     return pd.DataFrame(rows, columns=MODEL_COLUMNS)
 
 
@@ -117,6 +118,13 @@ class DomainAnalysis:
     @property
     def alpha(self) -> float:
         return self.options.alpha
+
+    @property
+    def unlearned(self) -> tuple[str, ...]:
+        """Tasks whose single-task run failed the learning gate at every seed: nothing can be measured as transfer
+        into them at this budget, so the graph leaves their incoming edges out (the edge table keeps them, n/a)."""
+        single = self.models[(self.models["model_type"] == "single") & (self.models["task"] != "Avg")]
+        return tuple(row.task for row in single.itertuples() if row.n_seeds and row.n_untrained == row.n_seeds)
 
     @property
     def margin(self) -> float:

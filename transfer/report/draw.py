@@ -162,15 +162,18 @@ def _graph_legend(ax, handles: list) -> None:
               bbox_to_anchor=(0.5, 0.0), handlelength=2.6, columnspacing=1.6)
 
 
-def _draw_nodes(ax, tasks: tuple[str, ...], pos: dict) -> dict:
+def _draw_nodes(ax, tasks: tuple[str, ...], pos: dict, hatched: tuple[str, ...] = ()) -> dict:
     from matplotlib.patches import Circle
 
     patches = {}
     for task in tasks:
-        circle = Circle(pos[task], NODE_RADIUS, facecolor="#f4f4f4", edgecolor="#333333", lw=1.4, zorder=3)
+        marked = task in hatched
+        circle = Circle(pos[task], NODE_RADIUS, facecolor="#f4f4f4", edgecolor="#8a8a8a" if marked else "#333333",
+                        lw=1.4, zorder=3, hatch="///" if marked else None, linestyle=(0, (3, 2)) if marked else "solid")
         ax.add_patch(circle)
         ax.text(*pos[task], wrap_task(task), ha="center", va="center", fontsize=10, fontweight="bold",
-                color="#1a1a1a", zorder=4, linespacing=1.1)
+                color="#1a1a1a", zorder=4, linespacing=1.1,
+                bbox={"boxstyle": "round,pad=0.2", "fc": "#f4f4f4", "ec": "none"} if marked else None)
         patches[task] = circle
     return patches
 
@@ -218,14 +221,15 @@ def _graph_axes(figure, pos: dict):
 
 
 def draw_graph(tasks: tuple[str, ...], graph, styles: dict, label_of: Callable[[dict], str], title: str,
-               caption: str, handles: list, key: str = "colour"):
+               caption: str, handles: list, key: str = "colour", hatched: tuple[str, ...] = ()):
     """A directed task graph in the transfer-graph layout: nodes on a circle, two arcs per task pair styled by
-    ``styles[edge[key]]`` (line colour, width, line style, label colour), labels placed clear of each other."""
+    ``styles[edge[key]]`` (line colour, width, line style, label colour), labels placed clear of each other;
+    ``hatched`` nodes are drawn hatched with a dashed outline."""
     pos = _layout(tasks)
     size = 7.0 + 0.75 * max(0, len(tasks) - 4)  # more tasks: more edges and labels to fit
     figure = new_figure(size, size + 0.4)
     ax = _graph_axes(figure, pos)
-    patches = _draw_nodes(ax, tasks, pos)
+    patches = _draw_nodes(ax, tasks, pos, hatched)
     edges = _draw_edges(ax, graph, pos, patches, styles, label_of, key)
     renderer = figure.canvas.get_renderer()
     for edge, xy in zip(edges, _place_labels(ax, edges, pos, renderer)):

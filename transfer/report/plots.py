@@ -84,13 +84,23 @@ def state_handles(analysis: DomainAnalysis) -> list:
 
 
 def plot_transfer_graph(analysis: DomainAnalysis):
-    """The directed transfer graph: two arcs per task pair, styled by the edge's evidence state, labelled Δ."""
+    """The directed transfer graph: two arcs per task pair, styled by the edge's evidence state, labelled Δ.
+
+    A task whose single-task run never learned (the learning gate, at every seed) is drawn hatched, and the edges
+    into it are left out: such a target measures nothing, and an arc would look like a finding. Its outgoing edges
+    stay (a partner that does not learn its own task can still change another's)."""
     caption = (f"{setting_caption(analysis)}\nlabel: Δ = score of t trained with s − t alone (mean over seeds); "
                f"* helps/hurts ({correction_label(analysis)}-corrected p < {analysis.alpha:g}, "
                f"|Δ| > {analysis.margin:g})")
-    return draw_graph(analysis.tasks, transfer_digraph(analysis), EDGE_STYLE, edge_label,
+    graph = transfer_digraph(analysis)
+    unlearned = analysis.unlearned
+    if unlearned:
+        graph.remove_edges_from([(s, t) for s, t in list(graph.edges) if t in unlearned])
+        caption += (f"\nhatched: no single-task run learned the task (learning gate, every seed); "
+                    f"edges into {', '.join(unlearned)} not drawn")
+    return draw_graph(analysis.tasks, graph, EDGE_STYLE, edge_label,
                       f"Pairwise transfer s → t, {analysis.setting.domain}", caption, state_handles(analysis),
-                      key="state")
+                      key="state", hatched=unlearned)
 
 
 # ---------------------------------------------------------------------------------------------------------------

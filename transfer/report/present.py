@@ -205,7 +205,8 @@ def state_rule_text(analysis: DomainAnalysis) -> str:
 
 
 def transfer_digraph(analysis: DomainAnalysis) -> nx.DiGraph:
-    """Nodes = tasks (with their single-task score), edges s->t with the edge row's state, reason, delta, SEs, CI,
+    """Nodes = tasks (with their single-task score, and ``learned``: False where no single-task run passed the
+    learning gate), edges s->t with the edge row's state, reason, delta, SEs, CI,
     p, adjusted p, MDE and seeds (``GRAPH_EDGE_KEYS``)."""
     o = analysis.options
     graph = nx.DiGraph(domain=analysis.setting.domain, model=analysis.setting.model,
@@ -213,8 +214,10 @@ def transfer_digraph(analysis: DomainAnalysis) -> nx.DiGraph:
                        min_seeds=int(o.seeds_to_colour), test=o.test, correction=o.correction,
                        n_boot=int(analysis.n_boot))
     single = analysis.models[analysis.models["model_type"] == "single"].set_index("task")["mean"]
+    unlearned = analysis.unlearned
     for task in analysis.tasks:
-        graph.add_node(task, label=task, single_score=float(single.get(task, math.nan)))
+        graph.add_node(task, label=task, single_score=float(single.get(task, math.nan)),
+                       learned=task not in unlearned)
     for _, row in analysis.edges.iterrows():
         attributes = {key: _graphml_value(row[key]) for key in GRAPH_EDGE_KEYS}
         for key in ("note", "reason", "seed_deltas"):
