@@ -320,7 +320,7 @@ def encoder_arch(model: str) -> Arch:
     """The encoder's ``Arch`` from its config (no weights are loaded)."""
     from transformers import AutoConfig
 
-    from transfer.training.model import resolve_model
+    from transfer.experiment.encoders import resolve_model
 
     config = AutoConfig.from_pretrained(resolve_model(model))
     return Arch(config.num_hidden_layers, config.hidden_size, config.intermediate_size)
@@ -674,7 +674,7 @@ def load_workload(*, model: str, task_name: str, data_dir, batch_size: int, max_
     from transfer.training.features import SplitData, load_split
     from transfer.training.batches import sample_examples
     from transfer.training.kinds import kind_ops
-    from transfer.training.model import load_tokenizer, resolve_model
+    from transfer.experiment.encoders import load_tokenizer, resolve_model
     from transfer.data.tasks import load_task_table, locate_tasks
 
     table = load_task_table()

@@ -385,7 +385,7 @@ class Fault:
 
 
 def _tokenizer(env: Env):
-    from transfer.training.model import load_tokenizer
+    from transfer.experiment.encoders import load_tokenizer
 
     return load_tokenizer(str(env.model))
 

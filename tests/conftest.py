@@ -41,7 +41,7 @@ def table():
 @pytest.fixture(scope="session")
 def tokenizer(tiny_model_dir):
     """The tiny BERT's fast tokenizer."""
-    from transfer.training.model import load_tokenizer
+    from transfer.experiment.encoders import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))
 

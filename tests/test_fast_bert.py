@@ -7,7 +7,8 @@ import torch
 from transfer.training import fast_bert
 from transfer.experiment.config import ConfigError, RunSpec, load_profile
 from transfer.training.fast_bert import FastBertEncoder, FastDropout, MaskSource, unsupported_reason
-from transfer.training.model import MultiTaskModel, load_encoder
+from transfer.experiment.encoders import load_encoder
+from transfer.training.model import MultiTaskModel
 from transfer.data.tasks import load_task_table
 from transfer.training.loop import setup_encoder, train
 
@@ -143,7 +144,7 @@ def test_both_forwards_predict_the_same_in_eval(tiny_model_dir, tiny_data_dir):
     """Token-level (tagging) and sentence-level heads: identical predictions from either forward."""
     from transfer.training.features import load_split
     from transfer.training.batches import collate
-    from transfer.training.model import load_tokenizer
+    from transfer.experiment.encoders import load_tokenizer
     from transfer.data.tasks import locate_tasks
 
     table = load_task_table()

@@ -125,6 +125,36 @@ def test_jobs_per_device_takes_auto_or_a_positive_number(capsys):
     assert "jobs-per-device" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra, expected", [
+    (["--set", "max_length=1024"], "max_length = 1024 exceeds the 512 positions"),
+    (["--model", "./no/such/model"], "./no/such/model: model folder does not exist"),
+])
+def test_grid_refuses_a_model_or_max_length_before_it_runs_anything(tmp_path, tiny_data_dir, capsys, extra, expected):
+    # without the check every worker of the grid failed on it, one run after another
+    results = tmp_path / "results"
+    assert grid.main(_args(results, tiny_data_dir, "--tasks", *TWO, *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0]
+    assert not results.exists()
+
+
+def test_grid_reads_a_cached_hub_models_positions_and_leaves_an_uncached_id_to_the_workers(tmp_path, tiny_data_dir,
+                                                                                            capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "hub" / "models--owner--small" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text('{"model_type": "bert", "max_position_embeddings": 16}')
+    (tmp_path / "hub" / "models--owner--small" / "refs").mkdir()
+    (tmp_path / "hub" / "models--owner--small" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    base = _args(tmp_path / "results", tiny_data_dir, "--tasks", *TWO, "--dry-run")
+    assert grid.main([*base, "--model", "owner/small"]) == 2
+    assert "exceeds the 16 positions of the encoder owner/small" in capsys.readouterr().err
+    assert grid.main([*base, "--model", "owner/small", "--set", "max_length=16"]) == 0
+    assert grid.main([*base, "--model", "owner/elsewhere"]) == 0  # not on disk: the workers load (or refuse) it
+
+
 def test_dry_run_prints_plan_and_writes_nothing(tmp_path, tiny_data_dir, capsys):
     results = tmp_path / "results"
     assert grid.main(_args(results, tiny_data_dir, "--domain", "biomedical", "--devices", "cpu", "--dry-run")) == 0

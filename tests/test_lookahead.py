@@ -11,7 +11,8 @@ from transfer.experiment.config import ConfigError, RunSpec, load_profile
 from transfer.training.features import SplitData, build_features
 from transfer.training.batches import collate
 from transfer.training.lookahead import AffinityTracker, lookahead_params
-from transfer.training.model import MultiTaskModel, load_tokenizer
+from transfer.experiment.encoders import load_tokenizer
+from transfer.training.model import MultiTaskModel
 from transfer.data.readers import read_split
 from transfer.data.tasks import load_task_table, locate_tasks
 from transfer.training.loop import build_optimizer, train

@@ -12,7 +12,7 @@ def build_tiny_bert(folder: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from transfer.training.model import resolve_model
+    from transfer.experiment.encoders import resolve_model
 
     folder = Path(folder)
     if (folder / "config.json").is_file():

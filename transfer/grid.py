@@ -26,6 +26,7 @@ from pathlib import Path
 from transfer.cli import add_common_flags, add_data_flags, add_profile_flags, add_results_flag, command, \
     positive_int, pre_parse_task_files, sigterm_interrupts
 from transfer.data.tasks import TaskTable, load_task_table
+from transfer.experiment.encoders import check_max_length
 from transfer.experiment.config import DEFAULT_MODEL, Profile, profile_with_overrides
 from transfer.experiment.convergence import convergence
 from transfer.experiment.roles import DEFAULT_ROLES, ROLES, roles_help
@@ -183,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     _configure_logging(args.quiet, console)
     request = resolve_request(args, table, parser)
+    if args.backend == "local":  # a Dask cluster's workers may hold a model this host does not
+        check_max_length(args.model, request.profile.max_length, local_only=True)  # and a --model folder exists
     plan = plan_grid(table, request.domain, request.tasks, request.stages, request.seeds, request.profile,
                      args.model, args.data_dir, write_cache=not args.dry_run,
                      affinity_every=args.affinity_every, affinity_batches=args.affinity_batches,

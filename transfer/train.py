@@ -23,7 +23,7 @@ from transfer.errors import UsageError, UserError
 from transfer.experiment.config import DEFAULT_MODEL, STAGES, RunSpec, data_fingerprints, profile_with_overrides
 from transfer.experiment.store import RunFolder
 from transfer.training.loop import quiet_transformers, train
-from transfer.training.model import check_max_length
+from transfer.experiment.encoders import check_max_length
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 

@@ -30,7 +30,8 @@ from transfer.training.features import SplitData, load_split
 from transfer.training.batches import collate, make_batches, sample_examples
 from transfer.training.kinds import kind_ops
 from transfer.training.lookahead import AffinityTracker
-from transfer.training.model import MultiTaskModel, load_tokenizer
+from transfer.experiment.encoders import load_tokenizer
+from transfer.training.model import MultiTaskModel
 from transfer.training.device import autocast, cpu_supports_bf16, peak_memory, pick_device, resolve_precision  # noqa: F401
 from transfer.training.provenance import provenance
 from transfer.training.selection import Selection, is_all_task_run
