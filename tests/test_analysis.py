@@ -709,3 +709,15 @@ def test_graph_summary_reports_converged_single_task_runs(capsys, tmp_path):
     assert main([str(store), "--out", str(tmp_path / "out"), "--domain", "biomedical"]) == 0
     out = capsys.readouterr().out
     assert "converged single task-runs (best dev epoch before the last): 0 of 4 (0%)" in out
+
+
+def test_the_plan_says_runs_are_missing_not_untrained_when_no_edge_has_its_runs(tmp_path):
+    # a grid still running: its pair runs are there, no single run yet; the plan must not blame training
+    skip = {("single", t, 13) for t in TASKS3}
+    (analysis,) = analyse_store(build_store(tmp_path, skip=skip), TABLE, n_boot=100)
+    assert set(analysis.edges["state"]) == {"n/a"}
+    assert "all 6 lack runs or predictions" in analysis.plan and "longer training" not in analysis.plan
+    from transfer.analysis.edges import seed_plan
+
+    untrained = analysis.edges.assign(reason="untrained: single-mednli mednli: one class")
+    assert "6 of 6 touch an untrained task-run" in seed_plan(untrained, analysis.options)

@@ -231,6 +231,9 @@ def seed_plan(edges: pd.DataFrame, options: EvidenceOptions) -> str:
     states = edges["state"]
     if (states == "n/a").all():
         untrained = int(edges["reason"].str.startswith("untrained").sum())
+        if not untrained:  # a grid still running, or runs that failed: nothing to say about training yet
+            return (f"Plan: no edge can be tested: all {len(edges)} lack runs or predictions (see missing); run them "
+                    "(the grid's command resumes a store) before anything can be said of seeds.")
         return (f"Plan: no edge can be tested ({untrained} of {len(edges)} touch an untrained task-run, the others "
                 "lack runs or predictions): fix those runs (longer training, a working head) before adding seeds.")
     exploratory = edges[states == "exploratory"]
