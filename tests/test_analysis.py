@@ -709,6 +709,8 @@ def test_graph_summary_reports_converged_single_task_runs(capsys, tmp_path):
     assert main([str(store), "--out", str(tmp_path / "out"), "--domain", "biomedical"]) == 0
     out = capsys.readouterr().out
     assert "converged single task-runs (best dev epoch before the last): 0 of 4 (0%)" in out
+    assert "budget diagnostic: Spearman rho(pair/single step ratio, delta) = +0.68 over 12 edges" in out
+    assert "compute: 16 done runs" in out  # one seed of the 4-task grid and its affinity run
 
 
 def test_the_plan_says_runs_are_missing_not_untrained_when_no_edge_has_its_runs(tmp_path):
@@ -721,3 +723,17 @@ def test_the_plan_says_runs_are_missing_not_untrained_when_no_edge_has_its_runs(
 
     untrained = analysis.edges.assign(reason="untrained: single-mednli mednli: one class")
     assert "6 of 6 touch an untrained task-run" in seed_plan(untrained, analysis.options)
+
+
+def test_budget_diagnostic_warns_when_deltas_follow_the_pair_runs_extra_steps():
+    import pandas as pd
+
+    from transfer.analysis.edges import BUDGET_WARNING_RHO, budget_diagnostic
+
+    follows = pd.DataFrame({"step_ratio": [1.2, 1.5, 1.8, 2.0, 2.5, 3.0], "delta": [-0.02, 0.0, 0.01, 0.02, 0.05, 0.09]})
+    result = budget_diagnostic(follows)
+    assert result["rho"] == pytest.approx(1.0) and result["n"] == 6 and result["warning"]
+    mixed = follows.assign(delta=[0.05, -0.02, 0.09, 0.0, -0.01, 0.02])
+    result = budget_diagnostic(mixed)
+    assert result["rho"] <= BUDGET_WARNING_RHO and result["warning"] == ""
+    assert budget_diagnostic(follows.assign(step_ratio=float("nan")))["n"] == 0

@@ -12,7 +12,8 @@ import networkx as nx
 import pandas as pd
 import pytest
 
-from store_builder import TASKS3, build_store, stored_score, write_affinity_run
+from store_builder import TABLE, TASKS3, build_store, stored_score, write_affinity_run
+from transfer.analysis import analyse_store
 from transfer.analysis import PREDICTORS
 from transfer.graph import build_parser, main
 
@@ -86,6 +87,21 @@ def test_summary_lists_calls(full_run):
             "0 equivalent, 0 inconclusive, 6 exploratory, 0 n/a") in printed
     assert "missing:" not in printed and "untrained" not in printed
     assert printed.split("files written:")[0].rstrip().splitlines()[-1].startswith("  Plan: 6 of 6 edges have fewer")
+
+
+def test_summary_prints_the_budget_diagnostic_and_the_compute_of_the_store(full_run, tmp_path):
+    from store_builder import WALL_SECONDS
+
+    root, _, printed, _ = full_run
+    assert "  budget diagnostic: n/a (no edge has a delta and both runs' step counts)" in printed  # none recorded
+    (analysis,) = analyse_store(root, TABLE, n_boot=100)
+    by_role = analysis.compute["by_role"]  # this store records no roles: its runs count by trainer stage
+    assert by_role == {"single": (3, 3 * WALL_SECONDS["single"]),
+                       "mtl": (4, 3 * WALL_SECONDS["pair"] + WALL_SECONDS["all"]),
+                       "finetune": (3, 3 * WALL_SECONDS["finetune"])}
+    assert analysis.compute["runs"] == 10 and analysis.compute["wall_s"] == sum(w for _, w in by_role.values())
+    total = analysis.compute["wall_s"] / 3600
+    assert f"  compute: 10 done runs, {total:.1f} h of run wall time (finetune 3: " in printed
 
 
 def test_edge_csv_matches_the_store(full_run):

@@ -167,6 +167,14 @@ def _affinity_notes(analysis: DomainAnalysis) -> list[str]:
             + [f"  affinity note: {item}" for item in analysis.affinity_notes])
 
 
+def _compute_line(compute: dict) -> str:
+    """``compute: 14 done runs, 3.2 h of run wall time (single 4: 0.6 h, pair 6: 2.1 h, ...)``."""
+    parts = ", ".join(f"{role} {n}: {wall / 3600:.1f} h" for role, (n, wall) in compute.get("by_role", {}).items())
+    unknown = f"; {compute['without_wall']} without a recorded wall time" if compute.get("without_wall") else ""
+    return (f"  compute: {compute.get('runs', 0)} done runs, {compute.get('wall_s', 0.0) / 3600:.1f} h of run wall "
+            f"time ({parts or 'none'}){unknown}")
+
+
 def _summary(analysis: DomainAnalysis) -> list[str]:
     if not analysis.has_grid:
         return [f"{analysis.setting.domain} (model {analysis.setting.model}, profile {analysis.setting.profile}): "
@@ -186,6 +194,13 @@ def _summary(analysis: DomainAnalysis) -> list[str]:
         lines.append(f"  converged single task-runs (best dev epoch before the last): {converged} of "
                      f"{conv['single_task_runs']} ({converged / conv['single_task_runs']:.0%}); all task-runs: "
                      f"{conv['all_task_runs'] - conv['all_peaked']} of {conv['all_task_runs']}")
+    budget = analysis.budget
+    if budget.get("n"):
+        lines.append(f"  budget diagnostic: Spearman rho(pair/single step ratio, delta) = {budget['rho']:+.2f} over "
+                     f"{budget['n']} edges (p {budget['p']:.3g}, {budget['p_method']})")
+    else:
+        lines.append("  budget diagnostic: n/a (no edge has a delta and both runs' step counts)")
+    lines.append(_compute_line(analysis.compute))
     if analysis.untrained:
         lines.append(f"  untrained task-runs ({len(analysis.untrained)}):")
         lines += [f"    - {item}" for item in analysis.untrained]

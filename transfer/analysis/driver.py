@@ -114,6 +114,7 @@ class DomainAnalysis:
     plan: str = ""
     budget: dict = field(default_factory=dict)
     convergence: dict = field(default_factory=dict)  # task-runs that peaked at their last epoch (evidence.convergence)
+    compute: dict = field(default_factory=dict)  # done runs and their wall seconds, per role and in all (compute_summary)
 
     @property
     def alpha(self) -> float:
@@ -177,7 +178,27 @@ def _analyse_setting(setting: Setting, setting_runs: list[RunInfo], table: TaskT
     return DomainAnalysis(setting, setting.slug(unique), index.tasks, index.seeds, models, edges,
                           missing_runs(index) if has_grid else [], notes, options, setting_n_boot, has_grid,
                           preview, preview_notes, gate.untrained(), seed_plan(edges, options) if has_grid else "",
-                          budget, converged)
+                          budget, converged, compute_summary(setting_runs))
+
+
+def compute_summary(runs: Sequence[RunInfo]) -> dict:
+    """What the setting's done runs cost: ``{"runs": n, "wall_s": sum, "by_role": {role: (n, sum)}}``, by the runs'
+    stored roles (their trainer stage in stores without roles), from each run's own ``train.wall_seconds``; a
+    run without it counts in ``runs`` and in ``without_wall``, not in the sums."""
+    by_role: dict[str, list] = {}
+    missing = 0
+    for run in runs:
+        if run.status != "done":
+            continue
+        role = "+".join(run.roles) if run.roles else run.stage
+        entry = by_role.setdefault(role, [0, 0.0])
+        entry[0] += 1
+        if run.wall_seconds is None:
+            missing += 1
+        else:
+            entry[1] += run.wall_seconds
+    return {"runs": sum(n for n, _ in by_role.values()), "wall_s": sum(w for _, w in by_role.values()),
+            "by_role": {role: (n, w) for role, (n, w) in sorted(by_role.items())}, "without_wall": missing}
 
 
 def _skip_unknown(run: RunInfo) -> bool:
