@@ -374,3 +374,20 @@ def test_core_split_worker_in_process(tiny_model_dir, tiny_data_dir, tmp_path):
         torch.set_num_threads(threads)
     out = json.loads((tmp_path / "w.json").read_text())
     assert out["threads"] == 1 and len(out["ends"]) == 2 and out["summary"]["examples_per_s"] > 0
+
+
+def test_score_equivalence_runs_both_paths_and_reports_the_seed_aware_comparison(tmp_path, tiny_data_dir,
+                                                                                 tiny_model_dir):
+    score_equivalence = _load("score_equivalence")
+    out = tmp_path / "report.json"
+    argv = ["--task", "chemprot", "--seeds", "1", "2", "--profile", "test", "--stores", str(tmp_path / "stores"),
+            "--data-dir", str(tiny_data_dir), "--model", str(tiny_model_dir), "--n-boot", "100", "--out", str(out)]
+    assert score_equivalence.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["seeds"] == [1, 2] and report["k"] == 2 and len(report["seed_deltas"]) == 2
+    assert report["verdict"] in ("equivalent", "different", "inconclusive")
+    reference = json.loads(next((tmp_path / "stores" / "reference" / "runs").glob("*/spec.json")).read_text())
+    assert (reference["profile"]["precision"], reference["profile"]["encoder_impl"],
+            reference["profile"]["group_by_length"]) == ("fp32", "hf", False)
+    assert report["precision"] == {"fast": ["fp32"], "reference": ["fp32"]}  # the test profile trains in fp32
+    assert score_equivalence.main([*argv, "--no-run"]) == 0  # compares what is stored, runs nothing

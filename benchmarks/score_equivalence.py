@@ -1,0 +1,105 @@
+"""Do the fast path's scores match the reference path's? Single-task runs of one task over several seeds, both ways.
+
+    python benchmarks/score_equivalence.py --task ddi2013-type --seeds 1 2 3 4 5           # runs, then compares
+    python benchmarks/score_equivalence.py --task ddi2013-type --seeds 1 2 3 4 5 --no-run  # compares what is stored
+
+The fast path is the profile as it is (bf16 where native, the lean BERT forward, length-grouped batches); the
+reference path is the same profile in fp32 on the Hugging Face forward with random batches
+(``--set precision=fp32 --set encoder_impl=hf --set group_by_length=false``). Each is a grid of single runs
+(``python -m transfer.grid --stages single``) in its own store under ``--stores``, so an interrupted comparison
+resumes. The comparison is the edge's test (``transfer.analysis.compare``): per seed, the fast run's test score
+minus the reference run's on the same test units; the seed mean with the between-seed variance over k plus the
+clustered test-set variance, equivalence within ``--margin`` by two one-sided tests. It reports the verdict
+(equivalent / different / inconclusive), the difference and its CI, and both methods' mean and SD over seeds, to
+``--out`` (JSON) and the console. Dev scores are in each run's ``metrics.json``; test scores are compared here
+because they are the ones the analysis reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REFERENCE = ("precision=fp32", "encoder_impl=hf", "group_by_length=false")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="ddi2013-type")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--stores", type=Path, default=Path("runs") / "score-equivalence",
+                        help="folder of the two stores (fast/ and reference/)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--model", default=None, help="encoder (default: the profile's grid default, minilm)")
+    parser.add_argument("--margin", type=float, default=0.01, help="equivalence margin on the task's primary metric")
+    parser.add_argument("--n-boot", type=int, default=2000)
+    parser.add_argument("--run", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the missing runs first (--no-run: compare what the stores hold)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON report (default: benchmarks/results/...)")
+    return parser.parse_args(argv)
+
+
+def grid_command(args: argparse.Namespace, store: Path, overrides: tuple[str, ...]) -> list[str]:
+    command = [sys.executable, "-m", "transfer.grid", "--tasks", args.task, "--stages", "single", "--profile",
+               args.profile, "--seeds", *map(str, args.seeds), "--results", str(store), "--quiet"]
+    if args.data_dir:
+        command += ["--data-dir", args.data_dir]
+    if args.model:
+        command += ["--model", args.model]
+    for item in overrides:
+        command += ["--set", item]
+    return command
+
+
+def compare(args: argparse.Namespace) -> dict:
+    from transfer.analysis.compare import compare_methods, runs_by_seed
+    from transfer.analysis.evidence import EvidenceOptions
+    from transfer.analysis.index import load_runs
+    from transfer.data.tasks import load_task_table
+    from transfer.experiment.store import ResultsStore
+
+    table = load_task_table()
+    runs = {name: runs_by_seed(load_runs(ResultsStore(args.stores / name), table), args.task)
+            for name in ("fast", "reference")}
+    wanted = set(args.seeds)
+    runs = {name: {s: r for s, r in found.items() if s in wanted} for name, found in runs.items()}
+    result = compare_methods(table.task(args.task), runs["fast"], runs["reference"],
+                             EvidenceOptions(margin=args.margin), n_boot=args.n_boot)
+    result["profile"] = args.profile
+    result["a"], result["b"] = "fast path (profile defaults)", "reference path (" + ", ".join(REFERENCE) + ")"
+    result["wall_seconds"] = {name: round(sum(r.wall_seconds or 0.0 for r in found.values()), 1)
+                              for name, found in runs.items()}
+    result["precision"] = {name: sorted({(r.metrics.get("provenance") or {}).get("precision", "?")
+                                         for r in found.values()}) for name, found in runs.items()}
+    return result
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.run:
+        for name, overrides in (("fast", ()), ("reference", REFERENCE)):
+            code = subprocess.call(grid_command(args, args.stores / name, overrides))
+            if code != 0:
+                print(f"error: the {name} grid exited with {code}", file=sys.stderr)
+                return code
+    result = compare(args)
+    out = args.out or HERE / "results" / f"score-equivalence-{args.task}-{args.profile}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{args.task} ({result['metric']}), profile {args.profile}, seeds {' '.join(map(str, result['seeds']))}:")
+    print(f"  fast      {result['mean_a']:.4f} +/- {result['sd_a']:.4f}   ({result['wall_seconds']['fast']:.0f} s)")
+    print(f"  reference {result['mean_b']:.4f} +/- {result['sd_b']:.4f}   ({result['wall_seconds']['reference']:.0f} s)")
+    print(f"  fast - reference = {result['delta']:+.4f}, 95% CI [{result['ci_low']:+.4f}, {result['ci_high']:+.4f}], "
+          f"p {result['p']:.3g}, TOST p {result['p_equivalence']:.3g} (margin {result['margin']:g}): "
+          f"{result['verdict']}")
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
