@@ -201,6 +201,10 @@ def _summary(analysis: DomainAnalysis) -> list[str]:
     else:
         lines.append("  budget diagnostic: n/a (no edge has a delta and both runs' step counts)")
     lines.append(_compute_line(analysis.compute))
+    if analysis.hosts:
+        lines.append("  computed as: " + "; ".join(
+            f"{n} runs {precision} on {'an unrecorded device class' if device == 'unrecorded' else device}, "
+            f"encoder {encoder}" for (precision, device, encoder), n in analysis.hosts.items()))
     if analysis.untrained:
         lines.append(f"  untrained task-runs ({len(analysis.untrained)}):")
         lines += [f"    - {item}" for item in analysis.untrained]

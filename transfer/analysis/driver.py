@@ -115,6 +115,7 @@ class DomainAnalysis:
     budget: dict = field(default_factory=dict)
     convergence: dict = field(default_factory=dict)  # task-runs that peaked at their last epoch (evidence.convergence)
     compute: dict = field(default_factory=dict)  # done runs and their wall seconds, per role and in all (compute_summary)
+    hosts: dict = field(default_factory=dict)  # (precision, device class, encoder) -> done runs (how_computed)
 
     @property
     def alpha(self) -> float:
@@ -178,7 +179,22 @@ def _analyse_setting(setting: Setting, setting_runs: list[RunInfo], table: TaskT
     return DomainAnalysis(setting, setting.slug(unique), index.tasks, index.seeds, models, edges,
                           missing_runs(index) if has_grid else [], notes, options, setting_n_boot, has_grid,
                           preview, preview_notes, gate.untrained(), seed_plan(edges, options) if has_grid else "",
-                          budget, converged, compute_summary(setting_runs))
+                          budget, converged, compute_summary(setting_runs), how_computed(setting_runs))
+
+
+def how_computed(runs: Sequence[RunInfo]) -> dict[tuple[str, str, str], int]:
+    """How many done runs were computed in each (precision, device class, encoder implementation): what a reader
+    needs to know of the machines a store came from (an edge refuses to mix the first and the last)."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for run in runs:
+        if run.status != "done":
+            continue
+        block = run.metrics.get("provenance") or {}
+        train = run.metrics.get("train") or {}
+        key = tuple(str(block.get(name, train.get(name, "unrecorded")))
+                    for name in ("precision", "device_class", "encoder_impl"))
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def compute_summary(runs: Sequence[RunInfo]) -> dict:
