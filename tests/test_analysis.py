@@ -485,6 +485,23 @@ def test_preview_reversed_in_rank_gives_rho_minus_one(tmp_path):
     assert v["tracker_s"] == 25.0
 
 
+def test_tracking_overhead_of_a_short_preview_is_per_training_step(tmp_path):
+    # a preview that stopped after a third of the all-task run's steps (affinity_epochs): per run its wall time
+    # would look like a third of the plain run's; per step it costs 10% more
+    import json
+
+    root = build_store(tmp_path)
+    rid = write_affinity_run(root, TASKS3, 13, Z_REVERSED, wall_seconds=110.0, tracker_seconds=10.0)
+    plain = next(p for p in (root / "runs").glob("mtl-*") if p.name != rid and p.name.count("+") == 2)
+    for folder, steps in ((root / "runs" / rid, 100), (plain, 300)):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["train"]["steps_run"] = steps
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    (analysis,) = analyse_store(root, TABLE, n_boot=100)
+    v = analysis.affinity.validation
+    assert v["plain_all_wall_s"] == 300.0 and v["tracking_overhead"] == pytest.approx((110 / 100) / (300 / 300))
+
+
 def test_preview_averages_seeds_and_sums_their_cost(tmp_path):
     root = build_store(tmp_path, seeds=(13, 42))
     write_affinity_run(root, TASKS3, 13, Z_AGREE, wall_seconds=300.0, tracker_seconds=20.0)

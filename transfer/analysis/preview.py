@@ -107,7 +107,8 @@ def validate_affinity(edges: pd.DataFrame, used: list[RunInfo], index: DomainRun
     the helps/hurts edges. preview_wall_s: train.wall_seconds summed over the affinity runs used; grid_wall_s:
     summed over the setting's done single and pair runs (every seed; what the deltas are computed from);
     time_ratio = preview_wall_s / grid_wall_s. tracking_overhead = wall of the affinity runs / wall of the plain
-    all-task runs of the same seeds and tasks (seeds that have both). tracker_s: the trackers' own
+    all-task runs of the same seeds and tasks (seeds that have both), per training step where the runs record
+    their steps (:func:`_tracking_overhead`). tracker_s: the trackers' own
     affinity.seconds, summed. A cost is NaN if any of its runs lacks its wall time.
     """
     both = edges[edges["z"].notna() & edges["delta"].notna() & (edges["state"] != "n/a")]
@@ -127,10 +128,26 @@ def validate_affinity(edges: pd.DataFrame, used: list[RunInfo], index: DomainRun
         "preview_wall_s": preview_wall, "grid_wall_s": grid_wall, "n_grid_runs": len(grid),
         "time_ratio": _ratio(preview_wall, grid_wall),
         "plain_all_wall_s": _total([plain.wall_seconds for _, plain in matched]),
-        "tracking_overhead": _ratio(_total([r.wall_seconds for r, _ in matched]),
-                                    _total([plain.wall_seconds for _, plain in matched])),
+        "tracking_overhead": _tracking_overhead(matched),
         "tracker_s": _total([float((r.affinity or {}).get("seconds", math.nan)) for r in used]),
     } | _tracker_cost(used, preview_wall)
+
+
+def _steps_run(run: RunInfo) -> float:
+    steps = (run.metrics.get("train") or {}).get("steps_run")
+    return float(steps) if isinstance(steps, (int, float)) and steps > 0 else math.nan
+
+
+def _tracking_overhead(matched: list[tuple[RunInfo, RunInfo]]) -> float:
+    """Wall time of the affinity runs over that of the plain all-task runs of the same seeds, per training step
+    where every run records its steps (a preview may stop after its first epochs, ``affinity_epochs``, so whole
+    runs would compare a part of the schedule with all of it), else per run."""
+    tracked = _total([r.wall_seconds for r, _ in matched])
+    plain = _total([p.wall_seconds for _, p in matched])
+    steps_tracked, steps_plain = _total([_steps_run(r) for r, _ in matched]), _total([_steps_run(p) for _, p in matched])
+    if matched and not math.isnan(steps_tracked) and not math.isnan(steps_plain):
+        return _ratio(_ratio(tracked, steps_tracked), _ratio(plain, steps_plain))
+    return _ratio(tracked, plain)
 
 
 def _tracker_cost(used: list[RunInfo], preview_wall: float) -> dict:

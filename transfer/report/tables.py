@@ -249,7 +249,8 @@ AFFINITY_DEFINITIONS = (
     "agreement = share of edges with sign(Z) = sign(Δ) (a Δ or Z of exactly 0 has sign 0), also over the "
     "significant (helps/hurts) edges only. Time ratio = wall time of the affinity run(s) / summed wall time of the "
     "setting's done single and pair runs (all seeds); tracking overhead = affinity run wall time / plain all-task "
-    "run wall time (same seeds; sensitive to machine load when the two ran at different times); tracker = the "
+    "run wall time, per training step where both record their steps (a preview may stop after its first epochs; "
+    "same seeds; sensitive to machine load when the two ran at different times); tracker = the "
     "tracker's own affinity.seconds; tracker overhead = tracker seconds / (affinity run wall - tracker seconds), "
     "measured within the same run.")
 
