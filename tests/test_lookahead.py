@@ -284,3 +284,15 @@ def test_affinity_stage_plans_one_tracked_all_task_run(tiny_data_dir, tmp_path, 
     out = capsys.readouterr().out
     assert "affinity" in out and "1 runs" in out
     assert not (tmp_path / "store").exists()
+
+
+def test_gradient_cosines_tensor_by_tensor_equal_those_of_the_flattened_gradients():
+    from transfer.training.lookahead import _cosines
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"a": (3, 4), "b": (5,), "c": (2, 2)}
+    grads = [{k: torch.randn(s, generator=gen) for k, s in shapes.items()} for _ in range(3)]
+    del grads[2]["b"]  # a weight the third source's loss does not reach: a zero gradient there
+    flat = [torch.cat([(g[k] if k in g else torch.zeros(s)).reshape(-1) for k, s in shapes.items()]) for g in grads]
+    expected = np.array([[float(torch.nn.functional.cosine_similarity(x, y, dim=0)) for y in flat] for x in flat])
+    assert np.allclose(_cosines(grads), expected, atol=1e-6)

@@ -176,7 +176,7 @@ class AffinityTracker:
         n = len(self.tasks)
         with torch.no_grad():
             before = np.array([float(self._mean_loss(model, t, batches[t])) for t in self.tasks])
-        after, momentum, flat = np.zeros((n, n)), np.zeros((n, n)), []
+        after, momentum, source_grads = np.zeros((n, n)), np.zeros((n, n)), []
         resting: dict[frozenset, np.ndarray] = {}  # parameter set -> target losses after its momentum-only step
         for i, source in enumerate(self.tasks):
             loss = self._mean_loss(model, source, gradient_batches[source])
@@ -185,20 +185,19 @@ class AffinityTracker:
             # put; the momentum-only reference moves the same weights, so the two differ only by i's gradient.
             grads = {k: g for k, g in zip(named, grads) if g is not None}
             _clip_(grads, self.max_grad_norm)
-            flat.append(torch.cat([(grads[k] if k in grads else torch.zeros_like(p)).reshape(-1).float()
-                                   for k, p in named.items()]))
+            source_grads.append(grads)  # kept for the cosines (no flattened copy of the encoder per source)
             moved = {k: named[k] for k in grads}
             if frozenset(moved) not in resting:
                 resting[frozenset(moved)] = self._losses(model, lookahead_params(optimizer, moved, {}, lr), batches)
             momentum[i] = resting[frozenset(moved)]
             after[i] = self._losses(model, lookahead_params(optimizer, moved, grads, lr), batches)
-            del grads, moved
+            del moved
         model.train(was_training)
         z = 1.0 - after / before[None, :]
         self.running["matrix"].add(z)
         self.running["marginal"].add((momentum - after) / (lr * before[None, :]))
         self.running["momentum_only"].add(1.0 - momentum / before[None, :])
-        self.running["grad_cosine"].add(_cosines(flat))
+        self.running["grad_cosine"].add(_cosines(source_grads))
         self.measurements += 1
         self.seconds += time.perf_counter() - start
         return z
@@ -225,16 +224,20 @@ class AffinityTracker:
                         "seconds": round(self.seconds, 3)}
 
 
-def _cosines(flat: list[torch.Tensor]) -> np.ndarray:
-    """Cosine similarity of every pair of (clipped) source gradients; 0 where a gradient is zero.
+def _cosines(grads: list[dict[str, torch.Tensor]]) -> np.ndarray:
+    """Cosine similarity of every pair of (clipped) source gradients over the shared weights; 0 where a gradient is
+    zero. A weight one source's loss does not reach has a zero gradient there (it adds nothing to the dot product).
 
-    Pair by pair rather than one stacked matrix product: no second copy of the n flattened gradients.
+    Summed tensor by tensor, in fp32: flattening each source's gradient into one vector first cost a copy of the
+    encoder's size per source (about a twentieth of a probe's time for MiniLM).
     """
-    n = len(flat)
+    n = len(grads)
     gram = np.zeros((n, n))
     for i in range(n):
         for j in range(i, n):
-            gram[i, j] = gram[j, i] = float(torch.dot(flat[i], flat[j]))
+            shared = grads[i].keys() & grads[j].keys()
+            gram[i, j] = gram[j, i] = float(sum(torch.dot(grads[i][k].reshape(-1).float(), grads[j][k].reshape(-1).float())
+                                                for k in shared)) if shared else 0.0
     norms = np.sqrt(np.clip(np.diag(gram), 1e-60, None))
     return gram / np.outer(norms, norms)
 
