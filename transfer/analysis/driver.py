@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from transfer.analysis.edges import DEFAULT_SEED, Gate, budget_diagnostic, edge_table, seed_plan
-from transfer.analysis.evidence import EvidenceOptions, GateOptions
+from transfer.analysis.evidence import EvidenceOptions, GateOptions, provenance_of
 from transfer.analysis.index import (DomainRuns, PredictionCache, RunInfo, Setting, index_runs, load_runs,
                                      missing_runs, settings_in_store, task_order)
 from transfer.analysis.preview import AffinityPreview, affinity_preview
@@ -189,10 +189,9 @@ def how_computed(runs: Sequence[RunInfo]) -> dict[tuple[str, str, str], int]:
     for run in runs:
         if run.status != "done":
             continue
-        block = run.metrics.get("provenance") or {}
-        train = run.metrics.get("train") or {}
-        key = tuple(str(block.get(name, train.get(name, "unrecorded")))
-                    for name in ("precision", "device_class", "encoder_impl"))
+        recorded = provenance_of(run.metrics)  # what an edge compares: precision and encoder
+        device = (run.metrics.get("provenance") or {}).get("device_class", "unrecorded")
+        key = (str(recorded.get("precision", "unrecorded")), str(device), str(recorded.get("encoder_impl", "unrecorded")))
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))
 
