@@ -449,7 +449,7 @@ def bf16_native(device) -> bool:
     """Whether bf16 runs natively: ``torch.cuda.is_bf16_supported()`` on CUDA, AVX512-BF16/AMX on the CPU."""
     import torch
 
-    from transfer.training.loop import cpu_supports_bf16
+    from transfer.training.device import cpu_supports_bf16
 
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -1333,7 +1333,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     """All parts asked for, in one process; returns the report dict."""
     import torch
 
-    from transfer.training.loop import pick_device, resolve_precision
+    from transfer.training.device import pick_device, resolve_precision
 
     parts = _split_list(args.parts, PARTS, "part")
     variants = _split_list(args.variants, TRAIN_VARIANTS, "variant")

@@ -1,5 +1,5 @@
 """Shared fixtures: a tiny random BERT and its tokenizer, the task table, a miniature data directory and an
-isolated feature cache."""
+isolated feature cache, and the grid tests' fake training function."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from transfer.scheduling import worker
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tiny_data import SHARED, make_tiny_data_dir  # noqa: E402
-from stores import COMMITTED_STORE, LEGACY_STORE  # noqa: E402,F401  (for the tests that import them from here)
 from tiny_model import build_tiny_bert  # noqa: E402
 
 
@@ -56,3 +57,18 @@ def isolated_cache(tmp_path_factory):
         os.environ.pop("TRANSFER_CACHE_DIR", None)
     else:
         os.environ["TRANSFER_CACHE_DIR"] = previous
+
+
+FAKE_FN = "test_worker:fake_train"  # ``fake_train`` in test_worker.py, imported by worker subprocesses too
+
+
+@pytest.fixture
+def fake_env(monkeypatch, tmp_path):
+    """The fake training function, importable from tests/ here and in worker subprocesses; returns its log file."""
+    monkeypatch.setenv(worker.TRAIN_FN_ENV, FAKE_FN)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent))
+    monkeypatch.setenv("FAKE_TRAIN_LOG", str(tmp_path / "fake-log.jsonl"))
+    monkeypatch.delenv("FAKE_TRAIN_FAIL", raising=False)
+    monkeypatch.delenv("FAKE_TRAIN_KILL", raising=False)
+    monkeypatch.delenv("FAKE_TRAIN_SLEEP", raising=False)
+    return tmp_path / "fake-log.jsonl"

@@ -97,7 +97,6 @@ def test_profile_file_with_a_byte_order_mark_loads(tmp_path):
 
 def test_stored_profiles_of_the_committed_store_still_load():
     import json
-    from pathlib import Path
 
     from stores import COMMITTED_STORE, LEGACY_STORE
 

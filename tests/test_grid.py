@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from test_worker import fake_env, read_fake_log  # noqa: F401  (fake_env is a fixture)
+from test_worker import read_fake_log
 from transfer import grid
+from transfer.scheduling.plan import dedupe, expand_specs, ordered_tasks, plan_grid
 from transfer.experiment.config import load_profile
 from transfer.experiment.store import ResultsStore, read_json
 from transfer.data.tasks import load_task_table
@@ -38,8 +39,8 @@ def _stage_counts(runs) -> Counter:
 
 
 def _expand(tasks=BIOMEDICAL, stages=grid.GRID_STAGES, seeds=(1,)):
-    return grid.dedupe(grid.expand_specs(tuple(tasks), tuple(stages), tuple(seeds), profile=load_profile("test"),
-                                         model="minilm", domain="biomedical"))
+    return dedupe(expand_specs(tuple(tasks), tuple(stages), tuple(seeds), profile=load_profile("test"),
+                               model="minilm", domain="biomedical"))
 
 
 def _statuses(results: Path) -> dict[str, str]:
@@ -82,9 +83,9 @@ def test_two_tasks_pair_and_all_task_run_are_one_run():
 def test_plan_grid_fingerprints_and_estimates(tiny_data_dir):
     table = load_task_table()
     profile = load_profile("test")
-    tasks = grid.ordered_tasks(table, "biomedical", ["ddi2013-type", "chemprot"])
+    tasks = ordered_tasks(table, "biomedical", ["ddi2013-type", "chemprot"])
     assert tasks == TWO  # the domain's order, whatever the command line's
-    plan = grid.plan_grid(table, "biomedical", tasks, grid.GRID_STAGES, (1,), profile, "minilm", str(tiny_data_dir))
+    plan = plan_grid(table, "biomedical", tasks, grid.GRID_STAGES, (1,), profile, "minilm", str(tiny_data_dir))
     by_stage = {p.label: p for p in plan}
     single = by_stage["single"]
     assert {key.split("/")[0] for key, _ in single.spec.data_fingerprints} == {single.spec.tasks[0]}
@@ -99,10 +100,10 @@ def test_plan_grid_fingerprints_and_estimates(tiny_data_dir):
 
 def test_tasks_of_several_domains_keep_the_task_table_order():
     table = load_task_table()
-    tasks = grid.ordered_tasks(table, None, ["mednli", "chemprot"])
+    tasks = ordered_tasks(table, None, ["mednli", "chemprot"])
     assert tasks == ("chemprot", "mednli")
-    runs = grid.dedupe(grid.expand_specs(tasks, ("single", "pair"), (1,), profile=load_profile("test"),
-                                         model="minilm", domain=None))
+    runs = dedupe(expand_specs(tasks, ("single", "pair"), (1,), profile=load_profile("test"),
+                               model="minilm", domain=None))
     assert len(runs) == 3 and all(spec.domain is None for _, spec in runs)
 
 

@@ -268,11 +268,12 @@ def test_a_probe_at_learning_rate_zero_records_nothing(monkeypatch):
 
 
 def test_affinity_stage_plans_one_tracked_all_task_run(tiny_data_dir, tmp_path, capsys):
-    from transfer import affinity, grid
+    from transfer import affinity
+    from transfer.scheduling.plan import expand_specs
 
     profile = load_profile("test")
-    runs = grid.expand_specs(TASKS, ("all", "affinity"), (1,), profile=profile, model="m", domain="biomedical",
-                             affinity_every=7, affinity_batches=2, affinity_epochs=1)
+    runs = expand_specs(TASKS, ("all", "affinity"), (1,), profile=profile, model="m", domain="biomedical",
+                        affinity_every=7, affinity_batches=2, affinity_epochs=1)
     (_, plain), (stage, tracked) = runs
     assert tracked.affinity_epochs == 1 and tracked.last_epoch == 1
     assert stage == "affinity" and tracked.tasks == plain.tasks and tracked.stage == "mtl"

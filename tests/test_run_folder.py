@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from test_store import finish
-from test_worker import fake_env, read_fake_log  # noqa: F401  (fake_env is a fixture)
+from test_worker import read_fake_log
 from transfer import affinity, grid
 from transfer.experiment import claims
 from transfer.experiment.config import Profile, load_profile

@@ -12,7 +12,8 @@ from transfer.scheduling import scheduler
 from transfer.scheduling import slots as slot_finder
 from transfer.experiment.config import RunSpec, load_profile
 from transfer.scheduling.plan import PlannedRun
-from transfer.scheduling.scheduler import Board, claim_run, device_slots, parse_devices, settle_run
+from transfer.scheduling.scheduler import Board, claim_run, settle_run
+from transfer.scheduling.slots import device_slots, parse_devices
 from transfer.experiment.store import ResultsStore, read_json
 
 

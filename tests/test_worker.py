@@ -17,13 +17,11 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 
 from transfer.scheduling import worker
 from transfer.experiment.config import RunSpec, load_profile
 from transfer.experiment.store import ResultsStore, read_json
 
-FAKE_FN = "test_worker:fake_train"
 
 
 def fake_train(spec, *, data_dir=None, device=None, reporter=None, table=None, parent_dir=None, encoder_dir=None):
@@ -67,18 +65,6 @@ def read_fake_log(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-@pytest.fixture
-def fake_env(monkeypatch, tmp_path):
-    """The fake training function, importable here and in worker subprocesses; returns its log file."""
-    monkeypatch.setenv(worker.TRAIN_FN_ENV, FAKE_FN)
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent))
-    monkeypatch.setenv("FAKE_TRAIN_LOG", str(tmp_path / "fake-log.jsonl"))
-    monkeypatch.delenv("FAKE_TRAIN_FAIL", raising=False)
-    monkeypatch.delenv("FAKE_TRAIN_KILL", raising=False)
-    monkeypatch.delenv("FAKE_TRAIN_SLEEP", raising=False)
-    return tmp_path / "fake-log.jsonl"
 
 
 def _spec(tasks=("chemprot",), stage="single", **extra) -> RunSpec:

@@ -31,7 +31,7 @@ from transfer.experiment.config import DEFAULT_MODEL, Profile, profile_with_over
 from transfer.experiment.convergence import convergence
 from transfer.experiment.roles import DEFAULT_ROLES, ROLES, roles_help
 from transfer.experiment.store import ResultsStore
-from transfer.scheduling.plan import PlannedRun, check_roles, dedupe, expand_specs, ordered_tasks, plan_grid  # noqa: F401
+from transfer.scheduling.plan import PlannedRun, ordered_tasks, plan_grid
 from transfer.scheduling.scheduler import Board, GridOptions, LocalScheduler
 from transfer.scheduling.slots import device_slots, parse_devices
 from transfer.scheduling.view import GridView, LogView, plan_table

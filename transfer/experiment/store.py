@@ -38,7 +38,7 @@ from pathlib import Path
 
 from transfer.errors import UserError
 from transfer.experiment import claims
-from transfer.experiment.atomic import read_json, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported)
+from transfer.experiment.atomic import read_json, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 

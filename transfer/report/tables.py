@@ -15,7 +15,7 @@ import networkx as nx
 import pandas as pd
 
 from transfer.analysis import PREDICTOR_COLUMNS, VALIDATION_COLUMNS, AffinityPreview, DomainAnalysis
-from transfer.experiment.store import write_text_atomic
+from transfer.experiment.atomic import write_text_atomic
 from transfer.report.present import (NA, affinity_caption, correction_label, state_rule_text, fmt_delta, fmt_p, fmt_score, fmt_sci, fmt_seconds,
                                      fmt_share, is_missing, model_label, plural, models_wide, setting_caption, transfer_digraph)
 

@@ -20,7 +20,7 @@ from transfer.data.tasks import TaskTable, locate_tasks
 from transfer.experiment.config import Profile, RunSpec, data_fingerprints
 from transfer.experiment.roles import ROLES, children_of, role
 from transfer.errors import UserError
-from transfer.experiment.store import read_json, write_json_atomic
+from transfer.experiment.atomic import read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

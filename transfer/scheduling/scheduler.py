@@ -38,7 +38,7 @@ from pathlib import Path
 
 from transfer.experiment.store import ResultsStore
 from transfer.scheduling.plan import PlannedRun, start_order
-from transfer.scheduling.slots import Slot, device_slots, parse_devices, usable_cores  # noqa: F401  (the slots' API)
+from transfer.scheduling.slots import Slot
 from transfer.scheduling.worker import EXIT_INTERRUPTED, EXIT_NOT_CLAIMED
 
 logger = logging.getLogger(__name__)

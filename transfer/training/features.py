@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.data.examples import Example
-from transfer.data.files import CACHE_ENV, cache_dir, file_fingerprint  # noqa: F401 (re-exported)
+from transfer.data.files import cache_dir, file_fingerprint
 from transfer.training.kinds import IGNORE_INDEX, kind_ops
 from transfer.data.readers import read_split, split_long_sentence
 from transfer.data.tasks import TaskSpec

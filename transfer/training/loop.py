@@ -32,7 +32,7 @@ from transfer.training.kinds import kind_ops
 from transfer.training.lookahead import AffinityTracker
 from transfer.experiment.encoders import load_tokenizer
 from transfer.training.model import MultiTaskModel
-from transfer.training.device import autocast, cpu_supports_bf16, peak_memory, pick_device, resolve_precision  # noqa: F401
+from transfer.training.device import autocast, peak_memory, pick_device, resolve_precision
 from transfer.training.provenance import provenance
 from transfer.training.selection import Selection, is_all_task_run
 from transfer.training.streams import TaskStreams
