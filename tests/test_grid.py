@@ -23,7 +23,8 @@ from test_worker import read_fake_log
 from transfer import grid
 from transfer.scheduling.plan import dedupe, expand_specs, ordered_tasks, plan_grid
 from transfer.experiment.config import load_profile
-from transfer.experiment.store import ResultsStore, read_json
+from transfer.experiment.atomic import read_json
+from transfer.experiment.store import ResultsStore
 from transfer.data.tasks import load_task_table
 
 BIOMEDICAL = ("bc5cdr-chemical", "bc5cdr-disease", "chemprot", "ddi2013-type")

@@ -23,8 +23,9 @@ from transfer import affinity, grid
 from transfer.experiment import claims
 from transfer.experiment.config import Profile, load_profile
 from transfer.experiment.roles import MODEL_LABELS, MODEL_TYPES, ROLES, STAGES, children_of
-from transfer.experiment.store import (DamagedRunError, ResultsStore, RunFolder, predictions_damage, read_json,
-                                       read_predictions)
+from transfer.experiment.atomic import read_json
+from transfer.experiment.run_folder import DamagedRunError, RunFolder, predictions_damage, read_predictions
+from transfer.experiment.store import ResultsStore
 from transfer.scheduling import scheduler, worker
 from transfer.scheduling.plan import PlannedRun, dedupe, expand_specs
 from transfer.scheduling.dask_backend import dask_client

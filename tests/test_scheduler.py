@@ -14,7 +14,8 @@ from transfer.experiment.config import RunSpec, load_profile
 from transfer.scheduling.plan import PlannedRun
 from transfer.scheduling.scheduler import Board, claim_run, settle_run
 from transfer.scheduling.slots import device_slots, parse_devices
-from transfer.experiment.store import ResultsStore, read_json
+from transfer.experiment.atomic import read_json
+from transfer.experiment.store import ResultsStore
 
 
 def _spec(tasks=("chemprot",), stage="single", seed=1, **extra) -> RunSpec:

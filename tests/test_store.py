@@ -6,7 +6,8 @@ import json
 import subprocess
 import sys
 
-from transfer.experiment.store import ResultsStore, read_json
+from transfer.experiment.atomic import read_json
+from transfer.experiment.store import ResultsStore
 
 SPEC = {"tasks": ["chemprot"], "stage": "single", "seed": 1, "model": "m", "profile": {"name": "test"}}
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from transfer.scheduling import worker
 from transfer.experiment.config import RunSpec, load_profile
-from transfer.experiment.store import ResultsStore, read_json
+from transfer.experiment.atomic import read_json
+from transfer.experiment.store import ResultsStore
 
 
 

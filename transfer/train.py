@@ -21,7 +21,7 @@ from transfer.cli import add_common_flags, add_data_flags, add_profile_flags, co
 from transfer.data.tasks import TaskTable, load_task_table, locate_tasks
 from transfer.errors import UsageError, UserError
 from transfer.experiment.config import DEFAULT_MODEL, STAGES, RunSpec, data_fingerprints, profile_with_overrides
-from transfer.experiment.store import RunFolder
+from transfer.experiment.run_folder import RunFolder
 from transfer.training.loop import quiet_transformers, train
 from transfer.experiment.encoders import check_max_length
 

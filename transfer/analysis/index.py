@@ -18,7 +18,8 @@ from pathlib import Path
 
 from transfer.data.tasks import TaskTable
 from transfer.experiment.roles import ROLES as ROLE_TABLE
-from transfer.experiment.store import ResultsStore, RunRecord, read_predictions
+from transfer.experiment.run_folder import read_predictions
+from transfer.experiment.store import ResultsStore, RunRecord
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,8 @@ from transfer.errors import UsageError
 from transfer.experiment.config import run_spec_from_dict
 from transfer.experiment.progress import LogReporter
 from transfer.experiment.roles import stage_takes_parent
-from transfer.experiment.store import DamagedRunError, ResultsStore, RunFolder
+from transfer.experiment.run_folder import DamagedRunError, RunFolder
+from transfer.experiment.store import ResultsStore
 
 logger = logging.getLogger(__name__)
 

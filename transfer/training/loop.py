@@ -37,7 +37,7 @@ from transfer.training.provenance import provenance
 from transfer.training.selection import Selection, is_all_task_run
 from transfer.training.streams import TaskStreams
 from transfer.experiment.progress import Reporter
-from transfer.experiment.store import RunFolder
+from transfer.experiment.run_folder import RunFolder
 from transfer.data.tasks import TaskTable, load_task_table, locate_tasks
 
 logger = logging.getLogger(__name__)
