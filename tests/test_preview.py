@@ -84,7 +84,11 @@ def test_split_half_reliability():
     assert split_half(np.vstack([truth, truth * 2]))[0] == pytest.approx(1.0)
     # two seeds in opposite orders: r = -1, no reliability
     value, _ = split_half(np.vstack([truth, -truth]))
-    assert math.isnan(value) or value <= -0.99
+    assert value == pytest.approx(-1.0)
+    # halves that disagree are not "corrected" below -1: Spearman(truth, c) = -0.5 stays -0.5 (2r/(1+r) would be -2)
+    c = np.array([3.0, 5.0, 2.0, 4.0, 1.0])
+    value, method = split_half(np.vstack([truth, c]))
+    assert value == pytest.approx(-0.5) and "halves disagree" in method
     # r = 0.5 between halves (4 seeds, every split the same): Spearman-Brown 2 * 0.5 / 1.5 = 2/3
     a = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
     b = np.array([2.0, 1.0, 4.0, 3.0, 5.0])  # Spearman(a, b) = 1 - 6 * 4 / (5 * 24) = 0.8

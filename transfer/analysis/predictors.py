@@ -150,8 +150,9 @@ def split_half(per_seed: np.ndarray, seed: int = 0) -> tuple[float, str]:
     """Split-half reliability of edge values measured per seed (rows: seeds, columns: edges; no NaN).
 
     Spearman across edges between the half means, averaged over splits of the seeds (all of them up to
-    MAX_SPLITS, else a random sample), then Spearman-Brown corrected: r_full = 2 r / (1 + r). (nan, why) below 2
-    seeds or 3 edges.
+    MAX_SPLITS, else a random sample), then Spearman-Brown corrected: r_full = 2 r / (1 + r). The correction is
+    for halves that agree: at r < 0 it falls below r and below -1 (r = -0.4 gives -1.33, no correlation), so a
+    negative r is returned as it is, and the method says the halves disagree. (nan, why) below 2 seeds or 3 edges.
     """
     per_seed = np.asarray(per_seed, dtype=float)
     k = per_seed.shape[0]
@@ -173,5 +174,7 @@ def split_half(per_seed: np.ndarray, seed: int = 0) -> tuple[float, str]:
     if not values:
         return math.nan, "n/a (constant values)"
     r = float(np.mean(values))
-    corrected = 2 * r / (1 + r) if r > -1 else math.nan
-    return corrected, f"split-half over {len(values)} split{'s' if len(values) != 1 else ''} of {k} seeds"
+    method = f"split-half over {len(values)} split{'s' if len(values) != 1 else ''} of {k} seeds"
+    if r < 0:
+        return r, method + ", halves disagree (not Spearman-Brown corrected)"
+    return 2 * r / (1 + r), method
