@@ -729,7 +729,7 @@ def test_graph_summary_reports_converged_single_task_runs(capsys, tmp_path):
     assert "converged single task-runs (best dev epoch before the last): 0 of 4 (0%)" in out
     assert "budget diagnostic: Spearman rho(pair/single step ratio, delta) = +0.68 over 12 edges" in out
     assert "compute: 16 done runs" in out  # one seed of the 4-task grid and its affinity run
-    assert "computed as: 16 runs bf16 on an unrecorded device class, encoder transfer" in out  # before provenance
+    assert "computed as: 16 runs bf16 on an unrecorded device class, lean BERT forward" in out  # before provenance
 
 
 def test_the_plan_says_runs_are_missing_not_untrained_when_no_edge_has_its_runs(tmp_path):

@@ -36,6 +36,7 @@ from transfer.report.present import predictor_summary
 logger = logging.getLogger(__name__)
 
 FORMATS = ("png", "svg", "pdf")
+_FORWARDS = {"transfer": "lean BERT forward", "hf": "Hugging Face forward"}  # a run's encoder_impl, as read
 EPILOG = ("Edge s->t: delta = test score of t in the {s,t} mtl run minus t's single-task run, per seed (the "
           "same seed in both), mean over seeds. Test (default): Welch t on var(per-seed deltas)/k + the test-set "
           "variance that all seeds share (mean covariance of the seeds' deltas over resamples of the test set's "
@@ -204,7 +205,7 @@ def _summary(analysis: DomainAnalysis) -> list[str]:
     if analysis.hosts:
         lines.append("  computed as: " + "; ".join(
             f"{n} runs {precision} on {'an unrecorded device class' if device == 'unrecorded' else device}, "
-            f"encoder {encoder}" for (precision, device, encoder), n in analysis.hosts.items()))
+            f"{_FORWARDS.get(encoder, f'encoder forward {encoder}')}" for (precision, device, encoder), n in analysis.hosts.items()))
     if analysis.untrained:
         lines.append(f"  untrained task-runs ({len(analysis.untrained)}):")
         lines += [f"    - {item}" for item in analysis.untrained]
