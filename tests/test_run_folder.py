@@ -78,12 +78,13 @@ def _replanned(specs: dict[str, dict]) -> set[str]:
     for spec in specs.values():
         fingerprints.setdefault(spec["domain"], set()).update(tuple(fp) for fp in spec["data_fingerprints"])
     grids = {(s["domain"], s["seed"], _stored_profile(s), s["model"], s["code_version"], s.get("affinity_every") or 20,
-              s.get("affinity_batches") or 1) for s in specs.values()}
+              s.get("affinity_batches") or 1, s.get("affinity_epochs") or 0) for s in specs.values()}
     planned = set()
-    for domain, seed, profile, model, code_version, every, batches in grids:
+    for domain, seed, profile, model, code_version, every, batches, epochs in grids:
         runs = dedupe(expand_specs(table.domain(domain).tasks, tuple(ROLES), (seed,), profile=profile, model=model,
                                    domain=domain, fingerprints=tuple(sorted(fingerprints[domain])),
-                                   code_version=code_version, affinity_every=every, affinity_batches=batches))
+                                   code_version=code_version, affinity_every=every, affinity_batches=batches,
+                                   affinity_epochs=epochs))
         planned |= {spec.run_id for _, spec in runs}
     return planned
 
