@@ -106,6 +106,27 @@ def test_worker_records_failure_with_traceback(tmp_path, fake_env, monkeypatch):
     assert "Traceback" in (store.folder(run_id) / "log.txt").read_text()
 
 
+def test_sigterm_while_torch_imports_is_a_clean_interruption(tmp_path, fake_env, monkeypatch):
+    # The grid stops its workers with SIGTERM, whose handler raises Interrupted wherever the worker is; a worker
+    # still setting up torch (its import takes seconds) once let that escape as a traceback in log.txt.
+    import torch
+
+    from transfer.cli import Interrupted
+
+    def interrupted(_threads):
+        raise Interrupted("signal SIGTERM")
+
+    monkeypatch.setattr(torch, "set_num_threads", interrupted)
+    store = ResultsStore(tmp_path / "results")
+    run_id = _claim(store, _spec())
+    code = worker.main(["--results", str(store.root), "--run-id", run_id, "--owner", "grid-test", "--threads", "1"])
+    assert code == worker.EXIT_INTERRUPTED
+    log = (store.folder(run_id) / "log.txt").read_text()
+    assert "interrupted; left 'running'" in log and "Traceback" not in log
+    assert read_json(store.folder(run_id) / "status.json")["status"] == "running"
+    assert not (store.folder(run_id) / "claim").exists()
+
+
 def test_worker_refuses_a_claim_it_was_not_given(tmp_path, fake_env):
     store = ResultsStore(tmp_path / "results")
     run_id = _claim(store, _spec(), owner="someone-else")

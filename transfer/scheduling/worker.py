@@ -145,7 +145,7 @@ def _log_to_file(path: Path) -> logging.Handler:
 
 
 def execute(store: ResultsStore, run_id: str, *, data_dir: str | None = None, device: str | None = None,
-            task_files: list[str] | tuple[str, ...] = ()) -> int:
+            task_files: list[str] | tuple[str, ...] = (), threads: int | None = None) -> int:
     """Train a run this process has claimed; record done/failed; release the claim. Returns the exit code."""
     from transfer.data.tasks import load_task_table
 
@@ -154,6 +154,12 @@ def execute(store: ResultsStore, run_id: str, *, data_dir: str | None = None, de
     started = time.time()
     try:
         with Heartbeat(store, run_id):
+            # Imported inside the try: a grid stopping its workers can send SIGTERM while torch is still
+            # importing (seconds on a cold disk), and that must end as a clean interruption, not a traceback.
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
             spec = load_spec(store, run_id)
             logger.info("worker pid %d on %s: run %s, device %s, CUDA_VISIBLE_DEVICES=%r", os.getpid(),
                         socket.gethostname(), run_id, device, os.environ.get("CUDA_VISIBLE_DEVICES"))
@@ -223,11 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run {args.run_id} is done or claimed by another process; nothing to do")
         return EXIT_NOT_CLAIMED
     with sigterm_interrupts():
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        return execute(store, args.run_id, data_dir=args.data_dir, device=args.device, task_files=args.task_file)
+        return execute(store, args.run_id, data_dir=args.data_dir, device=args.device, task_files=args.task_file,
+                       threads=args.threads)
 
 
 if __name__ == "__main__":
