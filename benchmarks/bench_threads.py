@@ -38,7 +38,11 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import bench_train as bt  # noqa: E402
+from benchlib.machine import _loadavg  # noqa: E402
+from benchlib.records import timed_summary  # noqa: E402
+from benchlib.report import busy_warning, write_report  # noqa: E402
+from benchlib.variants import run_transfer_loop  # noqa: E402
+from benchlib.workload import DEFAULT_TASK, SMALL_EVAL, load_workload, quiet_transformers  # noqa: E402
 
 
 def usable_cores() -> int:
@@ -72,18 +76,18 @@ def worker(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    bt.quiet_transformers()
+    quiet_transformers()
     device = torch.device("cpu")
-    workload = bt.load_workload(model=args.model, task_name=args.task, data_dir=args.data_dir, batch_size=args.batch_size,
-                                max_length=args.max_length, steps=args.steps, skip=args.skip_steps,
-                                eval_examples=bt.SMALL_EVAL, device=device)
+    workload = load_workload(model=args.model, task_name=args.task, data_dir=args.data_dir, batch_size=args.batch_size,
+                             max_length=args.max_length, steps=args.steps, skip=args.skip_steps,
+                             eval_examples=SMALL_EVAL, device=device)
     barrier = (lambda summary: wait_barrier(Path(args.barrier), args.parties)) if args.barrier else None
-    result, clock, recorder, memory = bt.run_transfer_loop(workload, precision=args.precision, grouped=True,
-                                                            on_start=barrier, now=time.time)
+    result, clock, recorder, memory = run_transfer_loop(workload, precision=args.precision, grouped=True,
+                                                         on_start=barrier, now=time.time)
     out = {
         "pid": os.getpid(), "threads": torch.get_num_threads(), "precision": result["train"]["precision"],
         "begin": clock.begin, "ends": clock.ends, "skip": workload.skip,
-        "summary": bt.timed_summary(clock, recorder.train, workload.arch, None),
+        "summary": timed_summary(clock, recorder.train, workload.arch, None),
         "train_seconds": result["train"]["train_seconds"], "wall_seconds": result["train"]["wall_seconds"],
         "peak_memory_mb": round(memory.peak_mb, 1),
     }
@@ -193,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--model", default="minilm", help="encoder: 'minilm' or a local path")
-    parser.add_argument("--task", default=bt.DEFAULT_TASK, help="a single-label classification task")
+    parser.add_argument("--task", default=DEFAULT_TASK, help="a single-label classification task")
     parser.add_argument("--data-dir", default=None, help="data directory (else $TRANSFER_DATA_DIR, else ./data)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="transfer's precision")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for one configuration")
@@ -215,14 +219,14 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     import torch
 
     # Tokenise once here, so the workers all read transfer's feature cache instead of racing to fill it.
-    bt.quiet_transformers()
-    bt.load_workload(model=args.model, task_name=args.task, data_dir=args.data_dir, batch_size=args.batch_size,
-                     max_length=args.max_length, steps=args.steps, skip=args.skip_steps, eval_examples=bt.SMALL_EVAL,
-                     device=torch.device("cpu"))
+    quiet_transformers()
+    load_workload(model=args.model, task_name=args.task, data_dir=args.data_dir, batch_size=args.batch_size,
+                  max_length=args.max_length, steps=args.steps, skip=args.skip_steps, eval_examples=SMALL_EVAL,
+                  device=torch.device("cpu"))
     report = {"meta": {"time": _dt.datetime.now().isoformat(timespec="seconds"), "usable_cores": usable_cores(),
                        "steps": args.steps, "skip_steps": args.skip_steps, "batch_size": args.batch_size,
                        "max_length": args.max_length, "task": args.task, "model": args.model,
-                       "precision": args.precision, "load_average_start": bt._loadavg()},
+                       "precision": args.precision, "load_average_start": _loadavg()},
               "configs": {}}
     for procs, threads in configs:
         print(f"running {procs}x{threads} ...", file=sys.stderr, flush=True)
@@ -230,8 +234,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     first = next(iter(report["configs"].values()))
     for item in report["configs"].values():
         item["vs_first"] = round(item["aggregate_examples_per_s"] / first["aggregate_examples_per_s"], 3)
-    report["meta"]["load_average_end"] = bt._loadavg()
-    report["meta"]["busy"] = bt.busy_warning(report["meta"])
+    report["meta"]["load_average_end"] = _loadavg()
+    report["meta"]["busy"] = busy_warning(report["meta"])
     if len(report["configs"]) > 1:
         best = max(report["configs"].values(), key=lambda c: c["aggregate_examples_per_s"])
         report["verdict"] = (f"best aggregate throughput: {best['config']} ({best['aggregate_examples_per_s']:.1f} ex/s, "
@@ -243,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.worker:
         return worker(args)
-    return bt.write_report(run_benchmark(args), args.out, "threads", render)
+    return write_report(run_benchmark(args), args.out, "threads", render)
 
 
 if __name__ == "__main__":

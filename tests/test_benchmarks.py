@@ -13,6 +13,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from benchlib import flops, machine, records, variants  # noqa: E402
+from benchlib.grid_view import grid_view  # noqa: E402
+from benchlib.report import UTIL_REFUSED, peak_errors, render, write_report  # noqa: E402
 
 
 def _load(name: str):
@@ -36,15 +41,15 @@ EVAL_KEYS = {"examples_per_s", "real_tokens_per_s", "real_tokens_per_s_vs_a", "m
 
 def test_flop_formula_on_a_toy_config():
     # L=2, H=4, I=8: one layer = 4*16 + 2*4*8 + 9*4 + 8 = 64 + 64 + 36 + 8 = 172 -> N = 344
-    arch = bench_train.Arch(layers=2, hidden=4, intermediate=8)
-    assert bench_train.layer_params(4, 8) == 172
+    arch = flops.Arch(layers=2, hidden=4, intermediate=8)
+    assert flops.layer_params(4, 8) == 172
     assert arch.n_params == 344
     # two examples of 3 and 5 real tokens: 6*344*(3+5) + 12*2*4*(9+25) = 16512 + 3264
     assert arch.train_flops([3, 5]) == 19776
     # forward: 2*344*8 + 4*2*4*34 = 5504 + 1088
     assert arch.forward_flops([3, 5]) == 6592
     # padded to width 5: two rows of 5 tokens
-    record = bench_train.BatchRecord(rows=2, real_tokens=8, width=5, flops=arch.train_flops([3, 5]))
+    record = flops.BatchRecord(rows=2, real_tokens=8, width=5, flops=arch.train_flops([3, 5]))
     assert arch.padded_train_flops([record]) == arch.train_flops([5, 5]) == 2 * (6 * 344 * 5 + 12 * 2 * 4 * 25)
 
 
@@ -54,7 +59,7 @@ def test_nonembedding_params_match_a_real_bert(tiny_model_dir):
     model = AutoModel.from_pretrained(tiny_model_dir)
     cfg = model.config
     counted = sum(p.numel() for p in model.encoder.layer.parameters())
-    assert bench_train.nonembedding_params(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size) == counted
+    assert flops.nonembedding_params(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size) == counted
 
 
 def _fake_store(root: Path) -> Path:
@@ -73,7 +78,7 @@ def _fake_store(root: Path) -> Path:
 
 
 def test_grid_view_arithmetic(tmp_path):
-    grid = bench_train.grid_view(_fake_store(tmp_path), grid_wall_seconds=250.0)
+    grid = grid_view(_fake_store(tmp_path), grid_wall_seconds=250.0)
     assert grid["runs"] == 3 and grid["unreadable"] == ["broken"] and grid["runs_without_eval_seconds"] == 1
     assert grid["wall_seconds"] == 500 and grid["train_seconds"] == 350 and grid["eval_seconds"] == 40
     assert grid["other_seconds"] == 110
@@ -111,9 +116,9 @@ def test_a_shape_is_timed_by_its_best_repeat_not_its_median(monkeypatch):
     # one warm-up call (10 us, must not count), then five timed repeats: best 1 us, median 3 us
     us = 1e-6
     durations = iter([10 * us, 4 * us, 1 * us, 3 * us, 3 * us, 5 * us])
-    monkeypatch.setattr(bench_train, "sync", lambda device: clock.advance(next(durations)))
-    shape = bench_train.MatmulShape("square 64", 64, 64, 64)
-    row = bench_train.time_matmul(shape, "fp32", torch.device("cpu"), budget_s=0.0, min_repeats=5, warmup=1,
+    monkeypatch.setattr(machine, "sync", lambda device: clock.advance(next(durations)))
+    shape = machine.MatmulShape("square 64", 64, 64, 64)
+    row = machine.time_matmul(shape, "fp32", torch.device("cpu"), budget_s=0.0, min_repeats=5, warmup=1,
                                   timer=clock)
     assert row["repeats"] == 5
     assert row["best_seconds"] == pytest.approx(us) and row["median_seconds"] == pytest.approx(3 * us)
@@ -124,20 +129,20 @@ def test_a_shape_is_timed_by_its_best_repeat_not_its_median(monkeypatch):
 
 def test_repeats_run_until_the_budget_has_passed_and_at_least_the_minimum_ran():
     clock = FakeClock()
-    assert len(bench_train.time_repeats(lambda: clock.advance(1.0), budget_s=0.0, min_repeats=3, warmup=2,
+    assert len(machine.time_repeats(lambda: clock.advance(1.0), budget_s=0.0, min_repeats=3, warmup=2,
                                         timer=clock)) == 3
     # a 7.5 s budget of 1 s calls: repeats start while under 7.5 s have passed, so 8 run
-    times = bench_train.time_repeats(lambda: clock.advance(1.0), budget_s=7.5, min_repeats=3, warmup=0, timer=clock)
+    times = machine.time_repeats(lambda: clock.advance(1.0), budget_s=7.5, min_repeats=3, warmup=0, timer=clock)
     assert times == [1.0] * 8
-    assert len(bench_train.time_repeats(lambda: clock.advance(1.0), budget_s=1e9, min_repeats=1, warmup=0,
+    assert len(machine.time_repeats(lambda: clock.advance(1.0), budget_s=1e9, min_repeats=1, warmup=0,
                                         timer=clock, max_repeats=20)) == 20
 
 
 def test_the_peak_of_a_precision_is_its_fastest_shape():
     import torch
 
-    arch = bench_train.Arch(layers=2, hidden=32, intermediate=128)
-    shapes = bench_train.peak_shapes(64, arch, tokens=96)
+    arch = flops.Arch(layers=2, hidden=32, intermediate=128)
+    shapes = machine.peak_shapes(64, arch, tokens=96)
     assert [(s.m, s.k, s.n) for s in shapes] == [(64, 64, 64), (128, 128, 128), (96, 32, 96), (96, 32, 32),
                                                  (96, 32, 128), (96, 128, 32)]
     speeds = {"fp32": [10.0, 12.0, 9.0, 8.0, 30.0, 11.0], "bf16": [40.0, 20.0, 20.0, 20.0, 20.0, 20.0]}
@@ -148,7 +153,7 @@ def test_the_peak_of_a_precision_is_its_fastest_shape():
         gflops = speeds[precision][shapes.index(shape)]
         return {"shape": shape.name, "m": shape.m, "k": shape.k, "n": shape.n, "gflops": gflops, "median_gflops": gflops / 2}
 
-    peaks = bench_train.measure_peaks(shapes, ["fp32", "bf16"], torch.device("cpu"), budget_s=0.5, min_repeats=7,
+    peaks = machine.measure_peaks(shapes, ["fp32", "bf16"], torch.device("cpu"), budget_s=0.5, min_repeats=7,
                                       time_fn=fake_time)
     assert peaks["fp32"]["gflops"] == 30.0 and peaks["fp32"]["best_shape"] == "feed-forward in"
     assert peaks["bf16"]["gflops"] == 40.0 and peaks["bf16"]["best_shape"] == "square 64"
@@ -156,7 +161,7 @@ def test_the_peak_of_a_precision_is_its_fastest_shape():
     assert len(calls) == 12 and all(c[2:] == (0.5, 7) for c in calls)
     # a shape whose operands would take more than a quarter of the free memory is skipped, and says why
     free = 4 * shapes[1].nbytes(4) - 1
-    peaks = bench_train.measure_peaks(shapes, ["fp32"], torch.device("cpu"), time_fn=fake_time, free_bytes=free)
+    peaks = machine.measure_peaks(shapes, ["fp32"], torch.device("cpu"), time_fn=fake_time, free_bytes=free)
     assert [row["shape"] for row in peaks["fp32"]["skipped_shapes"]] == ["square 128"]
     assert "square 128" not in [row["shape"] for row in peaks["fp32"]["shapes"]]
 
@@ -164,8 +169,8 @@ def test_the_peak_of_a_precision_is_its_fastest_shape():
 def test_a_real_tiny_peak_measurement():
     import torch
 
-    shapes = [bench_train.MatmulShape("square 64", 64, 64, 64), bench_train.MatmulShape("flat", 32, 64, 16)]
-    peaks = bench_train.measure_peaks(shapes, ["fp32"], torch.device("cpu"), budget_s=0.0, min_repeats=3, warmup=1)
+    shapes = [machine.MatmulShape("square 64", 64, 64, 64), machine.MatmulShape("flat", 32, 64, 16)]
+    peaks = machine.measure_peaks(shapes, ["fp32"], torch.device("cpu"), budget_s=0.0, min_repeats=3, warmup=1)
     rows = peaks["fp32"]["shapes"]
     assert [row["repeats"] for row in rows] == [3, 3]
     assert all(row["best_seconds"] <= row["median_seconds"] <= row["worst_seconds"] for row in rows)
@@ -179,7 +184,7 @@ def _stat(user: int, system: int, idle: int, steal: int = 0) -> str:
 def _check(stats, own, walls, threshold=0.1):
     stats, own, walls = iter(stats), iter(own), iter(walls)
     stream = io.StringIO()
-    with bench_train.LoadCheck("the test", threshold_cores=threshold, read_stat=lambda: next(stats),
+    with machine.LoadCheck("the test", threshold_cores=threshold, read_stat=lambda: next(stats),
                                own_cpu=lambda: next(own), clock=lambda: next(walls), loadavg=lambda: [1.0, 1.0, 1.0],
                                ticks_per_second=100, stream=stream) as check:
         pass
@@ -192,14 +197,14 @@ def test_the_load_check_flags_an_interval_where_other_processes_ran():
     assert result["cpu_seconds_all"] == 6.0 and result["cpu_seconds_own"] == 1.0
     assert result["cpu_seconds_other"] == 5.0 and result["other_cores"] == 2.5 and result["quiet"] is False
     assert "not trustworthy" in printed and "2.50 cores during the test" in printed
-    assert bench_train.load_warning_text([result]) in printed
+    assert machine.load_warning_text([result]) in printed
 
 
 def test_the_load_check_passes_a_quiet_interval_and_counts_steal():
     # this process ran 1.9 of the 2 CPU seconds: the others 0.05 cores, under the 0.1 threshold
     result, printed = _check([_stat(1000, 500, 9000), _stat(1150, 550, 9100)], [10.0, 11.9], [100.0, 102.0])
     assert result["other_cores"] == 0.05 and result["quiet"] is True and printed == ""
-    assert bench_train.load_warning_text([result]) is None
+    assert machine.load_warning_text([result]) is None
     # the same interval with 0.4 s stolen by the hypervisor is not quiet
     result, printed = _check([_stat(1000, 500, 9000, 10), _stat(1150, 550, 9100, 50)], [10.0, 11.9], [100.0, 102.0])
     assert result["steal_seconds"] == 0.4 and result["other_cores"] == 0.25 and result["quiet"] is False
@@ -211,11 +216,11 @@ def test_the_load_check_says_when_it_cannot_tell():
         raise OSError("no /proc/stat")
 
     stream = io.StringIO()
-    with bench_train.LoadCheck("x", read_stat=unreadable, stream=stream) as check:
+    with machine.LoadCheck("x", read_stat=unreadable, stream=stream) as check:
         pass
     assert check.result["quiet"] is None and "not checked" in check.result["how"] and stream.getvalue() == ""
     if Path("/proc/stat").is_file():  # the real file parses (Linux)
-        used, steal = bench_train.cpu_seconds_of_stat(Path("/proc/stat").read_text(), 100)
+        used, steal = machine.cpu_seconds_of_stat(Path("/proc/stat").read_text(), 100)
         assert used > 0 and steal >= 0
 
 
@@ -225,10 +230,10 @@ def _percentages(text: str) -> list[float]:
 
 def _timed(peak):
     """Three steps of 1 s of a BERT-base-sized encoder, rows of 40 and 50 real tokens padded to 64 (~60 GFLOP/s)."""
-    arch = bench_train.Arch(layers=12, hidden=768, intermediate=3072)
-    clock = bench_train.StepClock(device="cpu", skip=1, total=3, ends=[1.0, 2.0, 3.0])
-    batches = [bench_train.BatchRecord(2, 90, 64, arch.train_flops([40, 50])) for _ in range(3)]
-    return bench_train.timed_summary(clock, batches, arch, peak), arch, batches
+    arch = flops.Arch(layers=12, hidden=768, intermediate=3072)
+    clock = records.StepClock(device="cpu", skip=1, total=3, ends=[1.0, 2.0, 3.0])
+    batches = [flops.BatchRecord(2, 90, 64, arch.train_flops([40, 50])) for _ in range(3)]
+    return records.timed_summary(clock, batches, arch, peak), arch, batches
 
 
 def test_a_utilisation_above_100_percent_is_refused_not_printed():
@@ -241,7 +246,7 @@ def test_a_utilisation_above_100_percent_is_refused_not_printed():
     assert possible["model_gflops_per_s"] / (executed * 0.96) < 1
     assert impossible["mfu"] is None and impossible["executed_util"] is None
     assert "peak is too low" in impossible["utilisation_error"]
-    evaluated = bench_train._eval_summary("(c) eval", "fp32", batches, 1.0, arch, peak=1e-9)
+    evaluated = variants._eval_summary("(c) eval", "fp32", batches, 1.0, arch, peak=1e-9)
     assert evaluated["mfu"] is None and evaluated["executed_util"] is None and evaluated["utilisation_error"]
 
     possible.update(label="(c) possible", precision="fp32", peak_memory_mb=1.0)
@@ -249,12 +254,12 @@ def test_a_utilisation_above_100_percent_is_refused_not_printed():
     report = {"meta": {"time": "t", "host": "h", "cpu": "c", "device": "cpu", "torch_threads": 1, "bf16_native": False},
               "workload": {"task": "t", "steps": 3, "batch_size": 2, "max_length": 4, "skip_steps": 1},
               "train": {"ok": possible, "bad": impossible}, "eval": {"bad": evaluated}}
-    report["meta"]["peak_too_low"] = bench_train.peak_errors(report)
+    report["meta"]["peak_too_low"] = peak_errors(report)
     assert [e["rows"] for e in report["meta"]["peak_too_low"]] == [["train: (c) impossible", "eval: (c) eval"]]
     console = Console(file=io.StringIO(), width=250)
-    bench_train.render(report, console)
+    render(report, console)
     text = console.file.getvalue()
-    assert text.count(bench_train.UTIL_REFUSED) == 4  # MFU and exec util of the two refused rows
+    assert text.count(UTIL_REFUSED) == 4  # MFU and exec util of the two refused rows
     assert max(_percentages(text)) <= 100.0
     assert f"{100 * possible['mfu']:.1f}%" in text  # the possible row still shows its number
     warnings = [line for line in text.splitlines() if "measured matmul peak is wrong" in line]
@@ -269,16 +274,16 @@ def test_an_older_report_with_a_stored_utilisation_above_100_percent_is_not_prin
     report = {"meta": {"time": "t", "host": "h", "cpu": "c", "device": "cpu", "torch_threads": 1, "bf16_native": False},
               "eval": {"old": row}}
     console = Console(file=io.StringIO(), width=250)
-    bench_train.render(report, console)
+    render(report, console)
     text = console.file.getvalue()
-    assert text.count(bench_train.UTIL_REFUSED) == 2 and "101.3%" not in text and "96.9%" not in text
+    assert text.count(UTIL_REFUSED) == 2 and "101.3%" not in text and "96.9%" not in text
     assert "fp32 peak 212.2 GFLOP/s, but 1 row(s) executed up to 215.0" in text
 
 
 def test_a_refused_utilisation_is_null_in_the_json(tmp_path):
     impossible, _, _ = _timed(peak=1e-9)
     out = tmp_path / "r.json"
-    assert bench_train.write_report({"train": {"bad": impossible}}, str(out), "x", lambda r: None) == 0
+    assert write_report({"train": {"bad": impossible}}, str(out), "x", lambda r: None) == 0
     stored = json.loads(out.read_text())["train"]["bad"]
     assert stored["mfu"] is None and stored["executed_util"] is None and stored["utilisation_error"]
 
@@ -288,7 +293,7 @@ def test_a_run_against_a_too_low_peak_refuses_its_utilisation(tiny_model_dir, ti
     def slow_peak(shape, precision, device, **kwargs):  # a peak far below anything the encoder runs at
         return {"shape": shape.name, "m": shape.m, "k": shape.k, "n": shape.n, "gflops": 1e-6, "median_gflops": 1e-6}
 
-    monkeypatch.setattr(bench_train, "time_matmul", slow_peak)
+    monkeypatch.setattr(machine, "time_matmul", slow_peak)
     out = tmp_path / "bench.json"
     assert bench_train.main(["--model", str(tiny_model_dir), "--data-dir", str(tiny_data_dir), "--parts", "peak,eval",
                              "--steps", "2", "--batch-size", "4", "--max-length", "32", "--eval-examples", "8",
@@ -298,7 +303,7 @@ def test_a_run_against_a_too_low_peak_refuses_its_utilisation(tiny_model_dir, ti
                                   "peak is too low" in item["utilisation_error"] for item in report["eval"].values())
     assert report["meta"]["peak_too_low"][0]["peak_gflops"] == 1e-6
     printed = capsys.readouterr().out
-    assert bench_train.UTIL_REFUSED in printed and "measured matmul peak is wrong" in printed
+    assert UTIL_REFUSED in printed and "measured matmul peak is wrong" in printed
     assert max(_percentages(printed), default=0.0) <= 100.0
 
 

