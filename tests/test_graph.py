@@ -104,6 +104,26 @@ def test_summary_prints_the_budget_diagnostic_and_the_compute_of_the_store(full_
     assert f"  compute: 10 done runs, {total:.1f} h of run wall time (finetune 3: " in printed
 
 
+def test_grid_wall_time_is_the_union_of_the_runs_intervals(tmp_path):
+    from transfer.analysis.driver import union_length
+    from transfer.graph import _compute_line
+
+    assert union_length([(0.0, 10.0), (5.0, 15.0), (20.0, 30.0)]) == 25.0  # overlap once, gap left out
+    assert union_length([(0.0, 10.0), (2.0, 3.0)]) == 10.0 and union_length([]) == 0.0
+    root = build_store(tmp_path / "store")
+    folders = sorted((root / "runs").iterdir())
+    # two slots: runs back to back in pairs, 100 s each, with an idle hour between two grid invocations
+    for k, folder in enumerate(folders):
+        start = (k // 2) * 100.0 + (3600.0 if k >= 6 else 0.0)
+        status = json.loads((folder / "status.json").read_text())
+        (folder / "status.json").write_text(json.dumps({**status, "started": start, "time": start + 100.0}))
+    (analysis,) = analyse_store(root, TABLE, n_boot=100)
+    assert analysis.compute["timed"] == len(folders) == 10
+    assert analysis.compute["elapsed_s"] == 500.0 and analysis.compute["busy_s"] == 1000.0
+    assert "; grid wall time 0.1 h with at least one run running, 2.00 runs at a time on average" in \
+        _compute_line(analysis.compute)
+
+
 def test_edge_csv_matches_the_store(full_run):
     root, out, _, _ = full_run
     edges = pd.read_csv(out / f"edges_{SLUG}.csv")

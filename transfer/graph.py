@@ -172,8 +172,14 @@ def _compute_line(compute: dict) -> str:
     """``compute: 14 done runs, 3.2 h of run wall time (single 4: 0.6 h, pair 6: 2.1 h, ...)``."""
     parts = ", ".join(f"{role} {n}: {wall / 3600:.1f} h" for role, (n, wall) in compute.get("by_role", {}).items())
     unknown = f"; {compute['without_wall']} without a recorded wall time" if compute.get("without_wall") else ""
-    return (f"  compute: {compute.get('runs', 0)} done runs, {compute.get('wall_s', 0.0) / 3600:.1f} h of run wall "
+    line = (f"  compute: {compute.get('runs', 0)} done runs, {compute.get('wall_s', 0.0) / 3600:.1f} h of run wall "
             f"time ({parts or 'none'}){unknown}")
+    elapsed, timed = compute.get("elapsed_s", 0.0), compute.get("timed", 0)
+    if timed and elapsed > 0:
+        share = "" if timed == compute.get("runs") else f" ({timed} of the runs record when they ran)"
+        line += (f"; grid wall time {elapsed / 3600:.1f} h with at least one run running{share}, "
+                 f"{compute.get('busy_s', 0.0) / elapsed:.2f} runs at a time on average")
+    return line
 
 
 def _summary(analysis: DomainAnalysis) -> list[str]:

@@ -199,9 +199,15 @@ def how_computed(runs: Sequence[RunInfo]) -> dict[tuple[str, str, str], int]:
 def compute_summary(runs: Sequence[RunInfo]) -> dict:
     """What the setting's done runs cost: ``{"runs": n, "wall_s": sum, "by_role": {role: (n, sum)}}``, by the runs'
     stored roles (their trainer stage in stores without roles), from each run's own ``train.wall_seconds``; a
-    run without it counts in ``runs`` and in ``without_wall``, not in the sums."""
+    run without it counts in ``runs`` and in ``without_wall``, not in the sums.
+
+    ``elapsed_s``: how long at least one of the runs was running (the union of their claimed-to-finished
+    intervals), which is the grid wall time with the gaps between grid invocations left out; ``busy_s`` the sum of
+    those intervals (over ``elapsed_s``: runs at a time); ``timed`` runs have an interval (stores written before
+    status.json recorded ``started`` may lack it)."""
     by_role: dict[str, list] = {}
     missing = 0
+    intervals = []
     for run in runs:
         if run.status != "done":
             continue
@@ -212,8 +218,22 @@ def compute_summary(runs: Sequence[RunInfo]) -> dict:
             missing += 1
         else:
             entry[1] += run.wall_seconds
+        if run.interval is not None:
+            intervals.append(run.interval)
     return {"runs": sum(n for n, _ in by_role.values()), "wall_s": sum(w for _, w in by_role.values()),
-            "by_role": {role: (n, w) for role, (n, w) in sorted(by_role.items())}, "without_wall": missing}
+            "by_role": {role: (n, w) for role, (n, w) in sorted(by_role.items())}, "without_wall": missing,
+            "elapsed_s": union_length(intervals), "busy_s": sum(end - start for start, end in intervals),
+            "timed": len(intervals)}
+
+
+def union_length(intervals: Sequence[tuple[float, float]]) -> float:
+    """Total length covered by the (start, end) intervals, overlaps counted once."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def _skip_unknown(run: RunInfo) -> bool:

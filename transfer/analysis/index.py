@@ -67,6 +67,16 @@ class RunInfo:
         return None if wall is None else float(wall)
 
     @property
+    def interval(self) -> tuple[float, float] | None:
+        """(claimed, finished) of a done run's last attempt, from status.json's ``started`` and ``time``; None
+        where either is missing or they are out of order (a hand-edited or foreign status file)."""
+        info = self.record.status_info
+        start, end = info.get("started"), info.get("time")
+        if self.status != "done" or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (start, end)):
+            return None
+        return (float(start), float(end)) if end >= start else None
+
+    @property
     def affinity(self) -> dict | None:
         """metrics.json "affinity" block of a done affinity run."""
         return self.metrics.get("affinity") if self.is_affinity else None
