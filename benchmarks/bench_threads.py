@@ -40,7 +40,7 @@ if str(HERE) not in sys.path:
 
 from benchlib.machine import _loadavg  # noqa: E402
 from benchlib.records import timed_summary  # noqa: E402
-from benchlib.report import busy_warning, write_report  # noqa: E402
+from benchlib.report import busy_warning, report_console, write_report  # noqa: E402
 from benchlib.variants import run_transfer_loop  # noqa: E402
 from benchlib.workload import DEFAULT_TASK, SMALL_EVAL, load_workload, quiet_transformers  # noqa: E402
 
@@ -160,13 +160,9 @@ def run_config(args: argparse.Namespace, procs: int, threads: int) -> dict:
 
 
 def render(report: dict, console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=150)
+    console = report_console(console)
     meta = report["meta"]
     table = Table(title=f"core split: {meta['steps']} steps x batch {meta['batch_size']} per process, timed after "
                         f"{meta['skip_steps']}; {meta['usable_cores']} cores, load average {meta['load_average_start']} "

@@ -107,15 +107,22 @@ def render_peak(peak: dict, console) -> None:
         console.print(table)
 
 
-def render(report: dict, console=None) -> None:
-    """Readable rich tables of a report."""
+def report_console(console=None):
+    """``console``, or a rich console that is 150 columns wide when the output is not a terminal (a log file)."""
     from rich.console import Console
-    from rich.table import Table
 
     if console is None:
         console = Console()
         if not console.is_terminal:
             console = Console(width=150)
+    return console
+
+
+def render(report: dict, console=None) -> None:
+    """Readable rich tables of a report."""
+    from rich.table import Table
+
+    console = report_console(console)
     meta = report["meta"]
     console.print(f"[bold]bench_train[/] {meta['time']} on {meta['host']}: {meta['cpu']}, {meta['device']}, "
                   f"{meta['torch_threads']} torch threads, bf16 native: {meta['bf16_native']}, load average "
