@@ -14,6 +14,19 @@ def test_shipped_profiles_load():
     assert load_profile("test").precision == "fp32"
 
 
+def test_every_profile_file_loads_and_cpu_clinical_differs_from_cpu_only_in_its_epoch_budget():
+    from dataclasses import asdict
+
+    from transfer.experiment.config import EXPERIMENTS_DIR
+
+    profiles = {path.stem: load_profile(path.stem) for path in sorted(EXPERIMENTS_DIR.glob("*.toml"))}
+    assert {"paper", "quick", "cpu", "cpu-clinical", "test"} <= set(profiles)
+    cpu, clinical = asdict(profiles["cpu"]), asdict(profiles["cpu-clinical"])
+    differs = {key for key in cpu if cpu[key] != clinical[key]}
+    assert differs == {"name", "epochs", "finetune_epochs", "patience"}
+    assert (clinical["epochs"], clinical["finetune_epochs"], clinical["patience"]) == (12, 8, 3)
+
+
 def test_unknown_profile_key_is_an_error():
     with pytest.raises(ConfigError, match="unknown profile key.*learnin_rate"):
         profile_from_dict({"learnin_rate": 1e-3}, name="typo")
