@@ -715,6 +715,22 @@ def test_convergence_counts_task_runs_that_peaked_at_their_last_epoch_and_warns_
     assert (summary["all_peaked"], summary["all_task_runs"]) == (1, 3)
     assert "1 of 3 task-runs" in summary["warning"]  # 33% > 20%
     assert "warning" not in convergence(runs(bent, tied, bent, bent, rising, bent))  # 1 of 6 = 17%
+    assert summary["single_untrained"] == summary["all_untrained"] == 0
+
+
+def test_an_untrained_task_run_that_stalled_early_is_not_counted_as_converged():
+    from transfer.experiment.convergence import convergence
+
+    stalled = _run_with_history("single", [0.5, 0.5, 0.5])  # best epoch 1: never left its first score
+    rising = _run_with_history("single", [0.1, 0.2, 0.3])
+    untrained = {"chemprot"}
+    summary = convergence([(stalled.stage, stalled.tasks, stalled.metrics, untrained),
+                           (rising.stage, rising.tasks, rising.metrics, untrained)])
+    # the stalled run is set apart; the still-rising one stays counted as not converged
+    assert (summary["single_peaked"], summary["single_task_runs"], summary["single_untrained"]) == (1, 1, 1)
+    # without the gate's verdict the stalled run would pass for converged
+    plain = convergence([(stalled.stage, stalled.tasks, stalled.metrics)])
+    assert (plain["single_peaked"], plain["single_task_runs"]) == (0, 1)
 
 
 def test_graph_summary_reports_converged_single_task_runs(capsys, tmp_path):

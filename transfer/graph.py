@@ -168,6 +168,14 @@ def _affinity_notes(analysis: DomainAnalysis) -> list[str]:
             + [f"  affinity note: {item}" for item in analysis.affinity_notes])
 
 
+def _untrained_apart(conv: dict) -> str:
+    single, every = conv.get("single_untrained", 0), conv.get("all_untrained", 0)
+    if not every:
+        return ""
+    return (f" (not counted: {single} single and {every} task-runs in all that the learning gate calls untrained "
+            "and that peaked before their last epoch)")
+
+
 def _compute_line(compute: dict) -> str:
     """``compute: 14 done runs, 3.2 h of run wall time (single 4: 0.6 h, pair 6: 2.1 h, ...)``."""
     parts = ", ".join(f"{role} {n}: {wall / 3600:.1f} h" for role, (n, wall) in compute.get("by_role", {}).items())
@@ -200,7 +208,8 @@ def _summary(analysis: DomainAnalysis) -> list[str]:
         converged = conv["single_task_runs"] - conv["single_peaked"]
         lines.append(f"  converged single task-runs (best dev epoch before the last): {converged} of "
                      f"{conv['single_task_runs']} ({converged / conv['single_task_runs']:.0%}); all task-runs: "
-                     f"{conv['all_task_runs'] - conv['all_peaked']} of {conv['all_task_runs']}")
+                     f"{conv['all_task_runs'] - conv['all_peaked']} of {conv['all_task_runs']}"
+                     + _untrained_apart(conv))
     budget = analysis.budget
     if budget.get("n"):
         lines.append(f"  budget diagnostic: Spearman rho(pair/single step ratio, delta) = {budget['rho']:+.2f} over "

@@ -170,7 +170,8 @@ def _analyse_setting(setting: Setting, setting_runs: list[RunInfo], table: TaskT
     models = model_scores(index, gate)
     preview, preview_notes = affinity_preview(index, tracked, edges, table)
     budget = budget_diagnostic(edges) if has_grid else {}
-    converged = convergence((r.stage, r.tasks, r.metrics) for r in setting_runs if r.status == "done" and not r.is_affinity)
+    converged = convergence((r.stage, r.tasks, r.metrics, {t for t in r.tasks if gate.why(r, t)})
+                            for r in setting_runs if r.status == "done" and not r.is_affinity)
     notes = list(index.notes) + [d["warning"] for d in (converged, budget) if d.get("warning")]
     if converged.get("warning"):
         logger.warning("%s: %s", setting.domain, converged["warning"])

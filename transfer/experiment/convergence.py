@@ -28,24 +28,31 @@ def peaked_at_last_epoch(metrics: dict, task: str) -> bool | None:
     return max(range(len(scores)), key=lambda i: (scores[i], -i)) == len(scores) - 1
 
 
-def convergence(runs: Iterable[tuple[str, Sequence[str], dict]]) -> dict:
+def convergence(runs: Iterable[tuple]) -> dict:
     """How many task-runs (all, and single-task runs alone) peaked at their last epoch, with a warning above 20%.
 
-    ``runs``: (stage, tasks, metrics.json contents) of done runs.
+    ``runs``: (stage, tasks, metrics.json contents) of done runs, optionally with a fourth item, the tasks of that
+    run the learning gate calls untrained. An untrained task-run whose best dev epoch came early (it never left
+    its first score, say) says nothing about convergence, so it is counted apart (``*_untrained``), not as
+    converged; one that peaked at its last epoch (still rising) stays counted as not converged.
     """
-    counts = {"single": [0, 0], "all": [0, 0]}
-    for stage, tasks, metrics in runs:
+    counts = {"single": [0, 0, 0], "all": [0, 0, 0]}
+    for stage, tasks, metrics, *rest in runs:
+        untrained = set(rest[0]) if rest else set()
         for task in tasks:
             peaked = peaked_at_last_epoch(metrics, task)
             if peaked is None:
                 continue
             groups = ("all", "single") if stage == "single" else ("all",)
             for group in groups:
+                if task in untrained and not peaked:
+                    counts[group][2] += 1
+                    continue
                 counts[group][0] += int(peaked)
                 counts[group][1] += 1
-    result = {f"{group}_{key}": value for group, (peaked, total) in counts.items()
-              for key, value in (("peaked", peaked), ("task_runs", total))}
-    peaked, total = counts["all"]
+    result = {f"{group}_{key}": value for group, (peaked, total, untrained) in counts.items()
+              for key, value in (("peaked", peaked), ("task_runs", total), ("untrained", untrained))}
+    peaked, total, _ = counts["all"]
     if total and peaked / total > PEAKED_WARN_SHARE:
         result["warning"] = (f"convergence: {peaked} of {total} task-runs ({peaked / total:.0%}) reached their best "
                              f"dev score at the last epoch run (single-task runs: {counts['single'][0]} of "
