@@ -772,3 +772,11 @@ def test_budget_diagnostic_warns_when_deltas_follow_the_pair_runs_extra_steps():
     result = budget_diagnostic(mixed)
     assert result["rho"] <= BUDGET_WARNING_RHO and result["warning"] == ""
     assert budget_diagnostic(follows.assign(step_ratio=float("nan")))["n"] == 0
+
+
+def test_the_summary_line_says_how_many_untrained_task_runs_were_set_apart():
+    from transfer.graph import _untrained_apart
+
+    assert _untrained_apart({"single_untrained": 0, "all_untrained": 0}) == ""
+    line = _untrained_apart({"single_untrained": 1, "all_untrained": 3})
+    assert "set apart: 3 untrained task-runs" in line and "1 of them single-task" in line

@@ -172,8 +172,9 @@ def _untrained_apart(conv: dict) -> str:
     single, every = conv.get("single_untrained", 0), conv.get("all_untrained", 0)
     if not every:
         return ""
-    return (f" (not counted: {single} single and {every} task-runs in all that the learning gate calls untrained "
-            "and that peaked before their last epoch)")
+    runs = "task-run" if every == 1 else "task-runs"
+    return (f" (set apart: {every} untrained {runs} that peaked before the last epoch, {single} of them "
+            "single-task)")
 
 
 def _compute_line(compute: dict) -> str:
