@@ -6,7 +6,7 @@ any extra encoder updates help, whoever the partner is, and a pair run's extra s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 PEAKED_WARN_SHARE = 0.2  # above this share of task-runs peaking at their last epoch, baselines are not converged
 
@@ -28,7 +28,11 @@ def peaked_at_last_epoch(metrics: dict, task: str) -> bool | None:
     return max(range(len(scores)), key=lambda i: (scores[i], -i)) == len(scores) - 1
 
 
-def convergence(runs: Iterable[tuple]) -> dict:
+# (stage, tasks, metrics.json contents), optionally followed by the tasks the learning gate calls untrained
+RunRecord = tuple[str, Sequence[str], dict] | tuple[str, Sequence[str], dict, Collection[str]]
+
+
+def convergence(runs: Iterable[RunRecord]) -> dict:
     """How many task-runs (all, and single-task runs alone) peaked at their last epoch, with a warning above 20%.
 
     ``runs``: (stage, tasks, metrics.json contents) of done runs, optionally with a fourth item, the tasks of that
