@@ -10,7 +10,7 @@ from transfer.training.fast_bert import FastBertEncoder, FastDropout, MaskSource
 from transfer.experiment.encoders import load_encoder
 from transfer.training.model import MultiTaskModel
 from transfer.data.tasks import load_task_table
-from transfer.training.loop import setup_encoder, train
+from transfer.training.loop import bf16_compute, setup_encoder, train
 
 
 @pytest.fixture()
@@ -125,7 +125,8 @@ def test_other_architectures_are_refused_with_the_reason(tmp_path):
         FastBertEncoder(roberta, None)
     task = load_task_table().task("chemprot")
     model = MultiTaskModel(roberta, [task])
-    assert setup_encoder(model, "auto", torch.device("cpu"), MaskSource(0)) == "hf" and model.fast is None
+    assert setup_encoder(model, "auto", torch.device("cpu"), MaskSource(0), True) == "hf" and model.fast is None
+    assert bf16_compute("bf16", "native", model) == "autocast"  # the Hugging Face forward has no native path
     with pytest.raises(ValueError, match="encoder_impl = 'transfer' cannot run"):
         setup_encoder(model, "transfer", torch.device("cpu"), MaskSource(0))
 
@@ -183,3 +184,107 @@ def test_without_dropout_both_forwards_train_the_same(tiny_model_dir, tiny_data_
         results[impl] = train(spec, data_dir=tiny_data_dir)
     assert results["transfer"]["train"]["losses"] == pytest.approx(results["hf"]["train"]["losses"], abs=1e-4)
     assert results["transfer"]["predictions"] == results["hf"]["predictions"]
+
+
+# ----------------------------------------------------------------------------------------------- native bf16
+
+def _close_in_bf16(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative L2 error; bf16 keeps 8 bits of mantissa, so a few 1e-3 per op, about 1e-2 through a network."""
+    return float((got.float() - ref).norm() / ref.norm())
+
+
+@pytest.mark.parametrize("cls_only", [False, True], ids=["every-token", "cls-only"])
+def test_native_bf16_computes_the_fp32_function_to_bf16_accuracy_without_autocast(tiny_model_dir, batch, cls_only):
+    """The fused, pre-scaled Q/K/V projection and the additive mask compute what the fp32 forward does."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    encoder = load_encoder(str(tiny_model_dir)).eval()
+    with torch.no_grad():  # peaked attention that outweighs the residual, so a wrong score scale or mask shows
+        for layer in encoder.encoder.layer:
+            layer.attention.self.query.weight.mul_(8.0)
+            layer.attention.self.key.weight.mul_(8.0)
+            layer.attention.output.dense.weight.mul_(10.0)
+    ids, mask, types = batch
+    with torch.no_grad():
+        ref = FastBertEncoder(encoder, None)(ids, mask, types, cls_only=cls_only)
+    matmul_dtypes = set()
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
+            if func.__name__.split(".")[0] in ("addmm", "mm", "bmm"):
+                matmul_dtypes.add(args[1].dtype)
+            return func(*args, **(kwargs or {}))
+
+    native = FastBertEncoder(encoder, None, torch.bfloat16)
+    with torch.no_grad(), Watch():
+        got = native(ids, mask, types, cls_only=cls_only)
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    assert matmul_dtypes == {torch.bfloat16}  # every matmul ran in bf16, with no autocast around it
+    real = mask.bool() if not cls_only else torch.ones(3, 1, dtype=torch.bool)
+    error = _close_in_bf16(got[real], ref[real])
+    # bf16 rounding (about 5e-3 here), not zero (fp32 ran) and not a wrong function (an unscaled query: 7e-2; the
+    # padding left unmasked: 4e-2)
+    assert 1e-4 < error < 1.5e-2
+
+
+@pytest.mark.parametrize("explicit", [True, False], ids=["cpu-explicit-attention", "cuda-fused-attention"])
+def test_native_bf16_gradients_reach_the_fp32_weights(tiny_model_dir, batch, explicit, monkeypatch):
+    monkeypatch.setattr(fast_bert, "explicit_attention", lambda x: explicit)
+    encoder = load_encoder(str(tiny_model_dir)).train()
+    encoder.config.hidden_dropout_prob = encoder.config.attention_probs_dropout_prob = 0.0
+    ids, mask, types = batch
+    target = torch.randn(3, encoder.config.hidden_size, generator=torch.Generator().manual_seed(2))
+
+    def grads(fast):
+        encoder.zero_grad()
+        ((fast(ids, mask, types, cls_only=True)[:, 0] - target) ** 2).sum().backward()
+        return {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+
+    ref = grads(FastBertEncoder(encoder, None))
+    got = grads(FastBertEncoder(encoder, None, torch.bfloat16))
+    assert set(got) == set(ref)  # every weight, the fused query/key/value ones included, gets its gradient
+    assert all(g.dtype == torch.float32 for g in got.values())
+    flat_ref = torch.cat([ref[n].flatten() for n in sorted(ref)])
+    flat_got = torch.cat([got[n].flatten() for n in sorted(ref)])
+    assert _close_in_bf16(flat_got, flat_ref) < 5e-2
+
+
+def test_native_bf16_reuses_its_cast_weights_only_until_a_weight_changes(tiny_model_dir, batch):
+    encoder = load_encoder(str(tiny_model_dir)).eval()
+    native = FastBertEncoder(encoder, None, torch.bfloat16)
+    ids, mask, types = batch
+    with torch.inference_mode():
+        first = native(ids, mask, types)
+        cached = native._cast_cache[1]
+        assert native(ids, mask, types).equal(first) and native._cast_cache[1] is cached
+    with torch.no_grad():  # an optimizer step or a loaded snapshot changes the weights in place
+        encoder.encoder.layer[0].intermediate.dense.weight.mul_(3.0)
+    with torch.inference_mode():
+        changed = native(ids, mask, types)
+    assert native._cast_cache[1] is not cached and not changed.equal(first)
+    with torch.enable_grad():  # training casts afresh (a differentiable cast), and keeps no cache
+        native(ids, mask, types)
+    assert native._cast_cache is None
+
+
+def test_bf16_compute_is_a_validated_option_recorded_with_the_run(tiny_model_dir, tiny_data_dir):
+    with pytest.raises(ConfigError, match="bf16_compute must be one of"):
+        load_profile("test").replace(bf16_compute="pure")
+    profile = load_profile("test").replace(epochs=1, max_train_examples=8, precision="bf16")
+    recorded = {}
+    for compute in ("native", "autocast"):
+        spec = RunSpec(tasks=("bc5cdr-chemical", "chemprot"), stage="mtl", profile=profile.replace(bf16_compute=compute),
+                       seed=3, model=str(tiny_model_dir))
+        result = train(spec, data_dir=tiny_data_dir)
+        recorded[compute] = result["provenance"].get("bf16_compute"), result["train"]["losses"]
+    assert recorded["native"][0] == "native" and recorded["autocast"][0] == "autocast"
+    assert recorded["native"][1] != recorded["autocast"][1]  # two arithmetics, two trajectories
+    assert recorded["native"][1] == pytest.approx(recorded["autocast"][1], rel=0.05)
+    fp32 = RunSpec(tasks=("chemprot",), stage="single", profile=profile.replace(precision="fp32", epochs=1), seed=3,
+                   model=str(tiny_model_dir))
+    assert "bf16_compute" not in train(fp32, data_dir=tiny_data_dir)["provenance"]
+    # look-ahead probes run under autocast beside a native run (their own precision option), and measure something
+    preview = RunSpec(tasks=("bc5cdr-chemical", "chemprot"), stage="mtl", profile=profile, seed=3,
+                      model=str(tiny_model_dir), affinity_every=1)
+    affinity = train(preview, data_dir=tiny_data_dir)["affinity"]
+    assert np.isfinite(np.asarray(affinity["matrix"], dtype=float)).all()

@@ -127,7 +127,7 @@ def run_trainer(workload: Workload, *, best: bool, peaks: dict) -> dict:
 # ----------------------------------------------------------------------------------------------- (c): transfer
 
 def transfer_spec(workload: Workload, *, precision: str, grouped: bool, steps: int | None = None,
-                  encoder_impl: str = "auto"):
+                  encoder_impl: str = "auto", bf16_compute: str = "native"):
     """The RunSpec of transfer's loop on the benchmark workload (single task, one epoch of ``steps`` batches)."""
     from transfer.experiment.config import Profile, RunSpec
 
@@ -137,7 +137,8 @@ def transfer_spec(workload: Workload, *, precision: str, grouped: bool, steps: i
                       warmup_ratio=WARMUP_RATIO, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM,
                       optimizer="adamw", max_train_examples=steps * workload.batch_size,
                       max_dev_examples=SMALL_EVAL, max_test_examples=SMALL_EVAL, seeds=(SEED,),
-                      precision=precision, group_by_length=grouped, encoder_impl=encoder_impl)
+                      precision=precision, group_by_length=grouped, encoder_impl=encoder_impl,
+                      bf16_compute=bf16_compute)
     return RunSpec(tasks=(workload.task.name,), stage="single", profile=profile, seed=SEED, model=workload.model)
 
 
@@ -161,14 +162,15 @@ def _clock_reporter(clock: StepClock, on_start=None, on_step=None):
 
 
 def run_transfer_loop(workload: Workload, *, precision: str, grouped: bool, steps: int | None = None,
-                      on_start=None, on_step=None, now=time.perf_counter, encoder_impl: str = "auto"
-                      ) -> tuple[dict, StepClock, BatchRecorder, "PeakMemory"]:
+                      on_start=None, on_step=None, now=time.perf_counter, encoder_impl: str = "auto",
+                      bf16_compute: str = "native") -> tuple[dict, StepClock, BatchRecorder, "PeakMemory"]:
     """Call ``transfer.training.loop.train`` with a clock reporter and a token-counting collate; (result, clock, batches,
     memory)."""
     import transfer.training.loop as tt
 
     steps = steps or workload.steps
-    spec = transfer_spec(workload, precision=precision, grouped=grouped, steps=steps, encoder_impl=encoder_impl)
+    spec = transfer_spec(workload, precision=precision, grouped=grouped, steps=steps, encoder_impl=encoder_impl,
+                         bf16_compute=bf16_compute)
     clock = StepClock(workload.device, workload.skip, steps, now=now)
     recorder = BatchRecorder(tt.collate, workload.arch)
     memory = PeakMemory(workload.device)
@@ -184,20 +186,24 @@ def run_transfer_loop(workload: Workload, *, precision: str, grouped: bool, step
     return result, clock, recorder, memory
 
 
-def run_transfer(workload: Workload, *, precision: str, grouped: bool, peaks: dict, encoder_impl: str = "auto") -> dict:
-    """(c) transfer's loop; ``precision`` is ``fp32`` or ``auto`` (bf16 where native); ``encoder_impl`` as in
-    the profile (``auto``: transfer.training.fast_bert for BERT encoders, ``hf``: the Hugging Face forward)."""
+def run_transfer(workload: Workload, *, precision: str, grouped: bool, peaks: dict, encoder_impl: str = "auto",
+                 bf16_compute: str = "native") -> dict:
+    """(c) transfer's loop; ``precision`` is ``fp32`` or ``auto`` (bf16 where native); ``encoder_impl`` and
+    ``bf16_compute`` as in the profile (``auto``: transfer.training.fast_bert for BERT encoders, ``hf``: the Hugging
+    Face forward; ``native``: bf16 end to end, ``autocast``: torch.autocast over fp32 weights)."""
     result, clock, recorder, memory = run_transfer_loop(workload, precision=precision, grouped=grouped,
-                                                        encoder_impl=encoder_impl)
+                                                        encoder_impl=encoder_impl, bf16_compute=bf16_compute)
     info = result["train"]
     used = info["precision"]
+    compute = info.get("bf16_compute")
     out = timed_summary(clock, recorder.train, workload.arch, peaks.get(used))
     if info["steps_run"] != len(clock.ends):
         raise RuntimeError(f"transfer ran {info['steps_run']} steps but the clock saw {len(clock.ends)}")
     out.update({
-        "label": f"(c) transfer {used} {'grouped' if grouped else 'ungrouped'} {info['encoder_impl']} forward",
+        "label": f"(c) transfer {used}{' ' + compute if compute else ''} {'grouped' if grouped else 'ungrouped'} "
+                 f"{info['encoder_impl']} forward",
         "framework": "transfer", "precision": used, "padding": "dynamic", "grouped": grouped,
-        "encoder_impl": info["encoder_impl"],
+        "encoder_impl": info["encoder_impl"], "bf16_compute": compute,
         "optimizer": "torch.optim.AdamW fused (transfer.training.loop.build_optimizer)",
         "all_steps_seconds": info["train_seconds"],
         "all_steps_examples_per_s": info["train_examples_per_s"],
@@ -257,9 +263,11 @@ def eval_hf(workload: Workload, peaks: dict, batch_size: int = 32) -> dict:
                          workload.arch, peaks.get("fp32"))
 
 
-def eval_transfer(workload: Workload, peaks: dict, precision: str = "auto", encoder_impl: str = "auto") -> dict:
+def eval_transfer(workload: Workload, peaks: dict, precision: str = "auto", encoder_impl: str = "auto",
+                  bf16_compute: str = "native") -> dict:
     """(c) ``transfer.training.loop.predict_split``: inference_mode, length-sorted batches of ``eval_batch_size``, the
-    encoder forward chosen as ``transfer.training.loop.setup_encoder`` chooses it."""
+    encoder forward chosen as ``transfer.training.loop.setup_encoder`` chooses it, bf16 computed as
+    ``bf16_compute`` says."""
     import transfer.training.loop as tt
     from transfer.training.fast_bert import MaskSource
     from transfer.training.features import SplitData
@@ -268,7 +276,9 @@ def eval_transfer(workload: Workload, peaks: dict, precision: str = "auto", enco
     device, split = workload.device, workload.dev_split
     used = tt.resolve_precision(precision, device)
     model = MultiTaskModel.from_pretrained(workload.model, [workload.task])
-    impl = tt.setup_encoder(model, encoder_impl, device, MaskSource(SEED))  # eval: no mask is drawn
+    native = used == "bf16" and bf16_compute == "native"
+    impl = tt.setup_encoder(model, encoder_impl, device, MaskSource(SEED), native)  # eval: no mask is drawn
+    compute = tt.bf16_compute(used, bf16_compute, model)
     model.to(device)
     pad_id = workload.tokenizer.pad_token_id
     recorder = BatchRecorder(tt.collate, workload.arch)
@@ -280,8 +290,8 @@ def eval_transfer(workload: Workload, peaks: dict, precision: str = "auto", enco
         sync(device)
         seconds = time.perf_counter() - start
     del model
-    return _eval_summary(f"(c) predict_split sorted x{workload.eval_batch_size} {used} {impl} forward", used,
-                         recorder.eval, seconds, workload.arch, peaks.get(used))
+    label = f"(c) predict_split sorted x{workload.eval_batch_size} {used}{' ' + compute if compute else ''} {impl} forward"
+    return {**_eval_summary(label, used, recorder.eval, seconds, workload.arch, peaks.get(used)), "bf16_compute": compute}
 
 
 def _eval_summary(label: str, precision: str, records: list[BatchRecord], seconds: float, arch: Arch,

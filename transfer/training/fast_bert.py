@@ -10,6 +10,14 @@ differences in *how*, not *what*:
   a 6-layer encoder, in the forward and the backward pass). Token-level heads get every position.
 * **Attention.** Training on the CPU uses the explicit softmax(QK^T)V path, whose backward is several times
   faster there than the fused kernel's; inference, and training on CUDA, use ``scaled_dot_product_attention``.
+* **bf16 end to end** (``compute_dtype``, the profile's ``bf16_compute = "native"``). Under ``torch.autocast``
+  the weights stay fp32, every matmul casts its inputs, and the residual stream, LayerNorm and dropout run in
+  fp32 between them. Natively the embeddings are summed and normalised in fp32 and cast once; from there every
+  layer computes in bf16 (LayerNorm and softmax accumulate in fp32 inside their kernels), each weight is cast
+  once per forward (a differentiable cast, so the optimizer keeps its fp32 weights and the gradients arrive in
+  fp32), the query, key and value projections run as one matmul with the 1/sqrt(d) scale folded into the query
+  weights, and padding enters the scores as an additive bias. The output is cast back to fp32 for the heads.
+  Without gradients (evaluation) the cast weights are reused until a weight changes.
 * **Dropout masks on the CPU** come from :class:`MaskSource` instead of ``torch.bernoulli_``, which spends
   about 4-5 ns per element in a single Mersenne-Twister stream and was a quarter of a training step. The
   source draws 64-bit words from NumPy's SFC64 generator and cuts each into four 16-bit uniforms, so ``p``
@@ -107,7 +115,7 @@ def dropout(x: torch.Tensor, p: float, training: bool, source: MaskSource | None
 class FastBertEncoder:
     """Callable forward over a Hugging Face ``BertModel``'s parameters (see the module docstring)."""
 
-    def __init__(self, encoder: nn.Module, source: MaskSource | None):
+    def __init__(self, encoder: nn.Module, source: MaskSource | None, compute_dtype: torch.dtype | None = None):
         reason = unsupported_reason(encoder)
         if reason is not None:
             raise ValueError(f"the fast BERT forward cannot run this encoder: {reason}")
@@ -123,6 +131,8 @@ class FastBertEncoder:
         self.hidden_dropout = config.hidden_dropout_prob
         self.attention_dropout = config.attention_probs_dropout_prob
         self.activation = ACT2FN[config.hidden_act]
+        self.compute_dtype = compute_dtype
+        self._cast_cache: tuple[tuple, dict[str, torch.Tensor]] | None = None  # (weight versions, cast weights)
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                  params: dict[str, torch.Tensor] | None = None, cls_only: bool = False) -> torch.Tensor:
@@ -138,10 +148,34 @@ class FastBertEncoder:
         training = self.encoder.training
         x = self._embed(named, input_ids, token_type_ids, training)
         keep = attention_mask[:, None, None, :].bool()
+        native = self.compute_dtype is not None and not torch.is_autocast_enabled(x.device.type)
+        if native:  # under autocast (the look-ahead probes) the layers run as autocast has them
+            x = x.to(self.compute_dtype)
+            named = self._native_weights(named, bool(params))
+            keep = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill_(~keep, torch.finfo(x.dtype).min)
         for i in range(self.layers):
             last = i == self.layers - 1
             x = self._layer(named, f"encoder.layer.{i}.", x, keep, training, cls_only and last)
-        return x
+        return x.float() if native else x
+
+    def _native_weights(self, named: dict[str, torch.Tensor], replaced: bool) -> dict[str, torch.Tensor]:
+        """The layers' weights cast to ``compute_dtype``, with the fused, pre-scaled query/key/value projection."""
+        layers = {n: w for n, w in named.items() if n.startswith("encoder.layer.")}
+        reuse = not torch.is_grad_enabled() and not replaced
+        versions = tuple((id(w), w._version) for w in layers.values()) if reuse else None
+        if reuse and self._cast_cache is not None and self._cast_cache[0] == versions:
+            return {**named, **self._cast_cache[1]}
+        scale = 1.0 / math.sqrt(self.head_dim)
+        cast = {n: (w * scale if ".attention.self.query." in n else w).to(self.compute_dtype)  # scaled, then rounded
+                for n, w in layers.items()}
+        for i in range(self.layers):
+            prefix = f"encoder.layer.{i}.attention.self."
+            for part in ("weight", "bias"):
+                q, k, v = (cast[f"{prefix}{name}.{part}"] for name in ("query", "key", "value"))
+                cast[f"{prefix}qkv.{part}"] = torch.cat([q, k, v])
+                cast[f"{prefix}kv.{part}"] = cast[f"{prefix}qkv.{part}"][q.shape[0]:]
+        self._cast_cache = (versions, cast) if reuse else None
+        return {**named, **cast}
 
     def _embed(self, w, input_ids, token_type_ids, training):
         length = input_ids.shape[1]
@@ -163,19 +197,30 @@ class FastBertEncoder:
 
         batch, length, hidden = x.shape
         query_in = x[:, :1] if cls_only else x
-        q = self._split(linear("attention.self.query", query_in))
-        k = self._split(linear("attention.self.key", x))
-        v = self._split(linear("attention.self.value", x))
+        fused = prefix + "attention.self.qkv.weight" in w  # the native path: one projection, the scale folded in
+        if fused and not cls_only:
+            q, k, v = (self._split(t) for t in linear("attention.self.qkv", x).split(hidden, dim=-1))
+        elif fused:
+            q = self._split(linear("attention.self.query", query_in))
+            k, v = (self._split(t) for t in linear("attention.self.kv", x).split(hidden, dim=-1))
+        else:
+            q = self._split(linear("attention.self.query", query_in))
+            k = self._split(linear("attention.self.key", x))
+            v = self._split(linear("attention.self.value", x))
         if explicit_attention(x):
             # scores stay in the matmul's dtype; softmax accumulates in fp32 internally
-            scores = torch.matmul(q * (1.0 / math.sqrt(self.head_dim)), k.transpose(-1, -2))
-            scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+            if fused:  # keep is an additive bias here, q already scaled
+                scores = torch.matmul(q, k.transpose(-1, -2)) + keep
+            else:
+                scores = torch.matmul(q * (1.0 / math.sqrt(self.head_dim)), k.transpose(-1, -2))
+                scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
             probs = torch.softmax(scores, dim=-1)
             probs = dropout(probs, self.attention_dropout, training, self.source)
             context = torch.matmul(probs, v)
         else:  # inference, and training on CUDA (whose fused kernels apply attention dropout themselves)
             p = self.attention_dropout if training else 0.0
-            context = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=keep, dropout_p=p)
+            context = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=keep, dropout_p=p,
+                                                     scale=1.0 if fused else None)
         context = context.transpose(1, 2).reshape(batch, query_in.shape[1], hidden)
         attended = dropout(linear("attention.output.dense", context), self.hidden_dropout, training, self.source)
         x = norm("attention.output.LayerNorm", attended + query_in)

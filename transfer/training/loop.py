@@ -90,12 +90,14 @@ def build_optimizer(model: torch.nn.Module, optimizer: str, learning_rate: float
     return torch.optim.Adamax(groups, lr=learning_rate, foreach=True)
 
 
-def setup_encoder(model: MultiTaskModel, impl: str, device: torch.device, masks=None) -> str:
+def setup_encoder(model: MultiTaskModel, impl: str, device: torch.device, masks=None, native_bf16: bool = False) -> str:
     """Switch ``model`` to the lean BERT forward when ``impl`` asks for it; return the one in use.
 
     ``auto`` takes ``transfer.training.fast_bert`` for BERT-architecture encoders and the Hugging Face forward for
     anything else (the choice is logged and stored with the run); ``transfer`` insists on the former.
     ``masks``: the CPU dropout mask source (``TaskStreams.mask_source``); None keeps torch's dropout (CUDA).
+    ``native_bf16``: the lean forward computes in bf16 end to end (``bf16_compute = "native"``); the Hugging Face
+    forward has no such path and runs under autocast (logged, and recorded as the run's ``bf16_compute``).
     """
     if impl == "hf":
         return "hf"
@@ -106,8 +108,17 @@ def setup_encoder(model: MultiTaskModel, impl: str, device: torch.device, masks=
         logger.info("encoder_impl auto -> hf: %s", reason)
         return "hf"
     # CPU dropout masks from the tasks' own streams (see transfer.training.fast_bert); CUDA keeps torch's dropout
-    model.use_fast_encoder(masks if device.type == "cpu" else None)
+    model.use_fast_encoder(masks if device.type == "cpu" else None, torch.bfloat16 if native_bf16 else None)
     return "transfer"
+
+
+def bf16_compute(precision: str, requested: str, model: MultiTaskModel) -> str | None:
+    """How this run computes in bf16: ``native``, ``autocast`` (asked for, or the Hugging Face forward), or None."""
+    if precision != "bf16":
+        return None
+    if requested == "native" and not model.native_compute:
+        logger.info("bf16_compute native needs the lean BERT forward; this encoder runs under autocast")
+    return "native" if model.native_compute else "autocast"
 
 
 def linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
@@ -148,7 +159,7 @@ def predict_split(model: MultiTaskModel, split: SplitData, batch_size: int, devi
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(feats, chunk, pad_id, with_targets=False).items()}
-        with autocast(device, precision):
+        with autocast(device, precision, model.native_compute):
             logits = model(split.task.name, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         predicted = ops.predict(logits).cpu().numpy()
         outputs.update(zip(chunk.tolist(), predicted))
@@ -215,7 +226,9 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, device: str | No
     data, cache_hits = prepare_data(spec, table, tokenizer, paths, streams)
     model = build_model(spec, table, streams)
     parent = load_parent(model, spec, parent_dir) if spec.stage == "finetune" else None
-    encoder_impl = setup_encoder(model, spec.profile.encoder_impl, dev, streams.mask_source())
+    native = precision == "bf16" and spec.profile.bf16_compute == "native"
+    encoder_impl = setup_encoder(model, spec.profile.encoder_impl, dev, streams.mask_source(), native)
+    compute = bf16_compute(precision, spec.profile.bf16_compute, model)
     model.to(dev)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -226,6 +239,7 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, device: str | No
     scheduler = linear_warmup_decay(optimizer, total_steps, spec.profile.warmup_ratio)
     summary = _summary(spec, data, total_steps, dev, precision, cache_hits)
     summary["encoder_impl"] = encoder_impl
+    summary["bf16_compute"] = compute
     reporter.start(summary)
     one_model = spec.profile.refinement_selection == "mean" and is_all_task_run(spec.stage, spec.tasks, spec.domain, table)
     loop = _Loop(spec, model, optimizer, scheduler, data, dev, precision, tokenizer.pad_token_id, reporter, total_steps,
@@ -238,7 +252,7 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, device: str | No
     loop.run()
     loop.finish(Path(encoder_dir) if spec.save_encoder else None)
     result = loop.result(summary, time.perf_counter() - wall_start)
-    result["provenance"] = provenance(dev, precision, encoder_impl, spec.profile.random_streams)
+    result["provenance"] = provenance(dev, precision, encoder_impl, spec.profile.random_streams, compute)
     if parent is not None:
         result["parent"] = parent
     reporter.finish(result)
@@ -331,7 +345,7 @@ class _Loop:
             self.streams.activate(task_name)  # this batch's dropout draws from its own task's streams
             batch = collate(train[task_name].features, rows, self.pad_id)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with autocast(self.device, self.precision):
+            with autocast(self.device, self.precision, self.model.native_compute):
                 loss = self.model.loss(task_name, batch)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)  # clip the true gradients

@@ -65,12 +65,13 @@ class MultiTaskModel(nn.Module):
         })
         self.fast: FastBertEncoder | None = None
 
-    def use_fast_encoder(self, source: MaskSource | None) -> None:
+    def use_fast_encoder(self, source: MaskSource | None, compute_dtype: torch.dtype | None = None) -> None:
         """Run the encoder through ``transfer.training.fast_bert`` (raises if the architecture is not supported).
 
         ``source``: where CPU dropout masks come from (the heads' dropout too); None keeps torch's dropout.
+        ``compute_dtype``: bf16 to compute the layers in bf16 end to end (no autocast around them).
         """
-        self.fast = FastBertEncoder(self.encoder, source)
+        self.fast = FastBertEncoder(self.encoder, source, compute_dtype)
         if source is not None:
             for head in self.heads.values():
                 head.dropout = FastDropout(head.dropout.p, source).train(head.dropout.training)
@@ -83,6 +84,11 @@ class MultiTaskModel(nn.Module):
     @property
     def encoder_impl(self) -> str:
         return "transfer" if self.fast is not None else "hf"
+
+    @property
+    def native_compute(self) -> bool:
+        """True when the encoder casts its own weights to bf16, so no autocast may wrap its forward."""
+        return self.fast is not None and self.fast.compute_dtype is not None
 
     @classmethod
     def from_pretrained(cls, model: str, tasks: list[TaskSpec], dropout: float = 0.1) -> "MultiTaskModel":

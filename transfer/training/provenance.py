@@ -60,15 +60,16 @@ def package_changed(root: Path | None = None) -> bool | None:
 _CODE_AT_IMPORT = {"git_commit": git_commit(), "package_changed": package_changed()}
 
 
-def provenance(device: torch.device, precision: str, encoder_impl: str, random_streams: str) -> dict:
-    """The provenance block of a run's metrics."""
+def provenance(device: torch.device, precision: str, encoder_impl: str, random_streams: str,
+               bf16_compute: str | None = None) -> dict:
+    """The provenance block of a run's metrics (``bf16_compute``: how a bf16 run computed; None otherwise)."""
     import transformers
 
     import transfer
 
     return {
         "precision": precision, "encoder_impl": encoder_impl, "device_class": device_class(device),
-        "random_streams": random_streams, "torch": torch.__version__, "transformers": transformers.__version__,
+        "random_streams": random_streams, **({"bf16_compute": bf16_compute} if bf16_compute else {}), "torch": torch.__version__, "transformers": transformers.__version__,
         "numpy": np.__version__, "python": platform.python_version(), "transfer": transfer.__version__,
         **_CODE_AT_IMPORT,
     }
