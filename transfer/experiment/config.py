@@ -26,8 +26,8 @@ ENCODER_IMPLS = ("auto", "transfer", "hf")
 HEAD_INITS = ("normal", "torch")  # N(0, 0.02) as BERT and MT-DNN; or torch's nn.Linear default
 RANDOM_STREAMS = ("task", "shared")  # per-task generators (common random numbers), or one for all tasks
 REFINEMENT_SELECTIONS = ("mean", "task")  # the all-task run: one epoch by mean dev score, or each task its own
-AFFINITY_PRECISIONS = ("train", "fp32")
-BF16_COMPUTES = ("native", "autocast")  # bf16 layers computing in bf16 end to end, or torch.autocast over fp32  # look-ahead probes under the training precision's autocast, or in fp32
+AFFINITY_PRECISIONS = ("train", "fp32")  # look-ahead probes under the training precision's autocast, or in fp32
+BF16_COMPUTES = ("native", "autocast")  # bf16 layers computing in bf16 end to end, or torch.autocast over fp32
 # What the look-ahead tracker records, part of an affinity run's identity (so runs measured the older way are not
 # taken for current ones): 2 = plain and marginal affinity, held-out diagonal, gradient cosine.
 AFFINITY_TRACKER_VERSION = 2

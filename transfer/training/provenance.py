@@ -69,7 +69,8 @@ def provenance(device: torch.device, precision: str, encoder_impl: str, random_s
 
     return {
         "precision": precision, "encoder_impl": encoder_impl, "device_class": device_class(device),
-        "random_streams": random_streams, **({"bf16_compute": bf16_compute} if bf16_compute else {}), "torch": torch.__version__, "transformers": transformers.__version__,
+        "random_streams": random_streams, **({"bf16_compute": bf16_compute} if bf16_compute else {}),
+        "torch": torch.__version__, "transformers": transformers.__version__,
         "numpy": np.__version__, "python": platform.python_version(), "transfer": transfer.__version__,
         **_CODE_AT_IMPORT,
     }
