@@ -780,3 +780,17 @@ def test_the_summary_line_says_how_many_untrained_task_runs_were_set_apart():
     assert _untrained_apart({"single_untrained": 0, "all_untrained": 0}) == ""
     line = _untrained_apart({"single_untrained": 1, "all_untrained": 3})
     assert "set apart: 3 untrained task-runs" in line and "1 of them single-task" in line
+
+
+def test_how_computed_names_the_host_class_where_runs_record_it():
+    from types import SimpleNamespace
+
+    from transfer.analysis.driver import how_computed
+
+    def run(provenance, status="done"):
+        return SimpleNamespace(status=status, metrics={"provenance": provenance})
+
+    old = {"precision": "bf16", "encoder_impl": "transfer", "device_class": "cpu (bf16)"}
+    new = {**old, "cpu": "Some CPU (amx_bf16)"}
+    counts = how_computed([run(old), run(old), run(new), run(new, status="failed")])
+    assert counts == {("bf16", "cpu (bf16)", "transfer"): 2, ("bf16", "cpu (bf16): Some CPU (amx_bf16)", "transfer"): 1}

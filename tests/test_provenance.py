@@ -27,6 +27,7 @@ def test_a_run_records_precision_encoder_device_versions_and_commit(tiny_model_d
     block = train(spec, data_dir=tiny_data_dir)["provenance"]
     assert block["precision"] == "fp32" and block["encoder_impl"] == "transfer" and block["random_streams"] == "task"
     assert block["device_class"] in ("cpu (bf16)", "cpu (no bf16)")
+    assert block["cpu"] == device.cpu_host_class()
     assert (block["torch"], block["transformers"], block["transfer"]) == (
         torch.__version__, transformers.__version__, transfer.__version__)
     assert block["git_commit"] == prov._CODE_AT_IMPORT["git_commit"] != moved  # the commit the process started from
@@ -42,6 +43,17 @@ def test_device_class_names_bf16_support_and_the_gpu(monkeypatch):
     assert device.device_class(torch.device("cpu")) == "cpu (bf16)"
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100")
     assert device.device_class(torch.device("cuda", 0)) == "cuda:NVIDIA H100"
+
+
+def test_cpu_host_class_names_the_model_and_its_best_matmul_instructions():
+    def info(flags):
+        return f"processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: fpu {flags} sse2\n\nprocessor\t: 1\n"
+
+    assert device.cpu_host_class(info("avx2 avx512f avx512_bf16 amx_bf16 amx_tile")) == "Some CPU 9000 (amx_bf16)"
+    assert device.cpu_host_class(info("avx2 avx512f avx512_bf16")) == "Some CPU 9000 (avx512_bf16)"
+    assert device.cpu_host_class(info("avx2 fma")) == "Some CPU 9000 (avx2)"
+    assert device.cpu_host_class(info("sse4_2")) == "Some CPU 9000 (no avx2)"
+    assert device.cpu_host_class("") == "unknown CPU (no avx2)"  # no /proc/cpuinfo (not Linux)
 
 
 def test_git_commit_is_read_from_the_git_folder_without_running_git(tmp_path):

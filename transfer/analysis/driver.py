@@ -184,15 +184,19 @@ def _analyse_setting(setting: Setting, setting_runs: list[RunInfo], table: TaskT
 
 
 def how_computed(runs: Sequence[RunInfo]) -> dict[tuple[str, str, str], int]:
-    """How many done runs were computed in each (precision, device class, encoder implementation): what a reader
-    needs to know of the machines a store came from (an edge refuses to mix the first and the last)."""
+    """How many done runs were computed in each (precision, device class (with the CPU host class where recorded),
+    encoder implementation): what a reader needs to know of the machines a store came from (an edge refuses to
+    mix the first and the last)."""
     counts: dict[tuple[str, str, str], int] = {}
     for run in runs:
         if run.status != "done":
             continue
         recorded = provenance_of(run.metrics)  # what an edge compares: precision and encoder
-        device = (run.metrics.get("provenance") or {}).get("device_class", "unrecorded")
-        key = (str(recorded.get("precision", "unrecorded")), str(device), str(recorded.get("encoder_impl", "unrecorded")))
+        block = run.metrics.get("provenance") or {}
+        device = str(block.get("device_class", "unrecorded"))
+        if block.get("cpu"):  # the host class (runs before it was recorded show the device class alone)
+            device = f"{device}: {block['cpu']}"
+        key = (str(recorded.get("precision", "unrecorded")), device, str(recorded.get("encoder_impl", "unrecorded")))
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))
 

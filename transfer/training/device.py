@@ -12,13 +12,29 @@ from pathlib import Path
 import torch
 
 
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 matmul instructions (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = _cpuinfo()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_host_class(cpuinfo: str | None = None) -> str:
+    """``<model name> (<best matmul instructions>)``, e.g. ``Intel(R) Xeon(R) Processor (amx_bf16)``: hosts with
+    the same device class run at very different speeds (AMX against AVX512-BF16 against AVX2), which a store's
+    reader needs to know when comparing wall times; the arithmetic is the device class's."""
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                 "unknown CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    isa = next((name for name in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if name in flags), "no avx2")
+    return f"{model} ({isa})"
 
 
 def device_class(device: torch.device) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transfer.training.device import device_class
+from transfer.training.device import cpu_host_class, device_class
 
 
 def git_commit(start: Path | None = None) -> str | None:
@@ -69,6 +69,7 @@ def provenance(device: torch.device, precision: str, encoder_impl: str, random_s
 
     return {
         "precision": precision, "encoder_impl": encoder_impl, "device_class": device_class(device),
+        **({"cpu": cpu_host_class()} if device.type == "cpu" else {}),
         "random_streams": random_streams, **({"bf16_compute": bf16_compute} if bf16_compute else {}),
         "torch": torch.__version__, "transformers": transformers.__version__,
         "numpy": np.__version__, "python": platform.python_version(), "transfer": transfer.__version__,
