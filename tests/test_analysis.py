@@ -794,3 +794,50 @@ def test_how_computed_names_the_host_class_where_runs_record_it():
     new = {**old, "cpu": "Some CPU (amx_bf16)"}
     counts = how_computed([run(old), run(old), run(new), run(new, status="failed")])
     assert counts == {("bf16", "cpu (bf16)", "transfer"): 2, ("bf16", "cpu (bf16): Some CPU (amx_bf16)", "transfer"): 1}
+
+
+def test_multi_task_models_are_tested_against_single_task_training(tmp_path):
+    # build_store's fine-tune runs are "better" than single (40 wrong -> right, 2 right -> wrong per task), its
+    # all-task runs only noise: at five seeds the fine-tunes help every task and the refinement helps none.
+    from transfer.analysis import METHOD_COLUMNS
+
+    seeds = (13, 14, 15, 16, 17)
+    root = build_store(tmp_path, seeds=seeds, skip={("finetune", "mednli", 17)})
+    analysis = analyse_store(root, TABLE, n_boot=300)[0]
+    methods = analysis.methods.set_index(["model_type", "task"])
+    assert list(analysis.methods.columns) == METHOD_COLUMNS
+    for task in TASKS3:
+        ft, refine = methods.loc[("mt-finetune", task)], methods.loc[("mt-refinement", task)]
+        singles = [stored_score(root, "single", (task,), s, task) for s in seeds]
+        ft_seeds = [s for s in seeds if (task, s) != ("mednli", 17)]
+        finetunes = [stored_score(root, "finetune", (task,), s, task) for s in ft_seeds]
+        assert ft["delta"] == pytest.approx(np.mean(finetunes) - np.mean([singles[seeds.index(s)] for s in ft_seeds]))
+        assert ft["seeds"] == " ".join(map(str, ft_seeds))
+        assert ft["delta"] > 0 and ft["ci_low"] > 0
+        assert refine["n_seeds"] == 5 and refine["state"] != "helps"
+    assert methods.loc[("mt-finetune", "mednli"), "state"] == "exploratory"  # 4 seeds: below the seeds to colour
+    testable = analysis.methods[analysis.methods["p_adj"].notna()]
+    assert len(testable) == 2 * len(TASKS3) - 1  # the family: every comparison with five seeds
+    assert (testable["p_adj"] >= testable["p"] - 1e-12).all()
+    helped = methods.xs("mt-finetune")["state"].drop("mednli")
+    assert (helped == "helps").all()
+    from transfer.report.tables import models_markdown
+
+    text = models_markdown(analysis)
+    assert "**Against single-task training**" in text and "Holm over these 6 comparisons" in text
+    assert "| MT-Fine-Tune | mednli | exploratory |" in text
+    assert "Seeds:" not in text  # every model has runs at the same seeds
+
+
+def test_the_model_table_names_each_models_seeds_where_they_differ(tmp_path):
+    from transfer.report.tables import models_markdown
+
+    root = build_store(tmp_path, seeds=(13, 14), skip={("all", 14)} | {("finetune", t, 14) for t in TASKS3})
+    text = models_markdown(analyse_store(root, TABLE, n_boot=200)[0])
+    assert "Seeds: BERT (single task) 13 14; MT-Refinement 13; MT-Fine-Tune 13." in text
+
+
+def test_a_multi_task_model_without_runs_is_na_and_says_so(tmp_path):
+    root = build_store(tmp_path, skip={("all", 13)} | {("finetune", t, 13) for t in TASKS3})
+    methods = analyse_store(root, TABLE, n_boot=200)[0].methods
+    assert (methods["state"] == "n/a").all() and (methods["reason"] == "runs missing").all()

@@ -31,7 +31,7 @@ from transfer.cli import add_common_flags, add_task_file_flag, command
 from transfer.data.tasks import load_task_table
 from transfer.errors import UsageError
 from transfer.experiment.store import ResultsStore
-from transfer.report.present import predictor_summary
+from transfer.report.present import model_label, predictor_summary
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +191,21 @@ def _compute_line(compute: dict) -> str:
     return line
 
 
+def _methods_lines(analysis: DomainAnalysis) -> list[str]:
+    """One line per multi-task model that has runs: each task's delta against single, its state and seeds."""
+    frame = analysis.methods
+    if frame is None or not len(frame):
+        return []
+    lines = []
+    for model_type, group in frame.groupby("model_type", sort=False):
+        if not (group["n_seeds"] > 0).any():
+            continue
+        cells = [f"{row['task']} {row['delta']:+.4f} {row['state']} ({row['n_seeds']} seeds)" if row["n_seeds"]
+                 else f"{row['task']} n/a" for _, row in group.iterrows()]
+        lines.append(f"  {model_label(model_type)} vs single: " + "; ".join(cells))
+    return lines
+
+
 def _summary(analysis: DomainAnalysis) -> list[str]:
     if not analysis.has_grid:
         return [f"{analysis.setting.domain} (model {analysis.setting.model}, profile {analysis.setting.profile}): "
@@ -204,6 +219,7 @@ def _summary(analysis: DomainAnalysis) -> list[str]:
     for _, row in analysis.edges[analysis.edges["state"].isin(SIGNIFICANT)].iterrows():
         lines.append(f"  {row['state']:>5}  {row['source']} -> {row['target']}  delta {row['delta']:+.4f}  "
                      f"p_adj {row['p_adj']:.4f}")
+    lines += _methods_lines(analysis)
     conv = analysis.convergence
     if conv.get("single_task_runs"):
         converged = conv["single_task_runs"] - conv["single_peaked"]

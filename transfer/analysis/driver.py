@@ -1,5 +1,5 @@
-"""The model table of a setting (paper Tables 2/3, with the learning gate's marks) and the driver over the whole
-store (``analyse_store``): settings -> index -> edges, states, plan, budget diagnostic, preview."""
+"""The driver over the whole store (``analyse_store``): settings -> index -> edges, states, plan, budget
+diagnostic, the model table and its comparisons with single-task training, preview."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from transfer.analysis.edges import DEFAULT_SEED, Gate, budget_diagnostic, edge_
 from transfer.analysis.evidence import EvidenceOptions, GateOptions, provenance_of
 from transfer.analysis.index import (DomainRuns, PredictionCache, RunInfo, Setting, index_runs, load_runs,
                                      missing_runs, settings_in_store, task_order)
+from transfer.analysis.models import method_table, model_scores
 from transfer.analysis.preview import AffinityPreview, affinity_preview
 from transfer.data.tasks import TaskTable
 from transfer.experiment.convergence import convergence
@@ -26,49 +27,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_N_BOOT = None  # auto: see auto_n_boot
-MODEL_COLUMNS = ["model_type", "task", "mean", "std", "n_seeds", "seeds", "untrained", "n_untrained"]
-_MODEL_KINDS = {"single": "single", "mt-refinement": "all", "mt-finetune": "finetune"}
 
-__all__ = ["MODEL_LABELS", "MODEL_TYPES", "DomainAnalysis", "analyse_store", "auto_n_boot", "model_scores",
-           "resolve_n_boot"]
-
-
-def _seed_runs(index: DomainRuns, model_type: str, task: str) -> dict[int, RunInfo]:
-    kind = _MODEL_KINDS[model_type]
-    condition = "all" if kind == "all" else task
-    if kind == "all" and len(index.tasks) == 1:
-        return {}
-    runs = {seed: index.get(kind, condition, seed) for seed in index.seeds}
-    return {seed: run for seed, run in runs.items() if run is not None and task in run.scores}
-
-
-def model_scores(index: DomainRuns, gate: Gate | None = None) -> pd.DataFrame:
-    """Paper Tables 2/3 in long form: model_type, task (plus "Avg"), mean, std, n_seeds, seeds, untrained.
-
-    mean/std are over seeds (std with ddof=1, NaN for one seed). The average over tasks is given only when
-    every task has a score, so a missing run never shifts the average silently. ``untrained``: the seeds whose
-    task-run failed the learning gate, with the reason ("" when none or no gate); ``n_untrained``: how many.
-    """
-    rows = []
-    for model_type in MODEL_TYPES:
-        per_task = []
-        for task in index.tasks:
-            runs = _seed_runs(index, model_type, task)
-            values = np.array([run.scores[task] for run in runs.values()], dtype=float)
-            flagged = [f"seed {seed}: {why}" for seed, run in runs.items()
-                       if gate is not None and (why := gate.why(run, task))]
-            per_task.append({"model_type": model_type, "task": task,
-                             "mean": float(values.mean()) if len(values) else math.nan,
-                             "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
-                             "n_seeds": len(values), "seeds": " ".join(map(str, runs)), "untrained": "; ".join(flagged),
-                             "n_untrained": len(flagged)})
-        means = [row["mean"] for row in per_task]
-        complete = bool(means) and not np.isnan(means).any()
-        rows += per_task + [{"model_type": model_type, "task": "Avg",
-                             "mean": float(np.mean(means)) if complete else math.nan, "std": math.nan,
-                             "n_seeds": min(row["n_seeds"] for row in per_task) if complete else 0, "seeds": "",
-                             "untrained": "", "n_untrained": 0}]
-    return pd.DataFrame(rows, columns=MODEL_COLUMNS)
+__all__ = ["MODEL_LABELS", "MODEL_TYPES", "DomainAnalysis", "analyse_store", "auto_n_boot", "resolve_n_boot"]
 
 
 AUTO_N_BOOT = 2000
@@ -116,6 +76,7 @@ class DomainAnalysis:
     convergence: dict = field(default_factory=dict)  # task-runs that peaked at their last epoch (evidence.convergence)
     compute: dict = field(default_factory=dict)  # done runs and their wall seconds, per role and in all (compute_summary)
     hosts: dict = field(default_factory=dict)  # (precision, device class, encoder) -> done runs (how_computed)
+    methods: pd.DataFrame | None = None  # MT-Refinement / MT-Fine-Tune against single, per task (models.method_table)
 
     @property
     def alpha(self) -> float:
@@ -168,6 +129,7 @@ def _analyse_setting(setting: Setting, setting_runs: list[RunInfo], table: TaskT
     cache = PredictionCache()
     edges, gate = edge_table(index, table, setting_n_boot, options, seed, gate_options, cache)
     models = model_scores(index, gate)
+    methods = method_table(index, table, setting_n_boot, options, seed, cache, gate)
     preview, preview_notes = affinity_preview(index, tracked, edges, table)
     budget = budget_diagnostic(edges) if has_grid else {}
     converged = convergence((r.stage, r.tasks, r.metrics, {t for t in r.tasks if gate.why(r, t)})
@@ -180,7 +142,7 @@ def _analyse_setting(setting: Setting, setting_runs: list[RunInfo], table: TaskT
     return DomainAnalysis(setting, setting.slug(unique), index.tasks, index.seeds, models, edges,
                           missing_runs(index) if has_grid else [], notes, options, setting_n_boot, has_grid,
                           preview, preview_notes, gate.untrained(), seed_plan(edges, options) if has_grid else "",
-                          budget, converged, compute_summary(setting_runs), how_computed(setting_runs))
+                          budget, converged, compute_summary(setting_runs), how_computed(setting_runs), methods)
 
 
 def how_computed(runs: Sequence[RunInfo]) -> dict[tuple[str, str, str], int]:

@@ -110,9 +110,11 @@ def _untrained(gate: Gate, runs: list[tuple[RunInfo, RunInfo]], target: str) -> 
     return "untrained: " + "; ".join(found) if found else None
 
 
-def _test_edge(index: DomainRuns, task: TaskSpec, source: str, runs: list[tuple[RunInfo, RunInfo]], n_boot: int,
-               options: EvidenceOptions, seed: int, cache: PredictionCache) -> tuple[dict, list[str]]:
-    """Bootstrap the seeds whose predictions are all present and test the edge; returns (fields, notes)."""
+def test_run_pairs(index: DomainRuns, task: TaskSpec, source: str, runs: list[tuple[RunInfo, RunInfo]], n_boot: int,
+                   options: EvidenceOptions, seed: int, cache: PredictionCache) -> tuple[dict, list[str]]:
+    """Test ``task``'s score in the first run of each (run, baseline) pair against the second, over the seeds whose
+    predictions are all present (``source`` names the comparison: the edge's source task, or a model type, and
+    seeds its resampling stream); returns (fields, notes)."""
     target = task.name
     systems, used = [], []
     for pair_run, single_run in runs:
@@ -168,7 +170,7 @@ def _edge_row(index: DomainRuns, task: TaskSpec, source: str, n_boot: int, optio
     row.update(delta=float(deltas.mean()), single_score=float(single.mean()),
                pair_score=float(single.mean() + deltas.mean()),
                step_ratio=float(np.mean([_steps(p) / _steps(s) for p, s in runs])))
-    tested, notes = _test_edge(index, task, source, runs, n_boot, options, seed, cache)
+    tested, notes = test_run_pairs(index, task, source, runs, n_boot, options, seed, cache)
     row.update(tested)
     untrained = _untrained(gate, runs, target)
     if untrained:
@@ -210,11 +212,12 @@ def edge_table(index: DomainRuns, table: TaskTable, n_boot: int = MIN_N_BOOT, op
     frame["p_adj"] = np.where(testable, correct(np.where(testable, frame["p"], np.nan)), np.nan)
     frame["p_equiv_adj"] = np.where(testable, correct(np.where(testable, frame["p_equiv"], np.nan)), np.nan)
     _plan_columns(frame, options, int(testable.sum()) or len(frame))
-    frame["state"] = [_state(row, options) for _, row in frame.iterrows()]
+    frame["state"] = [row_state(row, options) for _, row in frame.iterrows()]
     return frame[EDGE_COLUMNS], gate
 
 
-def _state(row, options: EvidenceOptions) -> str:
+def row_state(row, options: EvidenceOptions) -> str:
+    """n/a (a reason, no delta, or an untestable one), else the evidence state of its corrected p-values."""
     if row["reason"] or math.isnan(row["delta"]) or (math.isnan(row["p"]) and row["n_seeds"] >= 2):
         return "n/a"
     return edge_state(row["delta"], row["p_adj"], row["p_equiv_adj"], int(row["n_seeds"]), options)

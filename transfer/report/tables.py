@@ -73,8 +73,44 @@ def models_markdown(analysis: DomainAnalysis) -> str:
                              flags.at[model_type, c] if flags is not None else "") for c in means.columns]
         lines.append("| " + " | ".join([model_label(model_type), *cells]) + " |")
     lines += ["", "Mean over seeds (± sample standard deviation where there are two or more seeds); best per "
-              "column in bold. Avg is given only when every task has a score."]
-    return "\n".join(lines + _untrained_lines(analysis) + _missing_note(analysis)) + "\n"
+              "column in bold. Avg is given only when every task has a score.", *_seed_counts_line(analysis)]
+    return "\n".join(lines + _untrained_lines(analysis) + _methods_markdown(analysis) + _missing_note(analysis)) + "\n"
+
+
+def _seed_counts_line(analysis: DomainAnalysis) -> list[str]:
+    """Which seeds each model's scores are over, where the models differ in them."""
+    rows = analysis.models[(analysis.models["task"] != "Avg") & (analysis.models["n_seeds"] > 0)]
+    per_model = {model_type: sorted({s for seeds in group["seeds"] for s in str(seeds).split()}, key=int)
+                 for model_type, group in rows.groupby("model_type", sort=False)}
+    if len({tuple(seeds) for seeds in per_model.values()}) <= 1:
+        return []
+    return ["Seeds: " + "; ".join(f"{model_label(m)} {' '.join(seeds)}" for m, seeds in per_model.items()) + "."]
+
+
+def _methods_markdown(analysis: DomainAnalysis) -> list[str]:
+    """MT-Refinement and MT-Fine-Tune against single-task training, per task, with the edges' test and states."""
+    frame = analysis.methods
+    if frame is None or not len(frame) or not (frame["n_seeds"] > 0).any():
+        return []
+    lines = ["", f"**Against single-task training** (Δ = the multi-task model's test score minus the single-task "
+             f"run's, per seed, mean over the seeds with both; the edges' test, {correction_label(analysis)} "
+             f"over these {len(frame)} comparisons):", "",
+             "| Model | task | state | Δ | 95% CI (unadj.) | p | p (corrected) | seeds | reason / note |",
+             "|---|---|---|---:|---:|---:|---:|---|---|"]
+    for _, row in frame.iterrows():
+        ci = NA if is_missing(row["ci_low"]) else f"[{fmt_delta(row['ci_low'])}, {fmt_delta(row['ci_high'])}]"
+        lines.append(f"| {model_label(row['model_type'])} | {row['task']} | {row['state']} | {fmt_delta(row['delta'])} "
+                     f"| {ci} | {fmt_p(row['p'])} | {fmt_p(row['p_adj'])} | {row['seeds'] or NA} | "
+                     f"{'; '.join(filter(None, [row['reason'], row['note']]))} |")
+    return lines
+
+
+def methods_csv(analysis: DomainAnalysis) -> str:
+    frame = analysis.methods.copy() if analysis.methods is not None else pd.DataFrame()
+    frame.insert(0, "domain", analysis.setting.domain)
+    frame.insert(1, "model", analysis.setting.model)
+    frame.insert(2, "profile", analysis.setting.profile)
+    return frame_to_csv(frame)
 
 
 def _missing_note(analysis: DomainAnalysis) -> list[str]:
@@ -223,6 +259,7 @@ def write_tables(analysis: DomainAnalysis, out: Path) -> list[Path]:
         f"models_{analysis.slug}.md": models_markdown(analysis),
         f"models_{analysis.slug}.csv": models_csv(analysis),
         f"models_{analysis.slug}.tex": models_latex(analysis),
+        f"model_deltas_{analysis.slug}.csv": methods_csv(analysis),
         f"edges_{analysis.slug}.md": edges_markdown(analysis),
         f"edges_{analysis.slug}.csv": edges_csv(analysis),
         f"edges_{analysis.slug}.tex": edges_latex(analysis),
