@@ -12,6 +12,7 @@ test_worker:fake_train``); environment variables steer it:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
@@ -28,6 +29,8 @@ from transfer.experiment.store import ResultsStore
 def fake_train(spec, *, data_dir=None, device=None, reporter=None, table=None, parent_dir=None, encoder_dir=None):
     """Stands in for transfer.training.loop.train: reports progress, sleeps, records what it saw, maybe raises."""
     start = time.time()
+    if data_dir:  # as the readers do: the file read, under the resolved data folder
+        logging.getLogger("fake_train").info("read 3 examples from %s", Path(data_dir).resolve() / "t" / "train.tsv")
     reporter.start({"run_id": spec.run_id, "epochs": spec.epochs, "steps": 2, "device": device})
     if spec.stage == "finetune" and not (Path(parent_dir) / "encoder" / "weights.txt").is_file():
         raise FileNotFoundError(f"no parent encoder in {parent_dir}")
@@ -91,6 +94,27 @@ def test_worker_runs_claimed_run_and_records_done(tmp_path, fake_env):
     assert progress["phase"] == "finished" and progress["step"] == 2 and progress["dev_scores"] == {"chemprot": 0.5}
     assert "run " + run_id in (folder / "log.txt").read_text()
     assert read_fake_log(fake_env)[0]["device"] == "cpu"
+
+
+def test_the_run_log_names_no_folder_of_the_machine(tmp_path, fake_env):
+    store = ResultsStore(tmp_path / "results")
+    data = tmp_path / "data"
+    data.mkdir()
+    run_id = _claim(store, _spec())
+    assert worker.main(["--results", str(store.root), "--run-id", run_id, "--owner", "grid-test", "--device", "cpu",
+                        "--data-dir", str(data)]) == worker.EXIT_DONE
+    log = (store.folder(run_id) / "log.txt").read_text()
+    assert "read 3 examples from <data-dir>/t/train.tsv" in log
+    assert str(tmp_path) not in log and str(tmp_path.resolve()) not in log
+
+
+def test_portable_formatter_prefers_the_longest_folder():
+    import logging as logging_module
+
+    formatter = worker.PortableFormatter("%(message)s", {"<store>": Path("/x/project/results"), "~": Path("/x")})
+    record = logging_module.LogRecord("t", logging_module.INFO, __file__, 1, "%s and %s", ("/x/project/results/runs/a",
+                                      "/x/other"), None)
+    assert formatter.format(record) == "<store>/runs/a and ~/other"
 
 
 def test_worker_records_failure_with_traceback(tmp_path, fake_env, monkeypatch):

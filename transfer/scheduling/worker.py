@@ -134,9 +134,33 @@ def load_spec(store: ResultsStore, run_id: str):
     return spec
 
 
-def _log_to_file(path: Path) -> logging.Handler:
+class PortableFormatter(logging.Formatter):
+    """Run logs are committed with the store, so they name no folder of the machine: the data folder, the store
+    and the home folder are written as ``<data-dir>``, ``<store>`` and ``~`` (a reader of the log knows which
+    ``--data-dir`` the header line shows)."""
+
+    def __init__(self, fmt: str, folders: dict[str, Path]):
+        super().__init__(fmt)
+        absolute = {}
+        for label, folder in folders.items():
+            for form in {str(folder), str(folder.resolve())}:  # as given (if absolute) and resolved
+                if form.startswith("/") and len(form) > 1:
+                    absolute.setdefault(form.rstrip("/"), label)
+        self._folders = sorted(absolute.items(), key=lambda item: -len(item[0]))  # the longest prefix first
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        for folder, label in self._folders:
+            text = text.replace(folder, label)
+        return text
+
+
+def _log_to_file(path: Path, store: ResultsStore, data_dir: str | None) -> logging.Handler:
+    from transfer.data.tasks import resolve_data_dir
+
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    folders = {"<data-dir>": resolve_data_dir(data_dir)[0], "<store>": store.root, "~": Path.home()}
+    handler.setFormatter(PortableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", folders))
     root = logging.getLogger()
     root.addHandler(handler)
     if root.level > logging.INFO or root.level == logging.NOTSET:
@@ -150,7 +174,7 @@ def execute(store: ResultsStore, run_id: str, *, data_dir: str | None = None, de
     from transfer.data.tasks import load_task_table
 
     run = store.run(run_id)
-    handler = _log_to_file(run.log_file)
+    handler = _log_to_file(run.log_file, store, data_dir)
     started = time.time()
     try:
         with Heartbeat(store, run_id):
