@@ -92,9 +92,13 @@ def _methods_markdown(analysis: DomainAnalysis) -> list[str]:
     frame = analysis.methods
     if frame is None or not len(frame) or not (frame["n_seeds"] > 0).any():
         return []
+    tested = int(frame["p_adj"].notna().sum())
+    family = (f"{correction_label(analysis)} over the {tested} of these {len(frame)} comparisons with at least "
+              f"{analysis.options.seeds_to_colour} seeds" if tested else
+              f"no comparison has the {analysis.options.seeds_to_colour} seeds to be tested, so all are exploratory "
+              f"or n/a")
     lines = ["", f"**Against single-task training** (Δ = the multi-task model's test score minus the single-task "
-             f"run's, per seed, mean over the seeds with both; the edges' test, {correction_label(analysis)} "
-             f"over these {len(frame)} comparisons):", "",
+             f"run's, per seed, mean over the seeds with both; the edges' test, {family}):", "",
              "| Model | task | state | Δ | 95% CI (unadj.) | p | p (corrected) | seeds | reason / note |",
              "|---|---|---|---:|---:|---:|---:|---|---|"]
     for _, row in frame.iterrows():
