@@ -207,13 +207,20 @@ def edge_table(index: DomainRuns, table: TaskTable, n_boot: int = MIN_N_BOOT, op
         return pd.DataFrame(columns=EDGE_COLUMNS), gate
     for column in ("var_seed_unit", "var_test"):
         frame[column] = frame[column].astype(float) if column in frame else math.nan
+    testable = correct_family(frame, options)
+    _plan_columns(frame, options, int(testable.sum()) or len(frame))
+    return frame[EDGE_COLUMNS], gate
+
+
+def correct_family(frame: pd.DataFrame, options: EvidenceOptions) -> pd.Series:
+    """Correct p and p_equiv over the family's testable rows (no reason, a p, the seeds to be coloured) into
+    p_adj and p_equiv_adj, and set each row's state; returns the testable mask."""
     testable = (frame["reason"] == "") & frame["p"].notna() & (frame["n_seeds"] >= options.seeds_to_colour)
     correct = CORRECTIONS[options.correction]
     frame["p_adj"] = np.where(testable, correct(np.where(testable, frame["p"], np.nan)), np.nan)
     frame["p_equiv_adj"] = np.where(testable, correct(np.where(testable, frame["p_equiv"], np.nan)), np.nan)
-    _plan_columns(frame, options, int(testable.sum()) or len(frame))
     frame["state"] = [row_state(row, options) for _, row in frame.iterrows()]
-    return frame[EDGE_COLUMNS], gate
+    return testable
 
 
 def row_state(row, options: EvidenceOptions) -> str:

@@ -17,10 +17,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from transfer.analysis.edges import Gate, row_state, test_run_pairs
+from transfer.analysis.edges import Gate, correct_family, test_run_pairs
 from transfer.analysis.evidence import EvidenceOptions, check_provenance
 from transfer.analysis.index import DomainRuns, PredictionCache, RunInfo
-from transfer.analysis.stats import CORRECTIONS
 from transfer.data.tasks import TaskTable
 from transfer.experiment.roles import MODEL_TYPES
 
@@ -105,10 +104,6 @@ def method_table(index: DomainRuns, table: TaskTable, n_boot: int, options: Evid
         return frame
     for column in ("p", "p_equiv", "delta", "n_seeds"):
         frame[column] = frame[column].astype(float)
-    testable = (frame["reason"] == "") & frame["p"].notna() & (frame["n_seeds"] >= options.seeds_to_colour)
-    correct = CORRECTIONS[options.correction]
-    frame["p_adj"] = np.where(testable, correct(np.where(testable, frame["p"], np.nan)), np.nan)
-    frame["p_equiv_adj"] = np.where(testable, correct(np.where(testable, frame["p_equiv"], np.nan)), np.nan)
-    frame["state"] = [row_state(row, options) for _, row in frame.iterrows()]
+    correct_family(frame, options)
     frame["n_seeds"] = frame["n_seeds"].astype(int)
     return frame
