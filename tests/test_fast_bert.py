@@ -94,6 +94,20 @@ def test_mask_source_keeps_the_right_fraction_and_replays_from_its_state():
     assert source.keep_mask(torch.Size([7, 3]), 0.0).all()  # odd sizes; p = 0 keeps everything
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_scaled_mask_is_the_boolean_mask_times_the_scale_bit_for_bit(dtype):
+    """The fast mask writes bit patterns; it must equal keep_mask(...).to(dtype) * scale, from the same draws."""
+    for p in (0.1, 0.05, 0.2, 0.3, 0.5, 1 / 3, 0.9, 0.0):
+        fast, plain = MaskSource(5), MaskSource(5)
+        for shape in (torch.Size([7, 3]), torch.Size([4, 5, 6, 9])):  # odd sizes: the draws are cut 4 per word
+            got = fast.scaled_mask(shape, p, dtype)
+            expected = plain.keep_mask(shape, p).to(dtype) * (1.0 / (1.0 - p))
+            assert got.dtype == dtype and got.shape == shape
+            assert torch.equal(got.view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8)), (p, shape)
+        # the stream advanced the same way: the next draws agree
+        assert torch.equal(fast.keep_mask(torch.Size([64]), 0.5), plain.keep_mask(torch.Size([64]), 0.5))
+
+
 def test_dropout_scales_kept_values_and_routes_gradients_through_the_mask():
     x = torch.ones(400, 500, requires_grad=True)
     layer = FastDropout(0.25, MaskSource(3))

@@ -28,15 +28,15 @@ def _record(monkeypatch, spec, data_dir, hf_dropout=False):
             batches.append((features.task_name, rows.tolist()))
         return collate(features, rows, pad_id, with_targets)
 
-    keep_mask = MaskRouter.keep_mask
+    scaled_mask = MaskRouter.scaled_mask
 
-    def recording_keep_mask(self, shape, p):
-        mask = keep_mask(self, shape, p)
-        masks.setdefault(self.name, []).append(mask.clone())
+    def recording_scaled_mask(self, shape, p, dtype):
+        mask = scaled_mask(self, shape, p, dtype)
+        masks.setdefault(self.name, []).append(mask != 0)
         return mask
 
     monkeypatch.setattr(loop, "collate", recording_collate)
-    monkeypatch.setattr(MaskRouter, "keep_mask", recording_keep_mask)
+    monkeypatch.setattr(MaskRouter, "scaled_mask", recording_scaled_mask)
     if hf_dropout:  # the Hugging Face forward draws from torch's global generator, swapped per task
         dropout = torch.nn.functional.dropout
 

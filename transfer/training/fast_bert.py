@@ -68,6 +68,11 @@ def explicit_attention(x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and x.device.type == "cpu"
 
 
+# a float dtype's same-width integer types (torch, NumPy), to write a float's bit pattern
+_SAME_WIDTH_INT = {torch.bfloat16: (torch.int16, np.int16), torch.float16: (torch.int16, np.int16),
+                   torch.float32: (torch.int32, np.int32)}
+
+
 class MaskSource:
     """Dropout masks for CPU tensors from a seeded NumPy SFC64 stream (four 16-bit uniforms per draw)."""
 
@@ -76,10 +81,30 @@ class MaskSource:
 
     def keep_mask(self, shape: torch.Size, p: float) -> torch.Tensor:
         """Boolean tensor, each element True with probability 1 - p (p rounded to a multiple of 2^-16)."""
+        return torch.from_numpy(self._keep(shape, p)).view(shape)
+
+    def scaled_mask(self, shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
+        """``keep_mask(shape, p).to(dtype) * (1 / (1 - p))``, bit for bit, from the same draws, built faster.
+
+        Each element is 0 or the scale rounded to ``dtype``, so the mask is written as that value's bit pattern
+        in NumPy, straight from the comparison: torch's bool-to-bf16 conversion and the multiply by the scale
+        took about five times as long as drawing the bits (0.5 + 0.4 ms against 0.2 for a 32 x 60 x 384 mask).
+        """
+        keep = self._keep(shape, p)
+        ints = _SAME_WIDTH_INT.get(dtype)
+        if ints is None:  # no integer twin (float64): the plain way, same values
+            return torch.from_numpy(keep).view(shape).to(dtype) * (1.0 / (1.0 - p))
+        # the scale as a multiply by 1.0 rounds it: through the float opmath torch uses for 16-bit types
+        scale = torch.tensor(1.0 / (1.0 - p), dtype=torch.float32).to(dtype)
+        bits = scale.view(ints[0]).item()
+        pattern = keep.view(np.uint8).astype(ints[1])
+        pattern *= ints[1](bits)
+        return torch.from_numpy(pattern).view(shape).view(dtype)
+
+    def _keep(self, shape: torch.Size, p: float) -> np.ndarray:
         n = math.prod(shape)
         raw = self.generator.bit_generator.random_raw((n + 3) // 4)
-        uniforms = torch.from_numpy(raw.view(np.int16)[:n]).view(shape)  # uniform on [-32768, 32767]
-        return uniforms >= round(p * 65536) - 32768
+        return raw.view(np.int16)[:n] >= round(p * 65536) - 32768  # uniforms on [-32768, 32767]
 
     def state(self) -> dict:
         return self.generator.bit_generator.state
@@ -109,7 +134,7 @@ def dropout(x: torch.Tensor, p: float, training: bool, source: MaskSource | None
     if source is None or x.device.type != "cpu":
         return F.dropout(x, p, True)
     # a scaled mask in x's dtype: about 3x cheaper (forward + backward) than multiplying by the boolean mask
-    return x * (source.keep_mask(x.shape, p).to(x.dtype) * (1.0 / (1.0 - p)))
+    return x * source.scaled_mask(x.shape, p, x.dtype)
 
 
 class FastBertEncoder:

@@ -67,6 +67,9 @@ class MaskRouter:
     def keep_mask(self, shape: torch.Size, p: float) -> torch.Tensor:
         return self.current.keep_mask(shape, p)
 
+    def scaled_mask(self, shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
+        return self.current.scaled_mask(shape, p, dtype)
+
 
 class TaskStreams:
     """Every random generator of one run, by task (``shared=True``: one generator for all, the earlier scheme)."""
