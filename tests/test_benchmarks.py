@@ -400,3 +400,45 @@ def test_score_equivalence_runs_both_paths_and_reports_the_seed_aware_comparison
             reference["profile"]["group_by_length"]) == ("fp32", "hf", False)
     assert report["precision"] == {"fast": ["fp32"], "reference": ["fp32"]}  # the test profile trains in fp32
     assert score_equivalence.main([*argv, "--no-run"]) == 0  # compares what is stored, runs nothing
+
+
+bench_compile = _load("bench_compile")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_the_compile_benchmark_times_the_lean_layer_arithmetic_on_the_same_masks(tiny_model_dir, dtype):
+    """Its layer function, run eagerly, must compute what FastBertEncoder does, mask for mask, or the timing
+    compares two different functions."""
+    import torch
+    from transformers import AutoModel
+
+    from transfer.training.fast_bert import FastBertEncoder, MaskSource
+
+    compute = getattr(torch, dtype)
+    encoder = AutoModel.from_pretrained(tiny_model_dir).train()
+    ids, mask = bench_compile.make_batches(3, [9], encoder.config.vocab_size)[9]
+    outputs, grads = [], []
+    for forward in (FastBertEncoder(encoder, MaskSource(4), compute),
+                    bench_compile.compiled_encoder(encoder, MaskSource(4), compute, bench_compile.layer_math)):
+        for cls_only in (False, True):
+            out = forward(ids, mask, cls_only=cls_only)
+            out.float().square().mean().backward()
+            outputs.append(out.detach())
+            grads.append([p.grad.clone() for p in encoder.parameters() if p.grad is not None])
+            encoder.zero_grad(set_to_none=True)
+    for eager, bench in ((0, 2), (1, 3)):
+        torch.testing.assert_close(outputs[bench], outputs[eager], rtol=0, atol=0)
+        for g_bench, g_eager in zip(grads[bench], grads[eager]):
+            torch.testing.assert_close(g_bench, g_eager, rtol=0, atol=0)
+    assert not torch.equal(outputs[0][:, :1], outputs[1])  # different masks per call: the draws advance
+
+
+def test_the_compile_benchmark_runs_end_to_end_on_the_eager_variant(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "compile.json"
+    assert bench_compile.main(["--model", str(tiny_model_dir), "--variants", "eager", "--lengths", "8", "12",
+                               "--repeats", "2", "--batch-size", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    eager = report["variants"]["eager"]
+    assert eager["steps"] == 4 and eager["speedup"] == 1.0 and eager["max_abs_diff_vs_eager"] == 0.0
+    assert eager["best_step_seconds"] <= eager["median_step_seconds"]
+    assert "eager" in capsys.readouterr().out
