@@ -833,9 +833,14 @@ def test_the_model_table_names_each_models_seeds_where_they_differ(tmp_path):
     from transfer.report.tables import models_markdown
 
     root = build_store(tmp_path, seeds=(13, 14), skip={("all", 14)} | {("finetune", t, 14) for t in TASKS3})
-    text = models_markdown(analyse_store(root, TABLE, n_boot=200)[0])
+    analysis = analyse_store(root, TABLE, n_boot=200)[0]
+    text = models_markdown(analysis)
     assert "Seeds: BERT (single task) 13 14; MT-Refinement 13; MT-Fine-Tune 13." in text
     assert "no comparison has the 5 seeds to be tested, so all are exploratory or n/a" in text
+    from transfer.report.plots import plot_model_bars
+
+    caption = plot_model_bars(analysis).axes[0].get_xlabel()  # the figure is read alone: it says so too
+    assert caption.endswith("\nscores over seeds: BERT (single task) 13 14; MT-Refinement 13; MT-Fine-Tune 13")
 
 
 def test_a_multi_task_model_without_runs_is_na_and_says_so(tmp_path):

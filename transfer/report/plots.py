@@ -22,7 +22,7 @@ import numpy as np
 from transfer.analysis import AffinityPreview, DomainAnalysis
 from transfer.report.draw import (GREEN, GREY, MISSING, RED, draw_graph, legend_handles, matrix_panel, new_figure,
                                   save_figure, symmetric_limit, wrap_task)
-from transfer.report.present import (affinity_caption, affinity_digraph, affinity_validation_text, correction_label,
+from transfer.report.present import (affinity_caption, model_seeds_text, affinity_digraph, affinity_validation_text, correction_label,
                                      fmt_delta, is_missing, metric_name, model_label, models_wide, predictor_caption,
                                      setting_caption, state_legend, state_rule_text, transfer_digraph)
 
@@ -337,9 +337,12 @@ def plot_model_bars(analysis: DomainAnalysis):
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(types), 4) or 1,
               frameon=False, fontsize=9)
     ax.set_title(f"Single task vs multi-task, {analysis.setting.domain}", fontsize=12, pad=28)
+    seeds = model_seeds_text(analysis)  # the setting's seeds are the grid's; a model may have fewer runs
+    seeds_line = f"\nscores over seeds: {seeds}" if seeds else ""
     ax.set_xlabel(f"mean over seeds, error bar ±1 sd where there are 2+ seeds; hatched n/a: missing runs"
                   f"{'; † untrained (learning gate)' if flags.to_numpy(dtype=bool).any() else ''}\n"
-                  f"{setting_caption(analysis)}", fontsize=8, color="#444444", labelpad=10)
+                  f"{setting_caption(analysis)}{seeds_line}", fontsize=8,
+                  color="#444444", labelpad=10)
     return figure
 
 

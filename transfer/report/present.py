@@ -153,6 +153,17 @@ def setting_caption(analysis: DomainAnalysis) -> str:
             f"seeds {seeds}")
 
 
+def model_seeds_text(analysis: DomainAnalysis) -> str | None:
+    """Which seeds each model's scores are over ("Single-Task 13 14 15; MT-Refinement 13 14"), where the models
+    differ in them; None where every model has the same seeds (the setting's caption says which)."""
+    rows = analysis.models[(analysis.models["task"] != "Avg") & (analysis.models["n_seeds"] > 0)]
+    per_model = {model_type: sorted({s for seeds in group["seeds"] for s in str(seeds).split()}, key=int)
+                 for model_type, group in rows.groupby("model_type", sort=False)}
+    if len({tuple(seeds) for seeds in per_model.values()}) <= 1:
+        return None
+    return "; ".join(f"{model_label(m)} {' '.join(seeds)}" for m, seeds in per_model.items())
+
+
 def models_wide(models: pd.DataFrame, column: str = "mean") -> pd.DataFrame:
     """Rows: model types (the paper's three in its order, then any other in order of appearance); columns: tasks
     then Avg."""

@@ -16,7 +16,7 @@ import pandas as pd
 
 from transfer.analysis import PREDICTOR_COLUMNS, VALIDATION_COLUMNS, AffinityPreview, DomainAnalysis
 from transfer.experiment.atomic import write_text_atomic
-from transfer.report.present import (NA, affinity_caption, correction_label, state_rule_text, fmt_delta, fmt_p, fmt_score, fmt_sci, fmt_seconds,
+from transfer.report.present import (NA, model_seeds_text, affinity_caption, correction_label, state_rule_text, fmt_delta, fmt_p, fmt_score, fmt_sci, fmt_seconds,
                                      fmt_share, is_missing, model_label, plural, models_wide, setting_caption, transfer_digraph)
 
 logger = logging.getLogger(__name__)
@@ -78,13 +78,8 @@ def models_markdown(analysis: DomainAnalysis) -> str:
 
 
 def _seed_counts_line(analysis: DomainAnalysis) -> list[str]:
-    """Which seeds each model's scores are over, where the models differ in them."""
-    rows = analysis.models[(analysis.models["task"] != "Avg") & (analysis.models["n_seeds"] > 0)]
-    per_model = {model_type: sorted({s for seeds in group["seeds"] for s in str(seeds).split()}, key=int)
-                 for model_type, group in rows.groupby("model_type", sort=False)}
-    if len({tuple(seeds) for seeds in per_model.values()}) <= 1:
-        return []
-    return ["Seeds: " + "; ".join(f"{model_label(m)} {' '.join(seeds)}" for m, seeds in per_model.items()) + "."]
+    text = model_seeds_text(analysis)
+    return [f"Seeds: {text}."] if text else []
 
 
 def _methods_markdown(analysis: DomainAnalysis) -> list[str]:
