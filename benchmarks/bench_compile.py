@@ -153,6 +153,8 @@ def run(args: argparse.Namespace) -> dict:
             p.grad = None
         return out.detach()
 
+    # a static graph per (width, [CLS]-only) pair: past dynamo's default limit of 8 it would run the rest eagerly
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(args.lengths) + 8)
     forwards, results, first_outputs = {}, {}, {}
     for name in variants:
         torch._dynamo.reset()

@@ -2,6 +2,7 @@
 
     python benchmarks/score_equivalence.py --task ddi2013-type --seeds 1 2 3 4 5           # runs, then compares
     python benchmarks/score_equivalence.py --task ddi2013-type --seeds 1 2 3 4 5 --no-run  # compares what is stored
+    python benchmarks/score_equivalence.py --task ddi2013-type --seeds 1 2 3 4 5 --ablate ungrouped autocast
 
 The fast path is the profile as it is (bf16 where native, the lean BERT forward, length-grouped batches); the
 reference path is the same profile in fp32 on the Hugging Face forward with random batches
@@ -13,6 +14,11 @@ clustered test-set variance, equivalence within ``--margin`` by two one-sided te
 (equivalent / different / inconclusive), the difference and its CI, and both methods' mean and SD over seeds, to
 ``--out`` (JSON) and the console. Dev scores are in each run's ``metrics.json``; test scores are compared here
 because they are the ones the analysis reports.
+
+Where the two differ, ``--ablate`` says which piece does it: each ablation is the fast path with one piece of the
+reference put back (``ungrouped``: random batches; ``autocast``: bf16 under autocast over fp32 weights instead of
+native bf16; ``hf-forward``: the Hugging Face forward; ``fp32``: fp32 arithmetic), in a store of its own, compared
+with the same test against the reference and against the fast path (``ablations`` in the report).
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REFERENCE = ("precision=fp32", "encoder_impl=hf", "group_by_length=false")
+# the fast path with one piece of the reference put back
+ABLATIONS = {"ungrouped": ("group_by_length=false",), "autocast": ("bf16_compute=autocast",),
+             "hf-forward": ("encoder_impl=hf",), "fp32": ("precision=fp32",)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--run", action=argparse.BooleanOptionalAction, default=True,
                         help="run the missing runs first (--no-run: compare what the stores hold)")
+    parser.add_argument("--ablate", nargs="*", default=[], choices=sorted(ABLATIONS), metavar="PIECE",
+                        help=f"also run the fast path with one piece of the reference back: {', '.join(ABLATIONS)}")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default: benchmarks/results/...)")
     return parser.parse_args(argv)
 
@@ -57,32 +68,44 @@ def grid_command(args: argparse.Namespace, store: Path, overrides: tuple[str, ..
 
 
 def compare(args: argparse.Namespace) -> dict:
-    from transfer.analysis.compare import compare_methods, runs_by_seed
     from transfer.analysis.evidence import EvidenceOptions
-    from transfer.analysis.index import load_runs
-    from transfer.data.tasks import load_task_table
-    from transfer.experiment.store import ResultsStore
 
-    table = load_task_table()
-    runs = {name: runs_by_seed(load_runs(ResultsStore(args.stores / name), table), args.task)
-            for name in ("fast", "reference")}
-    wanted = set(args.seeds)
-    runs = {name: {s: r for s, r in found.items() if s in wanted} for name, found in runs.items()}
-    result = compare_methods(table.task(args.task), runs["fast"], runs["reference"],
-                             EvidenceOptions(margin=args.margin), n_boot=args.n_boot)
+    options = EvidenceOptions(margin=args.margin)
+    runs = {name: _stored_runs(args, name) for name in ("fast", "reference", *args.ablate)}
+    result = _compared(args, runs, "fast", "reference", options)
     result["profile"] = args.profile
     result["a"], result["b"] = "fast path (profile defaults)", "reference path (" + ", ".join(REFERENCE) + ")"
     result["wall_seconds"] = {name: round(sum(r.wall_seconds or 0.0 for r in found.values()), 1)
                               for name, found in runs.items()}
     result["precision"] = {name: sorted({(r.metrics.get("provenance") or {}).get("precision", "?")
                                          for r in found.values()}) for name, found in runs.items()}
+    result["ablations"] = {name: {"overrides": list(ABLATIONS[name]),
+                                  "vs_reference": _compared(args, runs, name, "reference", options),
+                                  "vs_fast": _compared(args, runs, name, "fast", options)} for name in args.ablate}
     return result
+
+
+def _stored_runs(args: argparse.Namespace, name: str) -> dict:
+    from transfer.analysis.compare import runs_by_seed
+    from transfer.analysis.index import load_runs
+    from transfer.data.tasks import load_task_table
+    from transfer.experiment.store import ResultsStore
+
+    found = runs_by_seed(load_runs(ResultsStore(args.stores / name), load_task_table()), args.task)
+    return {s: r for s, r in found.items() if s in set(args.seeds)}
+
+
+def _compared(args: argparse.Namespace, runs: dict, a: str, b: str, options) -> dict:
+    from transfer.analysis.compare import compare_methods
+    from transfer.data.tasks import load_task_table
+
+    return compare_methods(load_task_table().task(args.task), runs[a], runs[b], options, n_boot=args.n_boot)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.run:
-        for name, overrides in (("fast", ()), ("reference", REFERENCE)):
+        for name, overrides in (("fast", ()), ("reference", REFERENCE), *((n, ABLATIONS[n]) for n in args.ablate)):
             code = subprocess.call(grid_command(args, args.stores / name, overrides))
             if code != 0:
                 print(f"error: the {name} grid exited with {code}", file=sys.stderr)
@@ -97,6 +120,11 @@ def main(argv=None) -> int:
     print(f"  fast - reference = {result['delta']:+.4f}, 95% CI [{result['ci_low']:+.4f}, {result['ci_high']:+.4f}], "
           f"p {result['p']:.3g}, TOST p {result['p_equivalence']:.3g} (margin {result['margin']:g}): "
           f"{result['verdict']}")
+    for name, item in result["ablations"].items():
+        one, fast = item["vs_reference"], item["vs_fast"]
+        print(f"  {name:9s} {one['mean_a']:.4f} +/- {one['sd_a']:.4f}   ({', '.join(item['overrides'])}): "
+              f"- reference {one['delta']:+.4f} [{one['ci_low']:+.4f}, {one['ci_high']:+.4f}] {one['verdict']}; "
+              f"- fast {fast['delta']:+.4f} [{fast['ci_low']:+.4f}, {fast['ci_high']:+.4f}] {fast['verdict']}")
     print(f"written to {out}")
     return 0
 

@@ -400,6 +400,13 @@ def test_score_equivalence_runs_both_paths_and_reports_the_seed_aware_comparison
             reference["profile"]["group_by_length"]) == ("fp32", "hf", False)
     assert report["precision"] == {"fast": ["fp32"], "reference": ["fp32"]}  # the test profile trains in fp32
     assert score_equivalence.main([*argv, "--no-run"]) == 0  # compares what is stored, runs nothing
+    assert "ablations" in report and report["ablations"] == {}
+    assert score_equivalence.main([*argv, "--ablate", "ungrouped"]) == 0  # runs only the ablation's store
+    ablation = json.loads(out.read_text())["ablations"]["ungrouped"]
+    spec = json.loads(next((tmp_path / "stores" / "ungrouped" / "runs").glob("*/spec.json")).read_text())
+    assert ablation["overrides"] == ["group_by_length=false"] and spec["profile"]["group_by_length"] is False
+    assert spec["profile"]["encoder_impl"] != "hf"  # one piece of the reference back, not all of them
+    assert ablation["vs_reference"]["k"] == ablation["vs_fast"]["k"] == 2
 
 
 bench_compile = _load("bench_compile")
