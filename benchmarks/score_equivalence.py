@@ -20,6 +20,14 @@ reference put back (``ungrouped``: random batches; ``autocast``: bf16 under auto
 native bf16; ``hf-forward``: the Hugging Face forward; ``fp32``: fp32 arithmetic; and ``window-4``, length
 grouping in windows of 4 batches instead of 50), in a store of its own, compared
 with the same test against the reference and against the fast path (``ablations`` in the report).
+
+Where the reference path is too dear (a converged profile, whose fp32 Hugging Face runs take about four times as
+long), ``--no-reference`` leaves it out and compares each ablation with the fast path alone, and ``--fast-store``
+takes the fast path's runs from a store that already holds them (the committed grid, ``results/``) instead of
+running them again:
+
+    python benchmarks/score_equivalence.py --profile cpu --seeds 13 14 15 16 17 --fast-store results \
+        --no-reference --ablate ungrouped --set bf16_compute=autocast
 """
 
 from __future__ import annotations
@@ -54,6 +62,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="run the missing runs first (--no-run: compare what the stores hold)")
     parser.add_argument("--ablate", nargs="*", default=[], choices=sorted(ABLATIONS), metavar="PIECE",
                         help=f"also run the fast path with one piece of the reference back: {', '.join(ABLATIONS)}")
+    parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                        help="run and compare the reference path (--no-reference: ablations against the fast path)")
+    parser.add_argument("--fast-store", type=Path, default=None,
+                        help="a store whose runs of this task, profile and seeds are the fast path (not run here)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a profile field for every path run here (e.g. the fast store's bf16_compute=autocast)")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default: benchmarks/results/...)")
     return parser.parse_args(argv)
 
@@ -74,18 +88,37 @@ def compare(args: argparse.Namespace) -> dict:
     from transfer.analysis.evidence import EvidenceOptions
 
     options = EvidenceOptions(margin=args.margin)
-    runs = {name: _stored_runs(args, name) for name in ("fast", "reference", *args.ablate)}
-    result = _compared(args, runs, "fast", "reference", options)
+    runs = {name: _stored_runs(args, name) for name in _paths(args)}
+    result = _compared(args, runs, "fast", "reference", options) if args.reference else {"task": args.task}
     result["profile"] = args.profile
-    result["a"], result["b"] = "fast path (profile defaults)", "reference path (" + ", ".join(REFERENCE) + ")"
+    result["a"] = "fast path (profile defaults" + "".join(f", {o}" for o in args.overrides) + ")"
+    if args.fast_store:
+        result["a"] += " as stored in " + args.fast_store.as_posix()
+    if args.reference:
+        result["b"] = "reference path (" + ", ".join((*REFERENCE, *args.overrides)) + ")"
     result["wall_seconds"] = {name: round(sum(r.wall_seconds or 0.0 for r in found.values()), 1)
                               for name, found in runs.items()}
     result["precision"] = {name: sorted({(r.metrics.get("provenance") or {}).get("precision", "?")
                                          for r in found.values()}) for name, found in runs.items()}
-    result["ablations"] = {name: {"overrides": list(ABLATIONS[name]),
-                                  "vs_reference": _compared(args, runs, name, "reference", options),
+    result["ablations"] = {name: {"overrides": list(_overrides(args, name)),
+                                  **({"vs_reference": _compared(args, runs, name, "reference", options)}
+                                     if args.reference else {}),
                                   "vs_fast": _compared(args, runs, name, "fast", options)} for name in args.ablate}
     return result
+
+
+def _paths(args: argparse.Namespace) -> list[str]:
+    return ["fast", *(["reference"] if args.reference else []), *args.ablate]
+
+
+def _overrides(args: argparse.Namespace, name: str) -> tuple[str, ...]:
+    """The profile fields a path sets: --set's, then the path's own (which win where they name the same field)."""
+    own = {"fast": (), "reference": REFERENCE, **ABLATIONS}[name]
+    return (*args.overrides, *own)
+
+
+def _store(args: argparse.Namespace, name: str) -> Path:
+    return args.fast_store if name == "fast" and args.fast_store else args.stores / name
 
 
 def _stored_runs(args: argparse.Namespace, name: str) -> dict:
@@ -94,8 +127,14 @@ def _stored_runs(args: argparse.Namespace, name: str) -> dict:
     from transfer.data.tasks import load_task_table
     from transfer.experiment.store import ResultsStore
 
-    found = runs_by_seed(load_runs(ResultsStore(args.stores / name), load_task_table()), args.task)
-    return {s: r for s, r in found.items() if s in set(args.seeds)}
+    stored = [r for r in load_runs(ResultsStore(_store(args, name)), load_task_table()) if r.setting.profile == args.profile]
+    found = runs_by_seed(stored, args.task)
+    found = {s: r for s, r in found.items() if s in set(args.seeds)}
+    missing = sorted(set(args.seeds) - set(found))
+    if missing:
+        raise SystemExit(f"error: {_store(args, name).as_posix()} holds no done {args.task} single run "
+                         f"for seed(s) {' '.join(map(str, missing))} (the {name} path)")
+    return found
 
 
 def _compared(args: argparse.Namespace, runs: dict, a: str, b: str, options) -> dict:
@@ -108,8 +147,10 @@ def _compared(args: argparse.Namespace, runs: dict, a: str, b: str, options) -> 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.run:
-        for name, overrides in (("fast", ()), ("reference", REFERENCE), *((n, ABLATIONS[n]) for n in args.ablate)):
-            code = subprocess.call(grid_command(args, args.stores / name, overrides))
+        for name in _paths(args):
+            if name == "fast" and args.fast_store:
+                continue  # already run, in the store given
+            code = subprocess.call(grid_command(args, args.stores / name, _overrides(args, name)))
             if code != 0:
                 print(f"error: the {name} grid exited with {code}", file=sys.stderr)
                 return code
@@ -117,19 +158,29 @@ def main(argv=None) -> int:
     out = args.out or HERE / "results" / f"score-equivalence-{args.task}-{args.profile}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{args.task} ({result['metric']}), profile {args.profile}, seeds {' '.join(map(str, result['seeds']))}:")
-    print(f"  fast      {result['mean_a']:.4f} +/- {result['sd_a']:.4f}   ({result['wall_seconds']['fast']:.0f} s)")
-    print(f"  reference {result['mean_b']:.4f} +/- {result['sd_b']:.4f}   ({result['wall_seconds']['reference']:.0f} s)")
-    print(f"  fast - reference = {result['delta']:+.4f}, 95% CI [{result['ci_low']:+.4f}, {result['ci_high']:+.4f}], "
-          f"p {result['p']:.3g}, TOST p {result['p_equivalence']:.3g} (margin {result['margin']:g}): "
-          f"{result['verdict']}")
-    for name, item in result["ablations"].items():
-        one, fast = item["vs_reference"], item["vs_fast"]
-        print(f"  {name:9s} {one['mean_a']:.4f} +/- {one['sd_a']:.4f}   ({', '.join(item['overrides'])}): "
-              f"- reference {one['delta']:+.4f} [{one['ci_low']:+.4f}, {one['ci_high']:+.4f}] {one['verdict']}; "
-              f"- fast {fast['delta']:+.4f} [{fast['ci_low']:+.4f}, {fast['ci_high']:+.4f}] {fast['verdict']}")
+    _print(args, result)
     print(f"written to {out}")
     return 0
+
+
+def _print(args: argparse.Namespace, result: dict) -> None:
+    seeds = " ".join(map(str, args.seeds))
+    print(f"{args.task}, profile {args.profile}, seeds {seeds} ({result['a']}; {result['wall_seconds']['fast']:.0f} s):")
+    if args.reference:
+        print(f"  fast      {result['mean_a']:.4f} +/- {result['sd_a']:.4f}")
+        print(f"  reference {result['mean_b']:.4f} +/- {result['sd_b']:.4f}   ({result['wall_seconds']['reference']:.0f} s)")
+        print(f"  fast - reference = {_difference(result)}")
+    for name, item in result["ablations"].items():
+        fast = item["vs_fast"]
+        line = f"  {name:9s} {fast['mean_a']:.4f} +/- {fast['sd_a']:.4f}   ({', '.join(item['overrides'])})"
+        if "vs_reference" in item:
+            line += f": - reference {_difference(item['vs_reference'])};"
+        print(f"{line} - fast {_difference(fast)}   (fast {fast['mean_b']:.4f} +/- {fast['sd_b']:.4f})")
+
+
+def _difference(c: dict) -> str:
+    return (f"{c['delta']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], p {c['p']:.3g}, TOST p "
+            f"{c['p_equivalence']:.3g} (margin {c['margin']:g}): {c['verdict']}")
 
 
 if __name__ == "__main__":

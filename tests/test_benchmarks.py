@@ -408,6 +408,23 @@ def test_score_equivalence_runs_both_paths_and_reports_the_seed_aware_comparison
     assert spec["profile"]["encoder_impl"] != "hf"  # one piece of the reference back, not all of them
     assert ablation["vs_reference"]["k"] == ablation["vs_fast"]["k"] == 2
 
+    # a converged profile's check: the fast runs taken from a store, no reference, --set on every path run here
+    out_2 = tmp_path / "report-2.json"
+    argv_2 = [*argv[:argv.index("--stores")], "--stores", str(tmp_path / "stores-2"), *argv[argv.index("--data-dir"):-2],
+              "--out", str(out_2), "--fast-store", str(tmp_path / "stores" / "fast"), "--no-reference",
+              "--ablate", "ungrouped", "--set", "max_grad_norm=0.5"]
+    assert score_equivalence.main(argv_2) == 0
+    report_2 = json.loads(out_2.read_text())
+    assert "verdict" not in report_2 and "b" not in report_2 and sorted(report_2["wall_seconds"]) == ["fast", "ungrouped"]
+    assert sorted(p.name for p in (tmp_path / "stores-2").iterdir()) == ["ungrouped"]  # fast and reference not run
+    ungrouped = report_2["ablations"]["ungrouped"]
+    assert sorted(ungrouped) == ["overrides", "vs_fast"] and ungrouped["vs_fast"]["k"] == 2
+    assert ungrouped["overrides"] == ["max_grad_norm=0.5", "group_by_length=false"]
+    spec = json.loads(next((tmp_path / "stores-2" / "ungrouped" / "runs").glob("*/spec.json")).read_text())
+    assert (spec["profile"]["max_grad_norm"], spec["profile"]["group_by_length"]) == (0.5, False)
+    with pytest.raises(SystemExit, match="seed.*3"):  # seeds the fast store lacks are named, not left out
+        score_equivalence.main([*argv_2, "--seeds", "1", "2", "3", "--no-run"])
+
 
 bench_compile = _load("bench_compile")
 
