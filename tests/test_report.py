@@ -159,3 +159,15 @@ def test_digraph_attributes_are_the_edge_rows(analysis):
     assert graph.nodes["mednli"]["single_score"] == pytest.approx(
         float(analysis.models.set_index(["model_type", "task"]).loc[("single", "mednli"), "mean"]))
     assert np.isfinite(graph.graph["alpha"])
+
+
+def test_a_figure_drawn_twice_is_saved_byte_for_byte_the_same(analysis, tmp_path):
+    """Committed figures are regenerated on every store update: without a fixed SVG id salt every clip path got
+    a new random id, so each regeneration changed every SVG although nothing it shows had changed."""
+    from transfer.report.draw import save_figure
+
+    saved = [save_figure(plots.plot_transfer_graph(analysis), tmp_path / name, "graph", ("svg", "png"))
+             for name in ("one", "two")]
+    for first, second in zip(*saved):
+        assert first.read_bytes() == second.read_bytes(), first.name
+    assert b'clip-path="url(#' in saved[0][0].read_bytes()  # the ids the salt fixes are there

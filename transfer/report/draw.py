@@ -40,13 +40,18 @@ def new_figure(width: float, height: float):
 
 def save_figure(figure, out: Path, stem: str, formats: tuple[str, ...]) -> list[Path]:
     """Save as ``out/stem.<fmt>`` for each format (PNG at 200 dpi); returns the paths."""
+    from matplotlib import rc_context
+
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
         path = out / f"{stem}.{fmt}"
         tmp = path.with_name(f".{stem}.tmp.{fmt}")
-        figure.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight", pad_inches=0.08,
-                       metadata=_REPRODUCIBLE_METADATA.get(fmt))
+        # SVG element ids (clip paths, glyphs) are random unless salted: a fixed salt makes a regenerated
+        # figure byte-identical when nothing it shows changed, so a commit's figure diff is a real change
+        with rc_context({"svg.hashsalt": stem}):
+            figure.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight", pad_inches=0.08,
+                           metadata=_REPRODUCIBLE_METADATA.get(fmt))
         tmp.replace(path)
         paths.append(path)
     return paths
