@@ -91,9 +91,10 @@ def compare(args: argparse.Namespace) -> dict:
     runs = {name: _stored_runs(args, name) for name in _paths(args)}
     result = _compared(args, runs, "fast", "reference", options) if args.reference else {"task": args.task}
     result["profile"] = args.profile
-    result["a"] = "fast path (profile defaults" + "".join(f", {o}" for o in args.overrides) + ")"
-    if args.fast_store:
-        result["a"] += " as stored in " + args.fast_store.as_posix()
+    if args.fast_store:  # its runs' settings are whatever they were run with (--set does not reach them)
+        result["a"] = f"fast path as stored in {args.fast_store.as_posix()}"
+    else:
+        result["a"] = "fast path (profile defaults" + "".join(f", {o}" for o in args.overrides) + ")"
     if args.reference:
         result["b"] = "reference path (" + ", ".join((*REFERENCE, *args.overrides)) + ")"
     result["wall_seconds"] = {name: round(sum(r.wall_seconds or 0.0 for r in found.values()), 1)

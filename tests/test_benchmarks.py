@@ -415,6 +415,7 @@ def test_score_equivalence_runs_both_paths_and_reports_the_seed_aware_comparison
               "--ablate", "ungrouped", "--set", "max_grad_norm=0.5"]
     assert score_equivalence.main(argv_2) == 0
     report_2 = json.loads(out_2.read_text())
+    assert report_2["a"] == f"fast path as stored in {(tmp_path / 'stores' / 'fast').as_posix()}"
     assert "verdict" not in report_2 and "b" not in report_2 and sorted(report_2["wall_seconds"]) == ["fast", "ungrouped"]
     assert sorted(p.name for p in (tmp_path / "stores-2").iterdir()) == ["ungrouped"]  # fast and reference not run
     ungrouped = report_2["ablations"]["ungrouped"]
