@@ -38,6 +38,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 REFERENCE = ("precision=fp32", "encoder_impl=hf", "group_by_length=false")
 # the fast path with one piece of the reference put back
@@ -105,7 +107,33 @@ def compare(args: argparse.Namespace) -> dict:
                                   **({"vs_reference": _compared(args, runs, name, "reference", options)}
                                      if args.reference else {}),
                                   "vs_fast": _compared(args, runs, name, "fast", options)} for name in args.ablate}
+    result["dev"] = _dev_scores(args, runs)
     return result
+
+
+def _dev_scores(args: argparse.Namespace, runs: dict) -> dict:
+    """Each path's dev score at its selected epoch, by seed, and each path minus the fast path over seeds.
+
+    Dev scores are what model selection saw (the best epoch's, so biased upwards alike for every path) on a dev
+    sample without stored per-unit predictions, so their comparison is a paired t interval over seeds alone; the
+    test-set comparison above is the one with the test units' variance in it.
+    """
+    from scipy import stats
+
+    by_path = {name: {seed: float(run.metrics["tasks"][args.task]["dev_score"]) for seed, run in sorted(found.items())}
+               for name, found in runs.items()}
+    out = {name: {"by_seed": scores, "mean": float(np.mean(list(scores.values()))),
+                  "sd": float(np.std(list(scores.values()), ddof=1)) if len(scores) > 1 else None}
+           for name, scores in by_path.items()}
+    for name, scores in by_path.items():
+        if name == "fast":
+            continue
+        deltas = np.array([scores[seed] - by_path["fast"][seed] for seed in scores])
+        k = len(deltas)
+        half = float(stats.t.ppf(0.975, k - 1) * deltas.std(ddof=1) / np.sqrt(k)) if k > 1 else float("nan")
+        out[name]["minus_fast"] = {"delta": float(deltas.mean()), "ci_low": float(deltas.mean()) - half,
+                                   "ci_high": float(deltas.mean()) + half, "k": k}
+    return out
 
 
 def _paths(args: argparse.Namespace) -> list[str]:
@@ -160,6 +188,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     _print(args, result)
+    _print_dev(result["dev"])
     print(f"written to {out}")
     return 0
 
@@ -177,6 +206,14 @@ def _print(args: argparse.Namespace, result: dict) -> None:
         if "vs_reference" in item:
             line += f": - reference {_difference(item['vs_reference'])};"
         print(f"{line} - fast {_difference(fast)}   (fast {fast['mean_b']:.4f} +/- {fast['sd_b']:.4f})")
+
+
+def _print_dev(dev: dict) -> None:
+    line = "  dev (selected epoch): " + "; ".join(
+        f"{name} {item['mean']:.4f}" + (f" ({item['minus_fast']['delta']:+.4f} [{item['minus_fast']['ci_low']:+.4f}, "
+                                         f"{item['minus_fast']['ci_high']:+.4f}] vs fast)" if "minus_fast" in item else "")
+        for name, item in dev.items())
+    print(line)
 
 
 def _difference(c: dict) -> str:

@@ -421,6 +421,12 @@ def test_score_equivalence_runs_both_paths_and_reports_the_seed_aware_comparison
     ungrouped = report_2["ablations"]["ungrouped"]
     assert sorted(ungrouped) == ["overrides", "vs_fast"] and ungrouped["vs_fast"]["k"] == 2
     assert ungrouped["overrides"] == ["max_grad_norm=0.5", "group_by_length=false"]
+    dev = report_2["dev"]  # each path's selected-epoch dev score by seed, and each path minus the fast path
+    assert sorted(dev) == ["fast", "ungrouped"] and "minus_fast" not in dev["fast"]
+    assert dev["fast"]["by_seed"] == {str(s): report["dev"]["fast"]["by_seed"][str(s)] for s in (1, 2)}
+    shift = [dev["ungrouped"]["by_seed"][s] - dev["fast"]["by_seed"][s] for s in ("1", "2")]
+    assert dev["ungrouped"]["minus_fast"]["delta"] == pytest.approx(sum(shift) / 2)
+    assert dev["ungrouped"]["minus_fast"]["ci_low"] <= dev["ungrouped"]["minus_fast"]["delta"]
     spec = json.loads(next((tmp_path / "stores-2" / "ungrouped" / "runs").glob("*/spec.json")).read_text())
     assert (spec["profile"]["max_grad_norm"], spec["profile"]["group_by_length"]) == (0.5, False)
     with pytest.raises(SystemExit, match="seed.*3"):  # seeds the fast store lacks are named, not left out
