@@ -118,7 +118,7 @@ def _dev_scores(args: argparse.Namespace, runs: dict) -> dict:
     sample without stored per-unit predictions, so their comparison is a paired t interval over seeds alone; the
     test-set comparison above is the one with the test units' variance in it.
     """
-    from scipy import stats
+    from transfer.analysis.stats import seed_test
 
     by_path = {name: {seed: float(run.metrics["tasks"][args.task]["dev_score"]) for seed, run in sorted(found.items())}
                for name, found in runs.items()}
@@ -128,11 +128,11 @@ def _dev_scores(args: argparse.Namespace, runs: dict) -> dict:
     for name, scores in by_path.items():
         if name == "fast":
             continue
-        deltas = np.array([scores[seed] - by_path["fast"][seed] for seed in scores])
-        k = len(deltas)
-        half = float(stats.t.ppf(0.975, k - 1) * deltas.std(ddof=1) / np.sqrt(k)) if k > 1 else float("nan")
-        out[name]["minus_fast"] = {"delta": float(deltas.mean()), "ci_low": float(deltas.mean()) - half,
-                                   "ci_high": float(deltas.mean()) + half, "k": k}
+        # the edge's seed test with no test-set variance: a paired t over seeds
+        test = seed_test([scores[seed] - by_path["fast"][seed] for seed in scores], var_test=0.0, n_clusters=1,
+                         alpha=0.05, margin=args.margin)
+        out[name]["minus_fast"] = {"delta": test.delta, "ci_low": test.ci_low, "ci_high": test.ci_high,
+                                   "p": test.p, "k": test.k}
     return out
 
 
