@@ -145,6 +145,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     import torch
 
     from transfer.training.device import pick_device, resolve_precision
+    from transfer.training.host_memory import keep_freed_memory
 
     parts = _split_list(args.parts, PARTS, "part")
     variants = _split_list(args.variants, TRAIN_VARIANTS, "variant")
@@ -162,6 +163,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     report: dict = {"meta": machine_info(device)}
+    # transfer's loop applies these on its first run and they last for the process: apply them before any variant,
+    # so that every row runs under the same allocator whatever the order (TRANSFER_MALLOC=default: none of them)
+    report["meta"]["host_allocator"] = keep_freed_memory()
     peaks: dict[str, float] = {}
     loads: list[dict] = []
 
