@@ -16,11 +16,11 @@ Every training variant sees the same encoder, the same fixed sample of ``steps x
   ``torch.optim.AdamW`` as ``build_optimizer`` makes it (fused on CUDA only). The Trainer groups lengths within
   "megabatches" of ``min(steps // 4, 50)`` batches, transfer within windows of 50 batches, so (b) groups less
   on short runs: compare padding at ``--steps 200`` or more.
-* ``transfer_fp32_ungrouped`` / ``transfer_fp32_grouped`` / ``transfer_bf16_hf_forward`` / ``transfer_native``
-  / ``transfer`` (c) ``transfer.training.loop.train`` with fp32 and random batches, fp32 and length-grouped
-  batches, then bf16 autocast on the Hugging Face forward, then the lean forward computing bf16 natively
-  (``bf16_compute="native"``), and its default (``precision="auto"``, i.e. bf16 where native, the lean forward
-  under autocast; grouped batches): the ablation of what each piece buys.
+* ``transfer_fp32_ungrouped`` / ``transfer_fp32_grouped`` / ``transfer_bf16_hf_forward`` /
+  ``transfer_lean_autocast`` / ``transfer`` (c) ``transfer.training.loop.train`` with fp32 and random batches,
+  fp32 and length-grouped batches, then bf16 autocast on the Hugging Face forward, then the lean forward under
+  autocast, and its default (``precision="auto"``, i.e. bf16 where native, computed natively by the lean forward;
+  grouped batches): the ablation of what each piece buys.
 
 Timers (all are wall clock, ``time.perf_counter``):
 
@@ -97,7 +97,7 @@ from benchlib.workload import (DEFAULT_TASK, LEARNING_RATE, MAX_GRAD_NORM, SEED,
 
 PARTS = ("peak", "train", "eval", "profile", "grid")
 TRAIN_VARIANTS = ("hf_maxlen_fp32", "hf_dynamic_best", "transfer_fp32_ungrouped", "transfer_fp32_grouped",
-                  "transfer_bf16_hf_forward", "transfer_native", "transfer")
+                  "transfer_bf16_hf_forward", "transfer_lean_autocast", "transfer")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,8 +217,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                                                           encoder_impl="hf"),
             "transfer_bf16_hf_forward": lambda: run_transfer(workload, precision="auto", grouped=True, peaks=peaks,
                                                              encoder_impl="hf"),
-            "transfer_native": lambda: run_transfer(workload, precision="auto", grouped=True, peaks=peaks,
-                                                    bf16_compute="native"),
+            "transfer_lean_autocast": lambda: run_transfer(workload, precision="auto", grouped=True, peaks=peaks,
+                                                           bf16_compute="autocast"),
             "transfer": lambda: run_transfer(workload, precision="auto", grouped=True, peaks=peaks),
         }
         report["train"] = {}
@@ -232,8 +232,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         report["eval"] = {"hf_maxlen_fp32": checked("evaluation hf_maxlen_fp32", lambda: eval_hf(workload, peaks)),
                           "transfer": checked("evaluation transfer", lambda: eval_transfer(workload, peaks))}
         if resolve_precision("auto", device) == "bf16":
-            report["eval"]["transfer_native"] = checked(
-                "evaluation transfer_native", lambda: eval_transfer(workload, peaks, bf16_compute="native"))
+            report["eval"]["transfer_autocast"] = checked(
+                "evaluation transfer_autocast", lambda: eval_transfer(workload, peaks, bf16_compute="autocast"))
         if resolve_precision("auto", device) != "fp32":
             report["eval"]["transfer_fp32"] = checked("evaluation transfer_fp32",
                                                       lambda: eval_transfer(workload, peaks, precision="fp32"))

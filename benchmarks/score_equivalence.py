@@ -16,8 +16,8 @@ clustered test-set variance, equivalence within ``--margin`` by two one-sided te
 because they are the ones the analysis reports.
 
 Where the two differ, ``--ablate`` says which piece does it: each ablation is the fast path with one piece of the
-reference put back (``ungrouped``: random batches; ``autocast`` / ``native``: bf16 under autocast over fp32 weights, or
-computed natively in bf16, where the profile has the other (autocast is the default); ``hf-forward``: the Hugging Face forward; ``fp32``: fp32 arithmetic; and ``window-4``, length
+reference put back (``ungrouped``: random batches; ``autocast``: bf16 under autocast over fp32 weights instead of
+native bf16; ``hf-forward``: the Hugging Face forward; ``fp32``: fp32 arithmetic; and ``window-4``, length
 grouping in windows of 4 batches instead of 50), in a store of its own, compared
 with the same test against the reference and against the fast path (``ablations`` in the report).
 
@@ -44,7 +44,6 @@ HERE = Path(__file__).resolve().parent
 REFERENCE = ("precision=fp32", "encoder_impl=hf", "group_by_length=false")
 # the fast path with one piece of the reference put back
 ABLATIONS = {"ungrouped": ("group_by_length=false",), "autocast": ("bf16_compute=autocast",),
-             "native": ("bf16_compute=native",),  # the other bf16 computation (autocast is the default now)
              "hf-forward": ("encoder_impl=hf",), "fp32": ("precision=fp32",),
              # not a piece of the reference: length grouping in windows of 4 batches instead of 50
              "window-4": ("group_window=4",)}

@@ -337,12 +337,11 @@ def test_tiny_end_to_end_run_writes_every_number(tiny_model_dir, tiny_data_dir, 
     assert report["train"]["transfer_fp32_grouped"]["precision"] == "fp32"
     impls = {name: item.get("encoder_impl") for name, item in report["train"].items() if name.startswith("transfer")}
     assert impls == {"transfer_fp32_ungrouped": "hf", "transfer_fp32_grouped": "hf",
-                     "transfer_bf16_hf_forward": "hf", "transfer_native": "transfer", "transfer": "transfer"}
+                     "transfer_bf16_hf_forward": "hf", "transfer_lean_autocast": "transfer", "transfer": "transfer"}
     if report["train"]["transfer"]["precision"] == "bf16":  # the last two rows differ only in how bf16 is computed
-        assert report["train"]["transfer_native"]["bf16_compute"] == "native"
-        assert report["train"]["transfer"]["bf16_compute"] == "autocast"  # the profile's default
-        assert report["eval"]["transfer_native"]["bf16_compute"] == "native"
-        assert report["eval"]["transfer"]["bf16_compute"] == "autocast"
+        assert report["train"]["transfer_lean_autocast"]["bf16_compute"] == "autocast"
+        assert report["train"]["transfer"]["bf16_compute"] == "native"
+        assert report["eval"]["transfer_autocast"]["bf16_compute"] == "autocast"
     assert "transfer forward" in report["eval"]["transfer"]["label"]
     for name, item in report["eval"].items():
         assert EVAL_KEYS <= set(item), name

@@ -126,20 +126,12 @@ def run_trainer(workload: Workload, *, best: bool, peaks: dict) -> dict:
 
 # ----------------------------------------------------------------------------------------------- (c): transfer
 
-def default_bf16_compute() -> str:
-    """The profile's default ``bf16_compute``: what a variant that names none computes."""
-    from transfer.experiment.config import Profile
-
-    return Profile.__dataclass_fields__["bf16_compute"].default
-
-
 def transfer_spec(workload: Workload, *, precision: str, grouped: bool, steps: int | None = None,
-                  encoder_impl: str = "auto", bf16_compute: str | None = None):
+                  encoder_impl: str = "auto", bf16_compute: str = "native"):
     """The RunSpec of transfer's loop on the benchmark workload (single task, one epoch of ``steps`` batches)."""
     from transfer.experiment.config import Profile, RunSpec
 
     steps = steps or workload.steps
-    bf16_compute = bf16_compute or default_bf16_compute()
     profile = Profile(name="bench", learning_rate=LEARNING_RATE, epochs=1, batch_size=workload.batch_size,
                       eval_batch_size=workload.eval_batch_size, max_length=workload.max_length,
                       warmup_ratio=WARMUP_RATIO, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM,
@@ -171,7 +163,7 @@ def _clock_reporter(clock: StepClock, on_start=None, on_step=None):
 
 def run_transfer_loop(workload: Workload, *, precision: str, grouped: bool, steps: int | None = None,
                       on_start=None, on_step=None, now=time.perf_counter, encoder_impl: str = "auto",
-                      bf16_compute: str | None = None) -> tuple[dict, StepClock, BatchRecorder, "PeakMemory"]:
+                      bf16_compute: str = "native") -> tuple[dict, StepClock, BatchRecorder, "PeakMemory"]:
     """Call ``transfer.training.loop.train`` with a clock reporter and a token-counting collate; (result, clock, batches,
     memory)."""
     import transfer.training.loop as tt
@@ -195,7 +187,7 @@ def run_transfer_loop(workload: Workload, *, precision: str, grouped: bool, step
 
 
 def run_transfer(workload: Workload, *, precision: str, grouped: bool, peaks: dict, encoder_impl: str = "auto",
-                 bf16_compute: str | None = None) -> dict:
+                 bf16_compute: str = "native") -> dict:
     """(c) transfer's loop; ``precision`` is ``fp32`` or ``auto`` (bf16 where native); ``encoder_impl`` and
     ``bf16_compute`` as in the profile (``auto``: transfer.training.fast_bert for BERT encoders, ``hf``: the Hugging
     Face forward; ``native``: bf16 end to end, ``autocast``: torch.autocast over fp32 weights)."""
@@ -272,7 +264,7 @@ def eval_hf(workload: Workload, peaks: dict, batch_size: int = 32) -> dict:
 
 
 def eval_transfer(workload: Workload, peaks: dict, precision: str = "auto", encoder_impl: str = "auto",
-                  bf16_compute: str | None = None) -> dict:
+                  bf16_compute: str = "native") -> dict:
     """(c) ``transfer.training.loop.predict_split``: inference_mode, length-sorted batches of ``eval_batch_size``, the
     encoder forward chosen as ``transfer.training.loop.setup_encoder`` chooses it, bf16 computed as
     ``bf16_compute`` says."""
@@ -282,7 +274,6 @@ def eval_transfer(workload: Workload, peaks: dict, precision: str = "auto", enco
 
     device, split = workload.device, workload.dev_split
     used = tt.resolve_precision(precision, device)
-    bf16_compute = bf16_compute or default_bf16_compute()
     model = MultiTaskModel.from_pretrained(workload.model, [workload.task])
     native = used == "bf16" and bf16_compute == "native"
     impl = tt.setup_encoder(model, encoder_impl, device, MaskSource(SEED), native)  # eval: no mask is drawn

@@ -120,13 +120,11 @@ class Profile:
     # sampling noise) at 2.5x less tracker time; fp32 is the option for small learning rates, where a look-ahead
     # step changes weights by less than bf16's resolution (2^-8) and bf16 matmuls round more of it away.
     affinity_precision: str = "train"
-    # How a bf16 run computes (precision bf16, lean forward; ignored in fp32 and fp16): "autocast" keeps fp32 weights
-    # and activations and lets torch.autocast cast around every matmul, as every run stored before the option did;
-    # "native" casts each weight once per forward and keeps the residual stream, LayerNorm and dropout in bf16
-    # (transfer.training.fast_bert). The optimizer's weights and the losses are fp32 either way. autocast is the
-    # default: on AMX CPUs it was the faster of the two in every benchmark run (five, three of them interleaved
-    # repeats), on AVX512-BF16 CPUs each won one run, and it keeps the residual stream in fp32 (README, Performance).
-    bf16_compute: str = "autocast"
+    # How a bf16 run computes (precision bf16, lean forward; ignored in fp32 and fp16): "native" casts each weight
+    # once per forward and keeps the residual stream, LayerNorm and dropout in bf16 (transfer.training.fast_bert);
+    # "autocast" keeps fp32 weights and activations and lets torch.autocast cast around every matmul, as every run
+    # stored before the option did. The optimizer's weights and the losses are fp32 either way.
+    bf16_compute: str = "native"
 
     def __post_init__(self) -> None:
         self._check_types()
