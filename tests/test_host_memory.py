@@ -89,3 +89,29 @@ def test_a_run_records_what_was_done_to_the_allocator(tiny_model_dir, tiny_data_
     block = train(spec, data_dir=tiny_data_dir)["provenance"]["host_allocator"]
     assert block == host_memory.keep_freed_memory()  # once per process: every run of it records the same
     assert block["settings"] in ("glibc mallopt", "unchanged")
+
+
+_TRAIN = """
+import json, sys
+from transfer.experiment.config import RunSpec, load_profile
+from transfer.training.loop import train
+spec = RunSpec(tasks=("chemprot",), stage="single", profile=load_profile("test").replace(epochs=1), seed=3,
+               model=sys.argv[1])
+result = train(spec, data_dir=sys.argv[2])
+print(json.dumps({"allocator": result["provenance"]["host_allocator"], "losses": result["train"]["losses"],
+                  "history": result["history"], "predictions": result["predictions"]}))
+"""
+
+
+@needs_glibc
+def test_the_settings_change_no_computed_value(tiny_model_dir, tiny_data_dir):
+    def run(extra_env):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "TRANSFER_MALLOC"}
+        out = subprocess.run([sys.executable, "-c", _TRAIN, str(tiny_model_dir), str(tiny_data_dir)],
+                             env={**env, **extra_env}, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    kept, default = run({}), run({"TRANSFER_MALLOC": "default"})
+    assert kept["allocator"]["settings"] == "glibc mallopt" and default["allocator"]["settings"] == "unchanged"
+    assert kept["losses"] and kept["losses"] == default["losses"]  # the same arithmetic, bit for bit
+    assert kept["history"] == default["history"] and kept["predictions"] == default["predictions"]
