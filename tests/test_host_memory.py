@@ -64,18 +64,20 @@ print(json.dumps({"applied": applied, "faults": faults}))
 """
 
 
-def _churn(extra_env: dict) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "TRANSFER_MALLOC"}
-    env.pop("GLIBC_TUNABLES", None)
-    out = subprocess.run([sys.executable, "-c", _CHURN], env={**env, **extra_env}, capture_output=True, text=True,
-                         check=True)
-    return json.loads(out.stdout)
+def _python(code: str, *args, **extra_env) -> dict:
+    """The last line ``code`` prints, as JSON, from a fresh interpreter whose environment sets no allocator choice
+    but ``extra_env``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k not in ("TRANSFER_MALLOC", "GLIBC_TUNABLES")}
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], env={**env, **extra_env},
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @needs_glibc
 def test_the_settings_stop_a_freed_and_reallocated_heap_from_faulting_again():
-    kept = _churn({})
-    default = _churn({"TRANSFER_MALLOC": "default"})
+    kept = _python(_CHURN)
+    default = _python(_CHURN, TRANSFER_MALLOC="default")
     assert kept["applied"]["settings"] == "glibc mallopt"
     assert default["applied"] == {"settings": "unchanged", "reason": "TRANSFER_MALLOC=default"}
     pages = 10 * 3 * (10 << 20) // 4096  # what faulting every block in again in every round costs
@@ -105,13 +107,8 @@ print(json.dumps({"allocator": result["provenance"]["host_allocator"], "losses":
 
 @needs_glibc
 def test_the_settings_change_no_computed_value(tiny_model_dir, tiny_data_dir):
-    def run(extra_env):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "TRANSFER_MALLOC"}
-        out = subprocess.run([sys.executable, "-c", _TRAIN, str(tiny_model_dir), str(tiny_data_dir)],
-                             env={**env, **extra_env}, capture_output=True, text=True, check=True)
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
-    kept, default = run({}), run({"TRANSFER_MALLOC": "default"})
+    kept = _python(_TRAIN, tiny_model_dir, tiny_data_dir)
+    default = _python(_TRAIN, tiny_model_dir, tiny_data_dir, TRANSFER_MALLOC="default")
     assert kept["allocator"]["settings"] == "glibc mallopt" and default["allocator"]["settings"] == "unchanged"
     assert kept["losses"] and kept["losses"] == default["losses"]  # the same arithmetic, bit for bit
     assert kept["history"] == default["history"] and kept["predictions"] == default["predictions"]

@@ -282,7 +282,7 @@ def eval_transfer(workload: Workload, peaks: dict, precision: str = "auto", enco
     pad_id = workload.tokenizer.pad_token_id
     recorder = BatchRecorder(tt.collate, workload.arch)
     # An untimed pass over the same batches first: each batch width is a new matmul shape, and the first call of a
-    # shape builds its kernels (oneDNN's primitive cache on the CPU), which cost a fifth of a cold pass on AMX.
+    # shape builds its kernels (oneDNN's primitive cache on the CPU): up to 12% of a cold pass on an AMX Xeon.
     # A run evaluates the same dev batches every epoch, so the warm pass is what its evaluations cost after the first
     # (and (a), whose max_length batches have one shape, is warm after its one warm-up batch).
     start = time.perf_counter()
