@@ -263,6 +263,74 @@ def test_native_bf16_gradients_reach_the_fp32_weights(tiny_model_dir, batch, exp
     assert _close_in_bf16(flat_got, flat_ref) < 5e-2
 
 
+def _sdpa_key_lengths(monkeypatch) -> list[int]:
+    """Record the key length of every fused attention call."""
+    seen, real = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        seen.append(k.shape[-2])
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(fast_bert.F, "scaled_dot_product_attention", spy)
+    return seen
+
+
+@pytest.mark.parametrize("cls_only", [False, True], ids=["every-token", "cls-only"])
+def test_native_inference_pads_keys_to_a_multiple_of_16_and_computes_the_same(tiny_model_dir, batch, cls_only,
+                                                                              monkeypatch):
+    """The padded keys weigh nothing: the output matches the unpadded kernel's to bf16 rounding, with real padding
+    in the batch (rows 1 and 2) and at an odd length (11 -> 16)."""
+    encoder = load_encoder(str(tiny_model_dir)).eval()  # flat attention: a padded key given weight takes its share
+    ids, mask, types = batch
+    native = FastBertEncoder(encoder, None, torch.bfloat16)
+    seen = _sdpa_key_lengths(monkeypatch)
+    with torch.inference_mode():
+        padded = native(ids, mask, types, cls_only=cls_only)
+        monkeypatch.setattr(fast_bert, "KEY_MULTIPLE", 1)
+        plain = native(ids, mask, types, cls_only=cls_only)
+    layers = encoder.config.num_hidden_layers
+    assert seen == [16] * layers + [11] * layers
+    real = mask.bool() if not cls_only else torch.ones(3, 1, dtype=torch.bool)
+    # bf16 rounding (3e-4 here); a padded key given weight, below: 6e-3 (the residual stream dilutes it)
+    assert _close_in_bf16(padded[real], plain[real].float()) < 1.5e-3
+    # a padded key given weight (its bias zeroed) is caught by the same bound
+    monkeypatch.setattr(fast_bert, "KEY_MULTIPLE", 16)
+    real_pad = torch.nn.functional.pad
+    monkeypatch.setattr(fast_bert.F, "pad", lambda t, pad, value=0.0: real_pad(t, pad, value=0.0))
+    with torch.inference_mode():
+        leaky = native(ids, mask, types, cls_only=cls_only)
+    assert _close_in_bf16(leaky[real], plain[real].float()) > 3e-3
+
+
+def test_keys_are_padded_only_for_the_fused_cpu_kernel():
+    x = torch.zeros(2, 11, 4)
+    with torch.inference_mode():
+        assert fast_bert.key_padding(x) == 5 and fast_bert.key_padding(torch.zeros(2, 32, 4)) == 0
+    assert fast_bert.key_padding(x) == 0  # with gradients on the CPU: the explicit path, no padding
+    assert fast_bert.key_padding(torch.zeros(2, 11, 4, device="meta")) == 0  # not a CPU tensor
+
+
+def test_cls_only_inference_projects_the_query_with_one_matmul_not_an_expanded_weight(tiny_model_dir, batch):
+    """A strided [CLS] slice sent F.linear to a batched matmul over a copied, batch-expanded weight."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    encoder = load_encoder(str(tiny_model_dir)).eval()
+    calls = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
+            calls.append(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+
+    layers = encoder.config.num_hidden_layers
+    # fp32: six projections per layer; native: the fused Q/K/V one, and [CLS]'s query beside a fused K/V in the last
+    for compute_dtype, addmms in ((None, 6 * layers), (torch.bfloat16, 4 * layers + 1)):
+        calls.clear()
+        with torch.no_grad(), Watch():  # under inference_mode the mode sees F.linear itself, not what it runs
+            FastBertEncoder(encoder, None, compute_dtype)(*batch, cls_only=True)
+        assert "bmm" not in calls and calls.count("addmm") == addmms
+
+
 def test_native_bf16_reuses_its_cast_weights_only_until_a_weight_changes(tiny_model_dir, batch):
     encoder = load_encoder(str(tiny_model_dir)).eval()
     native = FastBertEncoder(encoder, None, torch.bfloat16)

@@ -68,6 +68,22 @@ def explicit_attention(x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and x.device.type == "cpu"
 
 
+KEY_MULTIPLE = 16
+
+
+def key_padding(x: torch.Tensor) -> int:
+    """Masked key positions to append before the fused attention kernel on the CPU, for ``x`` (batch, length, ...).
+
+    torch's CPU attention kernel runs far slower on key lengths that are not a multiple of 16: on a 2-core AMX
+    Xeon, batch 64 in bf16, 4.2 ms at length 57 against 2.9 with the keys padded to 64 and 2.4 at a true length of
+    64. Padded keys carry the mask's -inf-like bias, so each weighs exactly zero; only the kernel's summation order,
+    hence bf16 rounding, changes. Not used with gradients on the CPU (the explicit path) nor on CUDA.
+    """
+    if x.device.type != "cpu" or explicit_attention(x):
+        return 0
+    return -x.shape[1] % KEY_MULTIPLE
+
+
 # a float dtype's same-width integer types (torch, NumPy), to write a float's bit pattern
 _SAME_WIDTH_INT = {torch.bfloat16: (torch.int16, np.int16), torch.float16: (torch.int16, np.int16),
                    torch.float32: (torch.int32, np.int32)}
@@ -178,6 +194,8 @@ class FastBertEncoder:
             x = x.to(self.compute_dtype)
             named = self._native_weights(named, bool(params))
             keep = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill_(~keep, torch.finfo(x.dtype).min)
+            # the layers pad their keys to the bias's width (see key_padding)
+            keep = F.pad(keep, (0, key_padding(x)), value=torch.finfo(x.dtype).min)
         for i in range(self.layers):
             last = i == self.layers - 1
             x = self._layer(named, f"encoder.layer.{i}.", x, keep, training, cls_only and last)
@@ -222,6 +240,11 @@ class FastBertEncoder:
 
         batch, length, hidden = x.shape
         query_in = x[:, :1] if cls_only else x
+        if cls_only and not torch.is_grad_enabled():
+            # without gradients F.linear sends this strided slice to a batched matmul over a copied, batch-expanded
+            # weight (64 x 384 x 384 for MiniLM at batch 64: 6% of an evaluation pass); contiguous, it is one addmm.
+            # With gradients it is one addmm already, and stays as it was, bit for bit.
+            query_in = query_in.contiguous()
         fused = prefix + "attention.self.qkv.weight" in w  # the native path: one projection, the scale folded in
         if fused and not cls_only:
             q, k, v = (self._split(t) for t in linear("attention.self.qkv", x).split(hidden, dim=-1))
@@ -244,8 +267,11 @@ class FastBertEncoder:
             context = torch.matmul(probs, v)
         else:  # inference, and training on CUDA (whose fused kernels apply attention dropout themselves)
             p = self.attention_dropout if training else 0.0
-            context = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=keep, dropout_p=p,
-                                                     scale=1.0 if fused else None)
+            k, v = k.to(q.dtype), v.to(q.dtype)
+            pad = keep.shape[-1] - k.shape[-2]  # the native path's bias is wider when the keys are to be padded
+            if pad:
+                k, v = F.pad(k, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p, scale=1.0 if fused else None)
         context = context.transpose(1, 2).reshape(batch, query_in.shape[1], hidden)
         attended = dropout(linear("attention.output.dense", context), self.hidden_dropout, training, self.source)
         x = norm("attention.output.LayerNorm", attended + query_in)
