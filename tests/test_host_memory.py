@@ -43,13 +43,13 @@ def test_non_glibc_hosts_are_left_alone(monkeypatch):
     assert host_memory._left_alone({}) == "not glibc"
 
 
-# a process that frees three 10 MiB blocks (more than glibc's self-tuned trim threshold of twice the largest freed
-# mmapped block) and allocates them again, ten times; the minor page faults of those ten rounds
+# a process that frees three blocks of argv[1] MiB (10 MiB: more than glibc's self-tuned trim threshold of twice the
+# largest freed mmapped block) and allocates them again, ten times; the minor page faults of those ten rounds
 _CHURN = """
 import json, resource, sys
 from transfer.training.host_memory import keep_freed_memory
 applied = keep_freed_memory()
-size = 10 << 20
+size = int(sys.argv[1]) << 20
 def touched():
     block = bytearray(size)
     block[::4096] = b"\\x01" * len(range(0, size, 4096))
@@ -75,12 +75,14 @@ def _python(code: str, *args, **extra_env) -> dict:
 
 
 @needs_glibc
-def test_the_settings_stop_a_freed_and_reallocated_heap_from_faulting_again():
-    kept = _python(_CHURN)
-    default = _python(_CHURN, TRANSFER_MALLOC="default")
-    assert kept["applied"]["settings"] == "glibc mallopt"
+@pytest.mark.parametrize("mib", [10, 48], ids=["below-the-mmap-ceiling", "above-it"])
+def test_the_settings_stop_a_freed_and_reallocated_heap_from_faulting_again(mib):
+    """48 MiB is above glibc's 32 MiB mmap threshold ceiling, as MiniLM's word-embedding gradient (47 MB) is."""
+    kept = _python(_CHURN, mib)
+    default = _python(_CHURN, mib, TRANSFER_MALLOC="default")
+    assert kept["applied"]["settings"] == "glibc mallopt" and kept["applied"]["mmap_max"] == 0
     assert default["applied"] == {"settings": "unchanged", "reason": "TRANSFER_MALLOC=default"}
-    pages = 10 * 3 * (10 << 20) // 4096  # what faulting every block in again in every round costs
+    pages = 10 * 3 * (mib << 20) // 4096  # what faulting every block in again in every round costs
     assert default["faults"] > pages / 2  # glibc as shipped gives the blocks back and faults them in again
     assert kept["faults"] < pages / 5  # kept: after the first round the rounds reuse the same pages
 
