@@ -113,8 +113,7 @@ class MaskSource:
         # the scale as a multiply by 1.0 rounds it: through the float opmath torch uses for 16-bit types
         scale = torch.tensor(1.0 / (1.0 - p), dtype=torch.float32).to(dtype)
         bits = scale.view(ints[0]).item()
-        pattern = keep.view(np.uint8).astype(ints[1])
-        pattern *= ints[1](bits)
+        pattern = keep.view(np.uint8) * ints[1](bits)  # one pass: uint8 times an integer of the width promotes to it
         return torch.from_numpy(pattern).view(shape).view(dtype)
 
     def _keep(self, shape: torch.Size, p: float) -> np.ndarray:
