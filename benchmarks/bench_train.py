@@ -1,4 +1,4 @@
-"""Training and evaluation throughput: the Hugging Face ``Trainer`` against transfer's own loop, in one process.
+"""Training and evaluation throughput: the Hugging Face ``Trainer`` against transfer's own loop.
 
     python benchmarks/bench_train.py --steps 100 --out benchmarks/results/quiet-epyc.json
     python benchmarks/bench_train.py --steps 10 --eval-examples 64          # a quick look
@@ -21,6 +21,12 @@ Every training variant sees the same encoder, the same fixed sample of ``steps x
   fp32 and length-grouped batches, then bf16 autocast on the Hugging Face forward, then the lean forward under
   autocast, and its default (``precision="auto"``, i.e. bf16 where native, computed natively by the lean forward;
   grouped batches): the ablation of what each piece buys.
+
+Processes: each training variant runs in a fresh Python process of its own (the same arguments, that variant
+alone, the parent's measured peak), so that no row inherits the heap, the oneDNN primitive cache or the warm
+pages the rows before it left: in one process the same configuration measured up to 8% apart depending on what
+ran before it. ``--in-process`` runs every variant in this process instead, as the benchmark did before. The peak,
+the evaluations and the profiled step run in this process either way.
 
 Timers (all are wall clock, ``time.perf_counter``):
 
@@ -84,7 +90,12 @@ Values are never clamped.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from benchlib.grid_view import grid_view
 from benchlib.machine import (PEAK_DTYPES, PEAK_MIN_REPEATS, PEAK_SECONDS, PEAK_WARMUP, QUIET_CORES, LoadCheck,
@@ -129,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid-results", default=None, help="a results store (folder with runs/) to summarise")
     parser.add_argument("--grid-wall-seconds", type=float, default=None, help="wall-clock time of that whole grid, if known")
     parser.add_argument("--out", default=None, help="JSON file for all numbers (default: benchmarks/results/train-<time>.json)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every training variant in this process (default: each in a fresh process)")
+    # a fresh variant process takes the parent's measured peaks (precision=GFLOP/s,...) instead of measuring again
+    parser.add_argument("--given-peaks", default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -162,11 +177,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     if device.type == "cuda":  # transfer's loop turns TF32 on for the process; use it everywhere, peak included
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    report: dict = {"meta": machine_info(device)}
+    report: dict = {"meta": {**machine_info(device), "pid": os.getpid()}}
     # transfer's loop applies these on its first run and they last for the process: apply them before any variant,
     # so that every row runs under the same allocator whatever the order (TRANSFER_MALLOC=default: none of them)
     report["meta"]["host_allocator"] = keep_freed_memory()
-    peaks: dict[str, float] = {}
+    peaks: dict[str, float] = _given_peaks(args.given_peaks)
     loads: list[dict] = []
 
     def checked(what: str, fn):
@@ -225,7 +240,12 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         for name in TRAIN_VARIANTS:
             if name in variants:
                 print(f"training variant {name} ...", file=sys.stderr, flush=True)
-                report["train"][name] = checked(f"training {name}", runners[name])
+                if args.in_process:
+                    report["train"][name] = {**checked(f"training {name}", runners[name]), "process": "shared",
+                                             "pid": os.getpid()}
+                else:
+                    report["train"][name] = {**run_in_fresh_process(name, args, peaks), "process": "fresh"}
+                    loads.append(report["train"][name]["load"])  # measured there, counted here
         add_ratios(report["train"])
     if "eval" in parts:
         print("evaluation ...", file=sys.stderr, flush=True)
@@ -252,12 +272,35 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     report["meta"]["quiet"] = False if False in quiet else (True if quiet and all(quiet) else None)
     report["meta"]["not_quiet"] = load_warning_text(loads)
     report["meta"]["peak_too_low"] = peak_errors(report)
-    report["meta"]["args"] = vars(args)
+    report["meta"]["args"] = {key: value for key, value in vars(args).items() if key != "argv"}
     return report
 
 
+def _given_peaks(text: str | None) -> dict[str, float]:
+    if not text:
+        return {}
+    return {name: float(value) for name, value in (item.split("=", 1) for item in text.split(","))}
+
+
+def run_in_fresh_process(name: str, args: argparse.Namespace, peaks: dict[str, float]) -> dict:
+    """One training variant's row, measured by a fresh interpreter running this file with the same arguments,
+    ``--parts train --variants <name>`` and the peaks measured here (its own load check included)."""
+    with tempfile.TemporaryDirectory(prefix="bench-variant-") as folder:
+        out = Path(folder) / "variant.json"
+        given = ",".join(f"{key}={value!r}" for key, value in peaks.items())
+        argv = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--parts", "train", "--variants", name,
+                "--in-process", "--out", str(out), *(["--given-peaks", given] if given else [])]
+        done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
+            raise RuntimeError(f"training variant {name} failed in its own process: {last}")
+        return json.loads(out.read_text())["train"][name]
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what a fresh variant process is started with (its own options appended, so they win)
     return write_report(run_benchmark(args), args.out, "train", render)
 
 

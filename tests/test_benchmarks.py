@@ -314,10 +314,11 @@ def test_tiny_end_to_end_run_writes_every_number(tiny_model_dir, tiny_data_dir, 
                              "--skip-steps", "1", "--batch-size", "4", "--max-length", "32", "--eval-examples", "8",
                              "--eval-batch-size", "8", "--matmul-size", "64", "--matmul-repeats", "2",
                              "--peak-seconds", "0", "--profile-warm-steps", "1", "--grid-results", str(store),
-                             "--out", str(out)])
+                             "--in-process", "--out", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     assert set(report) >= {"meta", "peak", "workload", "train", "eval", "profile", "grid"}
+    assert all(row["process"] == "shared" and row["pid"] == report["meta"]["pid"] for row in report["train"].values())
     fp32 = report["peak"]["fp32"]
     assert fp32["gflops"] > 0 and fp32["gflops"] == max(row["gflops"] for row in fp32["shapes"])
     hidden = report["workload"]["arch"]["hidden"]
@@ -351,6 +352,34 @@ def test_tiny_end_to_end_run_writes_every_number(tiny_model_dir, tiny_data_dir, 
     assert ops and all(op["self_cpu_ms"] >= 0 for op in ops) and report["profile"]["step"] == 2
     assert report["grid"]["runs"] == 3
     assert "all numbers written to" in capsys.readouterr().out
+
+
+def test_each_training_variant_runs_in_a_fresh_process_by_default(tiny_model_dir, tiny_data_dir, tmp_path):
+    """No row inherits the heap or kernel caches of the rows before it: each is measured by its own interpreter,
+    against the peak the parent measured."""
+    out = tmp_path / "bench.json"
+    assert bench_train.main(["--model", str(tiny_model_dir), "--data-dir", str(tiny_data_dir), "--steps", "2",
+                             "--skip-steps", "1", "--batch-size", "4", "--max-length", "32", "--matmul-size", "64",
+                             "--matmul-repeats", "2", "--peak-seconds", "0", "--parts", "peak,train",
+                             "--variants", "transfer_fp32_grouped,transfer", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = report["train"]
+    assert list(rows) == ["transfer_fp32_grouped", "transfer"]
+    assert all(row["process"] == "fresh" for row in rows.values())
+    pids = {row["pid"] for row in rows.values()}
+    assert len(pids) == 2 and report["meta"]["pid"] not in pids
+    for row in rows.values():  # the parent's peak is the child's denominator
+        assert row["peak_gflops"] == report["peak"][row["precision"]]["gflops"]
+        assert row["load"]["what"].startswith("training ") and row["timed_steps"] == 1
+    assert rows["transfer"]["real_tokens_per_s_vs_a"] is None  # no (a) row to divide by
+
+
+def test_a_failing_fresh_variant_process_says_which_variant_and_why(monkeypatch, tmp_path):
+    import argparse
+
+    args = argparse.Namespace(argv=["--steps", "1"])  # the child refuses --steps 1
+    with pytest.raises(RuntimeError, match="training variant transfer failed in its own process: .*--steps"):
+        bench_train.run_in_fresh_process("transfer", args, {"fp32": 1.0})
 
 
 def test_core_split_aggregation_and_config_parsing():
