@@ -502,3 +502,44 @@ def test_the_compile_benchmark_runs_end_to_end_on_the_eager_variant(tiny_model_d
     assert eager["steps"] == 4 and eager["speedup"] == 1.0 and eager["max_abs_diff_vs_eager"] == 0.0
     assert eager["best_step_seconds"] <= eager["median_step_seconds"]
     assert "eager" in capsys.readouterr().out
+
+
+bench_step = _load("bench_step")
+
+
+def test_each_step_ablation_takes_out_the_piece_it_names(tiny_model_dir):
+    import torch
+
+    from transfer.data.tasks import load_task_table
+
+    task = load_task_table().task(bench_step.TASK)
+    batch = bench_step.make_batches(3, [9], 30522, task.num_labels)[9]
+
+    def twice(name):
+        model, _ = bench_step.build_variant(name, str(tiny_model_dir), task, native=False)
+        # with gradients, as the step runs (the CPU's explicit attention, whose masks come from the source)
+        return tuple(model(bench_step.TASK, batch["input_ids"], batch["attention_mask"]).detach() for _ in range(2))
+
+    full = twice("full")
+    assert not torch.equal(*full)  # fresh dropout masks every forward
+    no_dropout, fixed = twice("no_dropout"), twice("fixed_masks")
+    assert torch.equal(*no_dropout) and torch.equal(*fixed)  # no masks, or the same masks again
+    assert not torch.equal(no_dropout[0], fixed[0])  # fixed masks still drop
+    model, optimizer = bench_step.build_variant("no_activation", str(tiny_model_dir), task, native=False)
+    assert model.fast.activation(torch.tensor([-1.0, 2.0])).tolist() == [-1.0, 2.0]
+    model, optimizer = bench_step.build_variant("frozen_word_embeddings", str(tiny_model_dir), task, native=False)
+    parts = bench_step.timed_step(model, optimizer, batch)
+    assert len(parts) == len(bench_step.PARTS) and all(p > 0 for p in parts)
+    words = model.encoder.embeddings.word_embeddings.weight
+    assert words.grad is None and not any(words is p for group in optimizer.param_groups for p in group["params"])
+
+
+def test_the_step_ablation_runs_end_to_end(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "step.json"
+    assert bench_step.main(["--model", str(tiny_model_dir), "--lengths", "8", "--repeats", "2", "--warmup", "1",
+                            "--batch-size", "3", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["variants"]) == list(bench_step.VARIANTS)
+    for item in report["variants"].values():
+        assert item["steps"] == 2 and item["step_ms"] > 0 and all(item[f"{p}_ms"] > 0 for p in bench_step.PARTS)
+    assert report["variants"]["full"]["saved_ms"] == 0.0 and "full minus this" in capsys.readouterr().out

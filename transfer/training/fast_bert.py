@@ -9,7 +9,8 @@ differences in *how*, not *what*:
   output and feed-forward for [CLS] only. That removes about 10/12 of one layer's matmul work (about 14% of
   a 6-layer encoder, in the forward and the backward pass). Token-level heads get every position.
 * **Attention.** Training on the CPU uses the explicit softmax(QK^T)V path, whose backward is several times
-  faster there than the fused kernel's; inference, and training on CUDA, use ``scaled_dot_product_attention``.
+  faster there than the fused kernel's; inference, and training on CUDA, use ``scaled_dot_product_attention``,
+  whose CPU kernel the native path feeds keys padded to a multiple of 16 (``key_padding``).
 * **bf16 end to end** (``compute_dtype``, the profile's ``bf16_compute = "native"``). Under ``torch.autocast``
   the weights stay fp32, every matmul casts its inputs, and the residual stream, LayerNorm and dropout run in
   fp32 between them. Natively the embeddings are summed and normalised in fp32 and cast once; from there every

@@ -1,0 +1,212 @@
+"""Where a training step's time goes, without a profiler: the step with one piece taken out at a time.
+
+    python benchmarks/bench_step.py                                   # batch 32 x 81, torch's thread count
+    python benchmarks/bench_step.py --lengths 57 81 --repeats 30 --out benchmarks/results/step-ablation.json
+
+``torch.profiler`` attributes time op by op, but its per-op overhead and the cache state it leaves behind move
+the shares (on the AMX Xeon it gave the exact GELU 11% of a step that loses about 2% without it), and it does not
+see NumPy at all. This script times the step transfer's loop takes on a sentence-level task (the lean forward,
+bf16 computed natively where the CPU runs it, else fp32; cross-entropy; backward; ``clip_grad_norm_``; fused
+AdamW), split into forward, backward, clipping and optimizer, for these variants, each a model of its own:
+
+* ``full``: the step as the loop runs it;
+* ``no_dropout``: every dropout probability 0 (the masks and their multiplies gone);
+* ``fixed_masks``: each mask shape drawn once and reused (the drawing gone, the multiplies kept);
+* ``no_activation``: the feed-forward activation replaced by the identity (GELU forward and backward gone);
+* ``frozen_word_embeddings``: the word-embedding matrix not trained (its gradient, its share of clipping and its
+  AdamW update gone; 30522 x 384 values for MiniLM, more than the rest of the encoder).
+
+What a piece costs is ``full`` minus the variant without it: the median, over the timed rounds, of the full step
+less the variant's step of the same round and width. Every variant but ``full`` computes something else,
+so the table attributes time; it proposes nothing. The variants take turns step by step on the same fixed batches
+(``--lengths`` wide, one row per batch at full width, the others shorter), in a new random order each round, so a
+change in the machine's speed falls on all of them alike and none is always the step after another model's; ``--warmup`` steps of each come first, untimed. The machine's load is checked over
+the timed part as bench_train does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from benchlib.machine import QUIET_CORES, LoadCheck, machine_info  # noqa: E402
+from benchlib.report import report_console, write_report  # noqa: E402
+
+VARIANTS = ("full", "no_dropout", "fixed_masks", "no_activation", "frozen_word_embeddings")
+PARTS = ("forward", "backward", "clip", "optimizer")
+TASK = "chemprot"  # any sentence-level task of the table: only its label count matters here
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench_step.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default="minilm", help="a BERT-architecture encoder ('minilm' or a local path)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[81], help="batch widths to time (tokens)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed steps per variant and length")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant and length first")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    parser.add_argument("--quiet-cores", type=float, default=QUIET_CORES)
+    parser.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/step-<time>.json)")
+    return parser
+
+
+class _FixedMasks:
+    """A mask source that draws each (shape, p, dtype) once and hands out that mask ever after."""
+
+    def __init__(self, source):
+        self.source, self.masks = source, {}
+
+    def scaled_mask(self, shape, p, dtype):
+        key = (tuple(shape), p, dtype)
+        if key not in self.masks:
+            self.masks[key] = self.source.scaled_mask(shape, p, dtype)
+        return self.masks[key]
+
+
+def build_variant(name: str, model_name: str, task, native: bool):
+    """(model, optimizer) for one variant, from the same pretrained weights."""
+    import torch
+
+    from transfer.training.fast_bert import MaskSource
+    from transfer.training.loop import build_optimizer
+    from transfer.training.model import MultiTaskModel
+
+    model = MultiTaskModel.from_pretrained(model_name, [task])
+    model.use_fast_encoder(MaskSource(0), torch.bfloat16 if native else None)
+    fast = model.fast
+    if name == "no_dropout":
+        fast.hidden_dropout = fast.attention_dropout = 0.0
+        for head in model.heads.values():
+            head.dropout.p = 0.0
+    elif name == "fixed_masks":
+        fixed = _FixedMasks(fast.source)
+        fast.source = fixed
+        for head in model.heads.values():
+            head.dropout.source = fixed
+    elif name == "no_activation":
+        fast.activation = lambda x: x
+    elif name == "frozen_word_embeddings":
+        model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+    model.train()
+    return model, build_optimizer(model, "adamw", 5e-5, 0.01, torch.device("cpu"))
+
+
+def make_batches(batch_size: int, lengths: list[int], vocab: int, labels: int) -> dict:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    batches = {}
+    for length in lengths:
+        ids = torch.randint(1000, vocab, (batch_size, length), generator=generator)
+        real = torch.randint(max(2, length // 2), length + 1, (batch_size,), generator=generator)
+        real[0] = length  # the batch is as wide as its longest row
+        mask = (torch.arange(length)[None] < real[:, None]).long()
+        batches[length] = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
+                           "targets": torch.randint(0, labels, (batch_size,), generator=generator)}
+    return batches
+
+
+def timed_step(model, optimizer, batch: dict) -> list[float]:
+    """One step of the loop's arithmetic; the seconds of its forward, backward, clipping and optimizer parts."""
+    import torch
+
+    marks = [time.perf_counter()]
+    loss = model.loss(TASK, batch)
+    marks.append(time.perf_counter())
+    loss.backward()
+    marks.append(time.perf_counter())
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+    marks.append(time.perf_counter())
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    marks.append(time.perf_counter())
+    return [after - before for before, after in zip(marks, marks[1:])]
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    from transfer.data.tasks import load_task_table
+    from transfer.training.device import resolve_precision
+    from transfer.training.host_memory import keep_freed_memory
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or "full" not in variants:
+        raise SystemExit(f"--variants: unknown {', '.join(unknown)}" if unknown else "--variants must include full")
+    if args.repeats < 1 or args.warmup < 0:
+        raise SystemExit("--repeats must be at least 1 and --warmup at least 0")
+    allocator = keep_freed_memory()  # as a training run has it
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    native = resolve_precision("auto", torch.device("cpu")) == "bf16"
+    task = load_task_table().task(TASK)
+    built = {name: build_variant(name, args.model, task, native) for name in variants}
+    vocab = built["full"][0].encoder.config.vocab_size
+    batches = make_batches(args.batch_size, args.lengths, vocab, task.num_labels)
+    for name in variants:
+        for length in args.lengths:
+            for _ in range(args.warmup):
+                timed_step(*built[name], batches[length])
+    seconds = {name: [] for name in variants}
+    order = random.Random(0)
+    with LoadCheck("timed steps", threshold_cores=args.quiet_cores) as check:
+        for _ in range(args.repeats):
+            for length in args.lengths:
+                # a fresh order each round: the step that follows another model's (whose weights and activations
+                # pushed its own out of the caches) pays for it, and no variant should always be that step
+                for name in order.sample(variants, len(variants)):
+                    seconds[name].append(timed_step(*built[name], batches[length]))
+    results = {}
+    for name, steps in seconds.items():
+        medians = [statistics.median(step[i] for step in steps) for i in range(len(PARTS))]
+        total = statistics.median(sum(step) for step in steps)
+        results[name] = {**{f"{part}_ms": round(1e3 * m, 2) for part, m in zip(PARTS, medians)},
+                         "step_ms": round(1e3 * total, 2), "steps": len(steps)}
+    full = [sum(step) for step in seconds["full"]]
+    for name, item in results.items():
+        # paired: each step of the variant against the full step of the same round and width, which ran just
+        # before it, so what the machine's speed does between rounds cancels
+        saved = statistics.median(f - sum(step) for f, step in zip(full, seconds[name]))
+        item["saved_ms"] = round(1e3 * saved, 2)
+        item["saved_share"] = round(saved / statistics.median(full), 4)
+    meta = machine_info(torch.device("cpu"))
+    meta.update(quiet=check.result["quiet"], host_allocator=allocator, args=dict(vars(args)))
+    return {"meta": meta, "load": check.result, "compute": "bf16 native" if native else "fp32",
+            "batch_size": args.batch_size, "lengths": args.lengths, "variants": results}
+
+
+def render(report: dict, console=None) -> None:
+    from rich.table import Table
+
+    console = console or report_console()
+    table = Table(title=f"one training step, batch {report['batch_size']} x {report['lengths']}, "
+                        f"{report['compute']}, {report['meta']['torch_threads']} threads (medians, ms)")
+    for column in ("variant", *PARTS, "step", "full minus this", "share"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for name, item in report["variants"].items():
+        table.add_row(name, *(f"{item[f'{part}_ms']:.1f}" for part in PARTS), f"{item['step_ms']:.1f}",
+                      "" if name == "full" else f"{item['saved_ms']:.1f}",
+                      "" if name == "full" else f"{100 * item['saved_share']:.1f}%")
+    console.print(table)
+    if report["meta"].get("quiet") is False:
+        console.print("warning: the machine was not quiet while the steps were timed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return write_report(run(args), args.out, "step", render)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
