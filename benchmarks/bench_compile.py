@@ -36,24 +36,15 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from benchlib.machine import QUIET_CORES, LoadCheck, machine_info  # noqa: E402
+from benchlib.machine import LoadCheck, machine_info  # noqa: E402
 from benchlib.report import report_console, write_report  # noqa: E402
+from benchlib.steps import fixed_batches, step_parser  # noqa: E402
 
 VARIANTS = ("eager", "compiled_dynamic", "compiled_static", "compiled_autotune")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python benchmarks/bench_compile.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", default="minilm", help="a BERT-architecture encoder ('minilm' or a local path)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[60], help="batch widths to time (tokens)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed steps per variant and length")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
-    parser.add_argument("--quiet-cores", type=float, default=QUIET_CORES)
-    parser.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/compile-<time>.json)")
-    return parser
+    return step_parser("python benchmarks/bench_compile.py", __doc__, VARIANTS, length=60, repeats=10, prefix="compile")
 
 
 def layer_math(x, keep, attn_mask, hidden_mask, out_mask, w: dict, heads: int, eps: float, cls_only: bool):
@@ -102,18 +93,7 @@ def compiled_encoder(encoder, source, dtype, layer_fn):
     return Compiled(encoder, source, dtype)
 
 
-def make_batches(batch_size: int, lengths: list[int], vocab: int):
-    import torch
-
-    generator = torch.Generator().manual_seed(0)
-    batches = {}
-    for length in lengths:
-        ids = torch.randint(1000, vocab, (batch_size, length), generator=generator)
-        real = torch.randint(max(2, length // 2), length + 1, (batch_size,), generator=generator)
-        real[0] = length  # the batch is as wide as its longest row
-        mask = (torch.arange(length)[None] < real[:, None]).long()
-        batches[length] = (ids, mask)
-    return batches
+make_batches = fixed_batches  # the name the tests and earlier callers use
 
 
 def run(args: argparse.Namespace) -> dict:

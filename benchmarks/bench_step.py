@@ -37,8 +37,9 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from benchlib.machine import QUIET_CORES, LoadCheck, machine_info  # noqa: E402
+from benchlib.machine import LoadCheck, machine_info  # noqa: E402
 from benchlib.report import report_console, write_report  # noqa: E402
+from benchlib.steps import fixed_batches, step_parser  # noqa: E402
 
 VARIANTS = ("full", "no_dropout", "fixed_masks", "no_activation", "frozen_word_embeddings")
 PARTS = ("forward", "backward", "clip", "optimizer")
@@ -46,17 +47,8 @@ TASK = "chemprot"  # any sentence-level task of the table: only its label count 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python benchmarks/bench_step.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", default="minilm", help="a BERT-architecture encoder ('minilm' or a local path)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[81], help="batch widths to time (tokens)")
-    parser.add_argument("--repeats", type=int, default=20, help="timed steps per variant and length")
+    parser = step_parser("python benchmarks/bench_step.py", __doc__, VARIANTS, length=81, repeats=20, prefix="step")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant and length first")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
-    parser.add_argument("--quiet-cores", type=float, default=QUIET_CORES)
-    parser.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/step-<time>.json)")
     return parser
 
 
@@ -102,18 +94,13 @@ def build_variant(name: str, model_name: str, task, native: bool):
 
 
 def make_batches(batch_size: int, lengths: list[int], vocab: int, labels: int) -> dict:
+    """The fixed batches of ``bench_compile.py``, with token types and a label per row."""
     import torch
 
-    generator = torch.Generator().manual_seed(0)
-    batches = {}
-    for length in lengths:
-        ids = torch.randint(1000, vocab, (batch_size, length), generator=generator)
-        real = torch.randint(max(2, length // 2), length + 1, (batch_size,), generator=generator)
-        real[0] = length  # the batch is as wide as its longest row
-        mask = (torch.arange(length)[None] < real[:, None]).long()
-        batches[length] = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
-                           "targets": torch.randint(0, labels, (batch_size,), generator=generator)}
-    return batches
+    generator = torch.Generator().manual_seed(1)
+    return {length: {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
+                     "targets": torch.randint(0, labels, (batch_size,), generator=generator)}
+            for length, (ids, mask) in fixed_batches(batch_size, lengths, vocab).items()}
 
 
 def timed_step(model, optimizer, batch: dict) -> list[float]:
