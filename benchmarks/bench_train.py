@@ -267,9 +267,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     if "grid" in parts and args.grid_results:
         report["grid"] = grid_view(args.grid_results, args.grid_wall_seconds)
     report["meta"]["load_average_end"] = _loadavg()
-    report["meta"]["busy"] = busy_warning(report["meta"])
     quiet = [r["quiet"] for r in loads]
     report["meta"]["quiet"] = False if False in quiet else (True if quiet and all(quiet) else None)
+    report["meta"]["busy"] = busy_warning(report["meta"], report["meta"]["quiet"])
     report["meta"]["not_quiet"] = load_warning_text(loads)
     report["meta"]["peak_too_low"] = peak_errors(report)
     report["meta"]["args"] = {key: value for key, value in vars(args).items() if key != "argv"}

@@ -382,6 +382,23 @@ def test_a_failing_fresh_variant_process_says_which_variant_and_why(monkeypatch,
         bench_train.run_in_fresh_process("transfer", args, {"fp32": 1.0})
 
 
+def test_a_high_load_average_at_the_start_is_a_note_when_every_interval_was_quiet():
+    """The 1-minute load average still counts a run that ended just before; the interval checks decide."""
+    from benchlib.report import busy_warning
+
+    meta = {"device": "cpu", "usable_cores": 2, "load_average_start": [1.87, 1.8, 1.7]}
+    assert "not reliable" in busy_warning(meta, None) and "not reliable" in busy_warning(meta, False)
+    note = busy_warning(meta, True)
+    assert "not reliable" not in note and "every measured interval was quiet" in note
+    assert busy_warning({**meta, "load_average_start": [0.4, 1.0, 1.0]}, None) is None
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=250)
+    render({"meta": {"time": "t", "host": "h", "cpu": "c", "device": "cpu", "torch_threads": 1, "bf16_native": False,
+                     "busy": note, "quiet": True}}, console)
+    assert "note:" in console.file.getvalue() and "warning:" not in console.file.getvalue()
+
+
 def test_core_split_aggregation_and_config_parsing():
     assert bench_threads.parse_config("2x1") == (2, 1)
     with pytest.raises(SystemExit):

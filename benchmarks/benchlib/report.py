@@ -14,11 +14,19 @@ from benchlib.machine import PEAK_DTYPES
 HERE = Path(__file__).resolve().parents[1]  # benchmarks/
 
 
-def busy_warning(meta: dict) -> str | None:
-    """A warning when other work shared the CPU (1-minute load average above half the usable cores at the start)."""
+def busy_warning(meta: dict, quiet: bool | None = None) -> str | None:
+    """A warning when other work shared the CPU (1-minute load average above half the usable cores at the start).
+
+    ``quiet``: the verdict of the load checks over every measured interval. The load average lags (it still
+    counts a run that ended a minute before), so when every interval was checked quiet it is only a note.
+    """
     load = meta.get("load_average_start")
     if meta.get("device", "cpu") != "cpu" or not load or load[0] <= 0.5 * meta["usable_cores"]:
         return None
+    if quiet:
+        return (f"load average {load[0]} on {meta['usable_cores']} cores when the benchmark started, but every "
+                "measured interval was quiet by the load check (the 1-minute average still counts work that had "
+                "just ended)")
     return (f"load average {load[0]} on {meta['usable_cores']} cores when the benchmark started: other work shared "
             "the CPU, so these numbers are not reliable (OpenMP threads stall when their cores are shared)")
 
@@ -128,7 +136,7 @@ def render(report: dict, console=None) -> None:
                   f"{meta['torch_threads']} torch threads, bf16 native: {meta['bf16_native']}, load average "
                   f"{meta.get('load_average_start')} -> {meta.get('load_average_end')}")
     if meta.get("busy"):
-        console.print(f"[bold red]warning:[/] {meta['busy']}")
+        console.print(f"[bold {'yellow]note' if meta.get('quiet') else 'red]warning'}:[/] {meta['busy']}")
     if meta.get("not_quiet"):
         console.print(f"[bold red]warning:[/] {meta['not_quiet']}")
     too_low = peak_warning_text(peak_errors(report))
