@@ -281,6 +281,9 @@ def test_native_inference_pads_keys_to_a_multiple_of_16_and_computes_the_same(ti
     """The padded keys weigh nothing: the output matches the unpadded kernel's to bf16 rounding, with real padding
     in the batch (rows 1 and 2) and at an odd length (11 -> 16)."""
     encoder = load_encoder(str(tiny_model_dir)).eval()  # flat attention: a padded key given weight takes its share
+    with torch.no_grad():  # attention that outweighs the residual, so what it computes shows in the output
+        for layer in encoder.encoder.layer:
+            layer.attention.output.dense.weight.mul_(10.0)
     ids, mask, types = batch
     native = FastBertEncoder(encoder, None, torch.bfloat16)
     seen = _sdpa_key_lengths(monkeypatch)
@@ -291,15 +294,15 @@ def test_native_inference_pads_keys_to_a_multiple_of_16_and_computes_the_same(ti
     layers = encoder.config.num_hidden_layers
     assert seen == [16] * layers + [11] * layers
     real = mask.bool() if not cls_only else torch.ones(3, 1, dtype=torch.bool)
-    # bf16 rounding (3e-4 here); a padded key given weight, below: 6e-3 (the residual stream dilutes it)
-    assert _close_in_bf16(padded[real], plain[real].float()) < 1.5e-3
-    # a padded key given weight (its bias zeroed) is caught by the same bound
+    # bf16 rounding at most (4e-4 here, 0 for [CLS] alone); padded keys given weight, below: 4e-2
+    assert _close_in_bf16(padded[real], plain[real].float()) < 2e-3
+    # the padded keys' bias zeroed, so that they take weight: caught
     monkeypatch.setattr(fast_bert, "KEY_MULTIPLE", 16)
     real_pad = torch.nn.functional.pad
     monkeypatch.setattr(fast_bert.F, "pad", lambda t, pad, value=0.0: real_pad(t, pad, value=0.0))
     with torch.inference_mode():
         leaky = native(ids, mask, types, cls_only=cls_only)
-    assert _close_in_bf16(leaky[real], plain[real].float()) > 3e-3
+    assert _close_in_bf16(leaky[real], plain[real].float()) > 1e-2
 
 
 def test_keys_are_padded_only_for_the_fused_cpu_kernel():
