@@ -93,9 +93,6 @@ def compiled_encoder(encoder, source, dtype, layer_fn):
     return Compiled(encoder, source, dtype)
 
 
-make_batches = fixed_batches  # the name the tests and earlier callers use
-
-
 def run(args: argparse.Namespace) -> dict:
     import torch
 
@@ -115,7 +112,7 @@ def run(args: argparse.Namespace) -> dict:
     encoder = load_encoder(args.model)
     encoder.train()
     params = list(encoder.parameters())
-    batches = make_batches(args.batch_size, args.lengths, encoder.config.vocab_size)
+    batches = fixed_batches(args.batch_size, args.lengths, encoder.config.vocab_size)
     from transfer.training.fast_bert import FastBertEncoder
 
     builders = {

@@ -24,8 +24,8 @@ Every training variant sees the same encoder, the same fixed sample of ``steps x
 
 Processes: each training variant runs in a fresh Python process of its own (the same arguments, that variant
 alone, the parent's measured peak), so that no row inherits the heap, the oneDNN primitive cache or the warm
-pages the rows before it left: in one process the same configuration measured up to 8% apart depending on what
-ran before it. ``--in-process`` runs every variant in this process instead, as the benchmark did before. The peak,
+pages the rows before it left: in one process transfer's default, run after six other variants, measured 99-101
+examples/s against 117 in a fresh process (README, Performance). ``--in-process`` runs every variant in this process instead, as the benchmark did before. The peak,
 the evaluations and the profiled step run in this process either way.
 
 Timers (all are wall clock, ``time.perf_counter``):

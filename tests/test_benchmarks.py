@@ -493,7 +493,7 @@ def test_the_compile_benchmark_times_the_lean_layer_arithmetic_on_the_same_masks
 
     compute = getattr(torch, dtype)
     encoder = AutoModel.from_pretrained(tiny_model_dir).train()
-    ids, mask = bench_compile.make_batches(3, [9], encoder.config.vocab_size)[9]
+    ids, mask = bench_compile.fixed_batches(3, [9], encoder.config.vocab_size)[9]
     outputs, grads = [], []
     for forward in (FastBertEncoder(encoder, MaskSource(4), compute),
                     bench_compile.compiled_encoder(encoder, MaskSource(4), compute, bench_compile.layer_math)):

@@ -136,7 +136,8 @@ def render(report: dict, console=None) -> None:
                   f"{meta['torch_threads']} torch threads, bf16 native: {meta['bf16_native']}, load average "
                   f"{meta.get('load_average_start')} -> {meta.get('load_average_end')}")
     if meta.get("busy"):
-        console.print(f"[bold {'yellow]note' if meta.get('quiet') else 'red]warning'}:[/] {meta['busy']}")
+        label = "[bold yellow]note:[/]" if meta.get("quiet") else "[bold red]warning:[/]"
+        console.print(f"{label} {meta['busy']}")
     if meta.get("not_quiet"):
         console.print(f"[bold red]warning:[/] {meta['not_quiet']}")
     too_low = peak_warning_text(peak_errors(report))

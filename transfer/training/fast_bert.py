@@ -75,10 +75,11 @@ KEY_MULTIPLE = 16
 def key_padding(x: torch.Tensor) -> int:
     """Masked key positions to append before the fused attention kernel on the CPU, for ``x`` (batch, length, ...).
 
-    torch's CPU attention kernel runs far slower on key lengths that are not a multiple of 16: on a 2-core AMX
-    Xeon, batch 64 in bf16, 4.2 ms at length 57 against 2.9 with the keys padded to 64 and 2.4 at a true length of
-    64. Padded keys carry the mask's -inf-like bias, so each weighs exactly zero; only the kernel's summation order,
-    hence bf16 rounding, changes. Not used with gradients on the CPU (the explicit path) nor on CUDA.
+    torch's CPU attention kernel runs far slower on key lengths that are not a multiple of 16; with the keys padded
+    (and the [CLS] query contiguous, ``_layer``) native evaluation ran 13-15% faster on a 2-core AMX Xeon (README,
+    Performance). Padded keys carry the mask's -inf-like bias, so each weighs exactly zero; only the kernel's
+    summation order, hence bf16 rounding, changes. Not used with gradients on the CPU (the explicit path) nor on
+    CUDA.
     """
     if x.device.type != "cpu" or explicit_attention(x):
         return 0
@@ -242,7 +243,7 @@ class FastBertEncoder:
         query_in = x[:, :1] if cls_only else x
         if cls_only and not torch.is_grad_enabled():
             # without gradients F.linear sends this strided slice to a batched matmul over a copied, batch-expanded
-            # weight (64 x 384 x 384 for MiniLM at batch 64: 6% of an evaluation pass); contiguous, it is one addmm.
+            # weight (64 x 384 x 384 for MiniLM at batch 64); contiguous, it is one addmm.
             # With gradients it is one addmm already, and stays as it was, bit for bit.
             query_in = query_in.contiguous()
         fused = prefix + "attention.self.qkv.weight" in w  # the native path: one projection, the scale folded in
