@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from transfer.experiment.encoders import load_encoder
     from transfer.training.device import resolve_precision
-    from transfer.training.fast_bert import MaskSource
+    from transfer.training.masks import MaskSource
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))

@@ -69,7 +69,7 @@ def build_variant(name: str, model_name: str, task, native: bool):
     """(model, optimizer) for one variant, from the same pretrained weights."""
     import torch
 
-    from transfer.training.fast_bert import MaskSource
+    from transfer.training.masks import MaskSource
     from transfer.training.loop import build_optimizer
     from transfer.training.model import MultiTaskModel
 

@@ -489,7 +489,8 @@ def test_the_compile_benchmark_times_the_lean_layer_arithmetic_on_the_same_masks
     import torch
     from transformers import AutoModel
 
-    from transfer.training.fast_bert import FastBertEncoder, MaskSource
+    from transfer.training.fast_bert import FastBertEncoder
+    from transfer.training.masks import MaskSource
 
     compute = getattr(torch, dtype)
     encoder = AutoModel.from_pretrained(tiny_model_dir).train()

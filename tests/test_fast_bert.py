@@ -6,7 +6,8 @@ import torch
 
 from transfer.training import fast_bert
 from transfer.experiment.config import ConfigError, RunSpec, load_profile
-from transfer.training.fast_bert import FastBertEncoder, FastDropout, MaskSource, unsupported_reason
+from transfer.training.fast_bert import FastBertEncoder, FastDropout, unsupported_reason
+from transfer.training.masks import MaskSource
 from transfer.experiment.encoders import load_encoder
 from transfer.training.model import MultiTaskModel
 from transfer.data.tasks import load_task_table
@@ -80,32 +81,6 @@ def test_functional_params_replace_the_modules_weights(tiny_model_dir, batch):
     with torch.no_grad():
         got = fast(ids, mask, types, params=params, cls_only=True)
     torch.testing.assert_close(got, expected[:, :1], atol=1e-5, rtol=1e-5)
-
-
-def test_mask_source_keeps_the_right_fraction_and_replays_from_its_state():
-    source = MaskSource(11)
-    state = source.state()
-    keep = source.keep_mask(torch.Size([1000, 1000]), 0.1)
-    assert keep.dtype == torch.bool
-    assert abs(keep.float().mean().item() - 0.9) < 0.002  # p rounded to 6554 / 65536
-    source.set_state(state)
-    assert torch.equal(source.keep_mask(torch.Size([1000, 1000]), 0.1), keep)
-    assert not torch.equal(MaskSource(12).keep_mask(torch.Size([1000, 1000]), 0.1), keep)
-    assert source.keep_mask(torch.Size([7, 3]), 0.0).all()  # odd sizes; p = 0 keeps everything
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
-def test_scaled_mask_is_the_boolean_mask_times_the_scale_bit_for_bit(dtype):
-    """The fast mask writes bit patterns; it must equal keep_mask(...).to(dtype) * scale, from the same draws."""
-    for p in (0.1, 0.05, 0.2, 0.3, 0.5, 1 / 3, 0.9, 0.0):
-        fast, plain = MaskSource(5), MaskSource(5)
-        for shape in (torch.Size([7, 3]), torch.Size([4, 5, 6, 9])):  # odd sizes: the draws are cut 4 per word
-            got = fast.scaled_mask(shape, p, dtype)
-            expected = plain.keep_mask(shape, p).to(dtype) * (1.0 / (1.0 - p))
-            assert got.dtype == dtype and got.shape == shape
-            assert torch.equal(got.view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8)), (p, shape)
-        # the stream advanced the same way: the next draws agree
-        assert torch.equal(fast.keep_mask(torch.Size([64]), 0.5), plain.keep_mask(torch.Size([64]), 0.5))
 
 
 def test_dropout_scales_kept_values_and_routes_gradients_through_the_mask():

@@ -269,7 +269,7 @@ def eval_transfer(workload: Workload, peaks: dict, precision: str = "auto", enco
     encoder forward chosen as ``transfer.training.loop.setup_encoder`` chooses it, bf16 computed as
     ``bf16_compute`` says."""
     import transfer.training.loop as tt
-    from transfer.training.fast_bert import MaskSource
+    from transfer.training.masks import MaskSource
     from transfer.training.model import MultiTaskModel
 
     device, split = workload.device, workload.dev_split

@@ -19,11 +19,10 @@ differences in *how*, not *what*:
   fp32), the query, key and value projections run as one matmul with the 1/sqrt(d) scale folded into the query
   weights, and padding enters the scores as an additive bias. The output is cast back to fp32 for the heads.
   Without gradients (evaluation) the cast weights are reused until a weight changes.
-* **Dropout masks on the CPU** come from :class:`MaskSource` instead of ``torch.bernoulli_``, which spends
-  about 4-5 ns per element in a single Mersenne-Twister stream and was a quarter of a training step. The
-  source draws 64-bit words from NumPy's SFC64 generator and cuts each into four 16-bit uniforms, so ``p``
-  is rounded to a multiple of 1/65536 (0.1 becomes 0.100006). Each task has a source of its own, seeded from
-  (seed, task), so a task draws the same masks alone and beside a partner (``transfer.training.streams``).
+* **Dropout masks on the CPU** come from a :class:`~transfer.training.masks.MaskSource` (seeded SFC64 streams
+  cut into 16-bit uniforms) instead of ``torch.bernoulli_``, which was a quarter of a training step. Each task
+  has a source of its own, seeded from (seed, task), so a task draws the same masks alone and beside a partner
+  (``transfer.training.streams``).
   On CUDA the native dropout is used, from torch's generator, whose state is kept per task the same way.
 
 ``unsupported_reason`` says why an encoder cannot take this path (another architecture, relative position
@@ -34,10 +33,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from transfer.training.masks import MaskSource
 
 _LAYER_PARAMS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
                  "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")
@@ -84,50 +84,6 @@ def key_padding(x: torch.Tensor) -> int:
     if x.device.type != "cpu" or explicit_attention(x):
         return 0
     return -x.shape[1] % KEY_MULTIPLE
-
-
-# a float dtype's same-width integer types (torch, NumPy), to write a float's bit pattern
-_SAME_WIDTH_INT = {torch.bfloat16: (torch.int16, np.int16), torch.float16: (torch.int16, np.int16),
-                   torch.float32: (torch.int32, np.int32)}
-
-
-class MaskSource:
-    """Dropout masks for CPU tensors from a seeded NumPy SFC64 stream (four 16-bit uniforms per draw)."""
-
-    def __init__(self, seed: int | np.random.SeedSequence):
-        self.generator = np.random.Generator(np.random.SFC64(seed))
-
-    def keep_mask(self, shape: torch.Size, p: float) -> torch.Tensor:
-        """Boolean tensor, each element True with probability 1 - p (p rounded to a multiple of 2^-16)."""
-        return torch.from_numpy(self._keep(shape, p)).view(shape)
-
-    def scaled_mask(self, shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
-        """``keep_mask(shape, p).to(dtype) * (1 / (1 - p))``, bit for bit, from the same draws, built faster.
-
-        Each element is 0 or the scale rounded to ``dtype``, so the mask is written as that value's bit pattern
-        in NumPy, straight from the comparison: torch's bool-to-bf16 conversion and the multiply by the scale
-        took about five times as long as drawing the bits (0.5 + 0.4 ms against 0.2 for a 32 x 60 x 384 mask).
-        """
-        keep = self._keep(shape, p)
-        ints = _SAME_WIDTH_INT.get(dtype)
-        if ints is None:  # no integer twin (float64): the plain way, same values
-            return torch.from_numpy(keep).view(shape).to(dtype) * (1.0 / (1.0 - p))
-        # the scale as a multiply by 1.0 rounds it: through the float opmath torch uses for 16-bit types
-        scale = torch.tensor(1.0 / (1.0 - p), dtype=torch.float32).to(dtype)
-        bits = scale.view(ints[0]).item()
-        pattern = keep.view(np.uint8) * ints[1](bits)  # one pass: uint8 times an integer of the width promotes to it
-        return torch.from_numpy(pattern).view(shape).view(dtype)
-
-    def _keep(self, shape: torch.Size, p: float) -> np.ndarray:
-        n = math.prod(shape)
-        raw = self.generator.bit_generator.random_raw((n + 3) // 4)
-        return raw.view(np.int16)[:n] >= round(p * 65536) - 32768  # uniforms on [-32768, 32767]
-
-    def state(self) -> dict:
-        return self.generator.bit_generator.state
-
-    def set_state(self, state: dict) -> None:
-        self.generator.bit_generator.state = state
 
 
 class FastDropout(nn.Module):

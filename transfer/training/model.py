@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from transfer.experiment.encoders import load_encoder
-from transfer.training.fast_bert import FastBertEncoder, FastDropout, MaskSource
+from transfer.training.fast_bert import FastBertEncoder, FastDropout
+from transfer.training.masks import MaskSource
 from transfer.training.kinds import kind_ops
 from transfer.data.tasks import TaskSpec
 

@@ -10,7 +10,7 @@ multi-task run with the same seed; only the interleaving of the tasks' batches i
 Streams are keyed by a SHA-256 of the task name (Python's ``hash`` is salted per process) and by a purpose
 number, through NumPy's ``SeedSequence``, so streams of different tasks and purposes are independent.
 
-Dropout: the lean forward's CPU masks come from a per-task :class:`~transfer.training.fast_bert.MaskSource`
+Dropout: the lean forward's CPU masks come from a per-task :class:`~transfer.training.masks.MaskSource`
 behind :class:`MaskRouter`; every other dropout (the Hugging Face forward, and any dropout on CUDA) draws from
 torch's global generators, whose state is swapped per task by :meth:`TaskStreams.activate` before each batch.
 
@@ -25,7 +25,7 @@ import hashlib
 import numpy as np
 import torch
 
-from transfer.training.fast_bert import MaskSource
+from transfer.training.masks import MaskSource
 
 # One number per kind of draw, so the streams of one task are independent of each other.
 _PURPOSES = {"head": 1, "sample": 2, "batches": 3, "masks": 4, "torch": 5, "interleave": 6}
