@@ -57,10 +57,19 @@ def _draw_16bit(state: np.ndarray, out: np.ndarray) -> None:
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def _scaled_16bit(state: np.ndarray, out: np.ndarray, threshold: np.int16, bits: np.int16) -> None:
-    """``out`` (int16) becomes ``bits`` where the next uniform is at least ``threshold``, else 0."""
+    """``out`` (int16) becomes ``bits`` where the next uniform is at least ``threshold``, else 0 (bf16, fp16)."""
     _draw_16bit(state, out)
     for i in range(out.shape[0]):  # a separate pass: this one vectorises, the generator cannot
         out[i] = bits if out[i] >= threshold else np.int16(0)
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _scaled_32bit(state: np.ndarray, uniforms: np.ndarray, out: np.ndarray, threshold: np.int16,
+                  bits: np.int32) -> None:
+    """The same for int32 ``out`` (fp32), through the int16 buffer ``uniforms``."""
+    _draw_16bit(state, uniforms)
+    for i in range(out.shape[0]):
+        out[i] = bits if uniforms[i] >= threshold else np.int32(0)
 
 
 class MaskSource:
@@ -87,11 +96,11 @@ class MaskSource:
             return self.keep_mask(shape, p).to(dtype) * (1.0 / (1.0 - p))
         # the scale as a multiply by 1.0 rounds it: through the float opmath torch uses for 16-bit types
         bits = torch.tensor(1.0 / (1.0 - p), dtype=torch.float32).to(dtype).view(ints[0]).item()
+        out = np.empty(n, dtype=ints[1])
         if ints[1] is np.int16:
-            out = np.empty(n, dtype=np.int16)
             _scaled_16bit(self._state, out, np.int16(_threshold(p)), np.int16(bits))
-        else:  # 32-bit patterns: the uniforms, then one pass (uint8 times an int32 promotes to int32)
-            out = (self._uniforms(n) >= _threshold(p)).view(np.uint8) * np.int32(bits)
+        else:
+            _scaled_32bit(self._state, np.empty(n, dtype=np.int16), out, np.int16(_threshold(p)), np.int32(bits))
         return torch.from_numpy(out).view(shape).view(dtype)
 
     def _uniforms(self, n: int) -> np.ndarray:
