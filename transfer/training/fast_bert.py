@@ -230,14 +230,11 @@ class FastBertEncoder:
                 k, v = F.pad(k, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p, scale=1.0 if fused else None)
         context = context.transpose(1, 2).reshape(batch, query_in.shape[1], hidden)
-        x = norm("attention.output.LayerNorm", self._residual(query_in, linear("attention.output.dense", context), training))
+        attended = dropout(linear("attention.output.dense", context), self.hidden_dropout, training, self.source)
+        x = norm("attention.output.LayerNorm", attended + query_in)
         inner = self.activation(linear("intermediate.dense", x))
-        return norm("output.LayerNorm", self._residual(x, linear("output.dense", inner), training))
-
-    def _residual(self, x, branch, training):
-        if training and self.hidden_dropout and self.source is not None and x.device.type == "cpu":
-            return torch.addcmul(x, branch, self.source.scaled_mask(branch.shape, self.hidden_dropout, branch.dtype))
-        return dropout(branch, self.hidden_dropout, training, self.source) + x
+        out = dropout(linear("output.dense", inner), self.hidden_dropout, training, self.source)
+        return norm("output.LayerNorm", out + x)
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:
         batch, length, _ = t.shape
