@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> dict:
     from transfer.data.tasks import load_task_table
     from transfer.training.device import resolve_precision
     from transfer.training.host_memory import keep_freed_memory
+    from transfer.training.kernel_cache import size_primitive_cache
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.repeats < 1 or args.warmup < 0:
         raise SystemExit("--repeats must be at least 1 and --warmup at least 0")
     allocator = keep_freed_memory()  # as a training run has it
+    kernel_cache = size_primitive_cache()
     if args.threads:
         torch.set_num_threads(args.threads)
     native = resolve_precision("auto", torch.device("cpu")) == "bf16"
@@ -168,7 +170,8 @@ def run(args: argparse.Namespace) -> dict:
         item["saved_ms"] = round(1e3 * saved, 2)
         item["saved_share"] = round(saved / statistics.median(full), 4)
     meta = machine_info(torch.device("cpu"))
-    meta.update(quiet=check.result["quiet"], host_allocator=allocator, args=dict(vars(args)))
+    meta.update(quiet=check.result["quiet"], host_allocator=allocator, onednn_primitive_cache=kernel_cache,
+                args=dict(vars(args)))
     return {"meta": meta, "load": check.result, "compute": "bf16 native" if native else "fp32",
             "batch_size": args.batch_size, "lengths": args.lengths, "variants": results}
 

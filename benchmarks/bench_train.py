@@ -161,6 +161,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     from transfer.training.device import pick_device, resolve_precision
     from transfer.training.host_memory import keep_freed_memory
+    from transfer.training.kernel_cache import size_primitive_cache
 
     parts = _split_list(args.parts, PARTS, "part")
     variants = _split_list(args.variants, TRAIN_VARIANTS, "variant")
@@ -181,6 +182,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     # transfer's loop applies these on its first run and they last for the process: apply them before any variant,
     # so that every row runs under the same allocator whatever the order (TRANSFER_MALLOC=default: none of them)
     report["meta"]["host_allocator"] = keep_freed_memory()
+    # likewise oneDNN's primitive cache, before the peak's first matmul (oneDNN reads its size once per process)
+    report["meta"]["onednn_primitive_cache"] = size_primitive_cache()
     peaks: dict[str, float] = _given_peaks(args.given_peaks)
     loads: list[dict] = []
 

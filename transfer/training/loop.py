@@ -34,6 +34,7 @@ from transfer.experiment.encoders import load_tokenizer
 from transfer.training.model import MultiTaskModel
 from transfer.training.device import autocast, peak_memory, pick_device, resolve_precision
 from transfer.training.host_memory import keep_freed_memory
+from transfer.training.kernel_cache import size_primitive_cache
 from transfer.training.provenance import provenance
 from transfer.training.selection import Selection, is_all_task_run
 from transfer.training.streams import TaskStreams
@@ -218,6 +219,7 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, device: str | No
     if spec.save_encoder and encoder_dir is None:
         raise ValueError("save_encoder is set but no encoder_dir was given")
     allocator = keep_freed_memory()  # before the data and the model: every buffer after this benefits
+    kernel_cache = size_primitive_cache()  # before the first matmul, when oneDNN reads it
     reporter = reporter or Reporter()
     table = table or load_task_table()
     dev = pick_device(device)
@@ -256,6 +258,7 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, device: str | No
     result = loop.result(summary, time.perf_counter() - wall_start)
     result["provenance"] = provenance(dev, precision, encoder_impl, spec.profile.random_streams, compute)
     result["provenance"]["host_allocator"] = allocator
+    result["provenance"]["onednn_primitive_cache"] = kernel_cache
     if parent is not None:
         result["parent"] = parent
     reporter.finish(result)
