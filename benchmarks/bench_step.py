@@ -22,6 +22,11 @@ so the table attributes time; it proposes nothing. The variants take turns step 
 (``--lengths`` wide, one row per batch at full width, the others shorter), in a new random order each round, so a
 change in the machine's speed falls on all of them alike and none is always the step after another model's; ``--warmup`` steps of each come first, untimed. The machine's load is checked over
 the timed part as bench_train does.
+
+After the timed rounds, ``--onednn-steps`` more steps of ``full`` at each width run with oneDNN's execution log on
+(``benchlib.onednn``): the milliseconds its kernels (the bf16 matmuls above all) took in each part, against the
+part's wall time. What is not inside them is everything the step does around the matmuls, the part any speed-up
+outside the kernels can reach.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import random
 import statistics
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -38,6 +44,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from benchlib.machine import LoadCheck, machine_info  # noqa: E402
+from benchlib.onednn import OneDnnLog  # noqa: E402
 from benchlib.report import report_console, write_report  # noqa: E402
 from benchlib.steps import fixed_batches, step_parser  # noqa: E402
 
@@ -49,6 +56,8 @@ TASK = "chemprot"  # any sentence-level task of the table: only its label count 
 def build_parser() -> argparse.ArgumentParser:
     parser = step_parser("python benchmarks/bench_step.py", __doc__, VARIANTS, length=81, repeats=20, prefix="step")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant and length first")
+    parser.add_argument("--onednn-steps", type=int, default=3,
+                        help="steps of full per length, after the timed ones, whose oneDNN kernels are summed (0: none)")
     return parser
 
 
@@ -120,6 +129,49 @@ def timed_step(model, optimizer, batch: dict) -> list[float]:
     return [after - before for before, after in zip(marks, marks[1:])]
 
 
+def onednn_step(model, optimizer, batch: dict) -> list[tuple[float, dict]]:
+    """``timed_step``'s parts once more, each watched by oneDNN's log: (seconds, what oneDNN executed) per part."""
+    import torch
+
+    def loss():
+        loss.value = model.loss(TASK, batch)
+
+    parts = (loss, lambda: loss.value.backward(),
+             lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True),
+             lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)))
+    watched = []
+    for part in parts:
+        with OneDnnLog() as log:
+            start = time.perf_counter()
+            part()
+            seconds = time.perf_counter() - start
+        watched.append((seconds, log.result))
+    return watched
+
+
+def summarise_onednn(steps: list[list[tuple[float, dict]]]) -> dict:
+    """Per part and for the step: wall and in-kernel milliseconds, means over the watched steps, kernels by kind."""
+    def mean(values):
+        return round(1e3 * sum(values) / len(steps), 2)
+
+    parts = {}
+    for i, part in enumerate(PARTS):
+        kinds = sorted({kind for step in steps for kind in step[i][1]["by_kind"]})
+        parts[part] = {"wall_ms": mean([step[i][0] for step in steps]),
+                       "onednn_ms": mean([step[i][1]["ms"] / 1e3 for step in steps]),
+                       "by_kind_ms": {k: mean([step[i][1]["by_kind"].get(k, 0.0) / 1e3 for step in steps])
+                                      for k in kinds},
+                       "executions": sum(step[i][1]["count"] for step in steps) // len(steps)}
+    wall = round(sum(p["wall_ms"] for p in parts.values()), 2)
+    inside = round(sum(p["onednn_ms"] for p in parts.values()), 2)
+    flops = sum(part[1]["matmul_flops"] for step in steps for part in step) / len(steps)
+    matmul_ms = sum(p["by_kind_ms"].get("matmul", 0.0) for p in parts.values())
+    return {"steps": len(steps), "wall_ms": wall, "onednn_ms": inside,
+            "onednn_share": round(inside / wall, 4) if wall else None,
+            "matmul_gflop": round(flops / 1e9, 3),
+            "matmul_gflops_per_s": round(flops / 1e6 / matmul_ms, 1) if matmul_ms else None, "parts": parts}
+
+
 def run(args: argparse.Namespace) -> dict:
     import torch
 
@@ -132,8 +184,8 @@ def run(args: argparse.Namespace) -> dict:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or "full" not in variants:
         raise SystemExit(f"--variants: unknown {', '.join(unknown)}" if unknown else "--variants must include full")
-    if args.repeats < 1 or args.warmup < 0:
-        raise SystemExit("--repeats must be at least 1 and --warmup at least 0")
+    if args.repeats < 1 or args.warmup < 0 or args.onednn_steps < 0:
+        raise SystemExit("--repeats must be at least 1, --warmup and --onednn-steps at least 0")
     allocator = keep_freed_memory()  # as a training run has it
     kernel_cache = size_primitive_cache()
     if args.threads:
@@ -156,6 +208,9 @@ def run(args: argparse.Namespace) -> dict:
                 # pushed its own out of the caches) pays for it, and no variant should always be that step
                 for name in order.sample(variants, len(variants)):
                     seconds[name].append(timed_step(*built[name], batches[length]))
+    # after the timed rounds, so that writing the log costs them nothing
+    watched = [onednn_step(*built["full"], batches[length]) for length in args.lengths
+               for _ in range(args.onednn_steps)]
     results = {}
     for name, steps in seconds.items():
         medians = [statistics.median(step[i] for step in steps) for i in range(len(PARTS))]
@@ -173,7 +228,8 @@ def run(args: argparse.Namespace) -> dict:
     meta.update(quiet=check.result["quiet"], host_allocator=allocator, onednn_primitive_cache=kernel_cache,
                 args=dict(vars(args)))
     return {"meta": meta, "load": check.result, "compute": "bf16 native" if native else "fp32",
-            "batch_size": args.batch_size, "lengths": args.lengths, "variants": results}
+            "batch_size": args.batch_size, "lengths": args.lengths, "variants": results,
+            "onednn": summarise_onednn(watched) if watched else None}
 
 
 def render(report: dict, console=None) -> None:
@@ -189,6 +245,20 @@ def render(report: dict, console=None) -> None:
                       "" if name == "full" else f"{item['saved_ms']:.1f}",
                       "" if name == "full" else f"{100 * item['saved_share']:.1f}%")
     console.print(table)
+    inside = report.get("onednn")
+    if inside:
+        kinds = defaultdict(float)
+        for part in inside["parts"].values():
+            for kind, ms in part["by_kind_ms"].items():
+                kinds[kind] += ms
+        split = ", ".join(f"{kind} {ms:.1f}" for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        console.print(f"inside oneDNN kernels (full, {inside['steps']} logged steps): {inside['onednn_ms']:.1f} of "
+                      f"{inside['wall_ms']:.1f} ms a step ({100 * (inside['onednn_share'] or 0):.0f}%)"
+                      + (f": {split}" if split else "; none ran (this CPU's matmuls do not go through oneDNN)")
+                      + (f"; matmuls {inside['matmul_gflop']:.1f} GFLOP a step at {inside['matmul_gflops_per_s']:,.0f}"
+                         " GFLOP/s inside the kernels" if inside["matmul_gflops_per_s"] else "")
+                      + "; by part " + ", ".join(f"{name} {p['onednn_ms']:.1f}/{p['wall_ms']:.1f}"
+                                                for name, p in inside["parts"].items()))
     if report["meta"].get("quiet") is False:
         console.print("warning: the machine was not quiet while the steps were timed")
 

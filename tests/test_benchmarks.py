@@ -555,9 +555,66 @@ def test_each_step_ablation_takes_out_the_piece_it_names(tiny_model_dir):
 def test_the_step_ablation_runs_end_to_end(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "step.json"
     assert bench_step.main(["--model", str(tiny_model_dir), "--lengths", "8", "--repeats", "2", "--warmup", "1",
-                            "--batch-size", "3", "--out", str(out)]) == 0
+                            "--batch-size", "3", "--onednn-steps", "2", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert list(report["variants"]) == list(bench_step.VARIANTS)
     for item in report["variants"].values():
         assert item["steps"] == 2 and item["step_ms"] > 0 and all(item[f"{p}_ms"] > 0 for p in bench_step.PARTS)
-    assert report["variants"]["full"]["saved_ms"] == 0.0 and "full minus this" in capsys.readouterr().out
+    assert report["variants"]["full"]["saved_ms"] == 0.0
+    inside = report["onednn"]
+    assert inside["steps"] == 2 and list(inside["parts"]) == list(bench_step.PARTS)
+    assert (inside["matmul_gflop"] > 0) == ("matmul" in inside["parts"]["forward"]["by_kind_ms"])
+    for part in inside["parts"].values():  # kernels run inside their part: never longer than it
+        assert part["wall_ms"] > 0 and 0 <= part["onednn_ms"] <= part["wall_ms"]
+        assert sum(part["by_kind_ms"].values()) == pytest.approx(part["onednn_ms"], abs=0.05)
+    printed = capsys.readouterr().out
+    assert "full minus this" in printed and "inside oneDNN kernels" in printed
+
+
+_ONEDNN_LOG = """onednn_verbose,v1,info,oneDNN v3.7.1 (commit 8d263e6)
+onednn_verbose,v1,primitive,create:cache_miss,cpu,matmul,brg_matmul:avx512_core_bf16,undef,src:bf16,,32x384:384x384,1.25
+onednn_verbose,v1,primitive,exec,cpu,matmul,brg_matmul:avx512_core_bf16,undef,src:bf16::blocked:ab::f0,,2592x384:384x1536,3.5
+onednn_verbose,v1,primitive,exec,cpu,eltwise,jit:avx512_core_bf16,undef,data:bf16,,32x81x1536,0.5
+onednn_verbose,exec,cpu,matmul,gemm:jit,undef,src_f32::blocked:ab:f0,,8x8:8x8,0.25
+onednn_verbose,v1,primitive,exec,cpu,matmul,brg_matmul,undef,src:bf16,,2x2:2x2,not-a-number
+a line of something else, exec, 9
+"""
+
+
+def test_the_onednn_log_counts_executions_only_by_kind():
+    from benchlib.onednn import parse_exec_lines
+
+    parsed = parse_exec_lines(_ONEDNN_LOG)
+    flops = 2 * 2592 * 384 * 1536 + 2 * 8 * 8 * 8
+    assert parsed == {"ms": 4.25, "count": 3, "by_kind": {"matmul": 3.75, "eltwise": 0.5}, "matmul_flops": flops}
+
+
+def test_a_matmuls_flops_come_from_its_shapes():
+    from benchlib.onednn import matmul_flops
+
+    assert matmul_flops("2592x384:384x1536") == 2 * 2592 * 384 * 1536
+    assert matmul_flops("384x81x32:384x32x81") == 2 * 384 * 81 * 32 * 81  # batched: attention's scores
+    assert matmul_flops("384x81x32:1x32x81") == 2 * 384 * 81 * 32 * 81  # a broadcast batch
+    assert matmul_flops("8x4:5x8") is None and matmul_flops("32x81x1536") is None and matmul_flops("") is None
+
+
+def test_the_onednn_log_sees_the_kernels_a_bf16_matmul_runs(capfd):
+    import torch
+
+    from benchlib.onednn import OneDnnLog
+
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        pytest.skip("this CPU multiplies bf16 without oneDNN")
+    a, b = torch.ones(256, 64, dtype=torch.bfloat16), torch.ones(64, 64, dtype=torch.bfloat16)
+    a @ b  # a first call outside the log: the log below times executions, not creation
+    print("before", flush=True)
+    with OneDnnLog() as log:
+        for _ in range(3):
+            a @ b
+    print("after", flush=True)
+    assert log.result["count"] == 3 and set(log.result["by_kind"]) == {"matmul"} and log.result["ms"] > 0
+    seen = capfd.readouterr().out
+    assert "before" in seen and "after" in seen and "onednn_verbose" not in seen  # the log went to its file only
+    with OneDnnLog() as log:
+        a + a  # an elementwise add torch computes itself
+    assert log.result["count"] == 0
