@@ -1,10 +1,7 @@
 """The glibc malloc settings: applied once where nothing else chose, left alone otherwise, and they do keep freed
 memory (a process that frees and reallocates the same large blocks stops faulting pages in)."""
 
-import json
-import os
 import platform
-import subprocess
 import sys
 
 import pytest
@@ -12,6 +9,8 @@ import pytest
 from transfer.experiment.config import RunSpec, load_profile
 from transfer.training import host_memory
 from transfer.training.loop import train
+
+from fresh_process import TRAIN, run_python
 
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 needs_glibc = pytest.mark.skipif(not GLIBC, reason="the settings only apply to glibc malloc")
@@ -65,13 +64,9 @@ print(json.dumps({"applied": applied, "faults": faults}))
 
 
 def _python(code: str, *args, **extra_env) -> dict:
-    """The last line ``code`` prints, as JSON, from a fresh interpreter whose environment sets no allocator choice
-    but ``extra_env``."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MALLOC_") and k not in ("TRANSFER_MALLOC", "GLIBC_TUNABLES")}
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], env={**env, **extra_env},
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """``code``'s JSON line from a fresh interpreter whose environment sets no allocator choice but ``extra_env``."""
+    return run_python(code, *args, drop=lambda k: k.startswith("MALLOC_") or k in ("TRANSFER_MALLOC", "GLIBC_TUNABLES"),
+                      **extra_env)
 
 
 @needs_glibc
@@ -95,22 +90,11 @@ def test_a_run_records_what_was_done_to_the_allocator(tiny_model_dir, tiny_data_
     assert block["settings"] in ("glibc mallopt", "unchanged")
 
 
-_TRAIN = """
-import json, sys
-from transfer.experiment.config import RunSpec, load_profile
-from transfer.training.loop import train
-spec = RunSpec(tasks=("chemprot",), stage="single", profile=load_profile("test").replace(epochs=1), seed=3,
-               model=sys.argv[1])
-result = train(spec, data_dir=sys.argv[2])
-print(json.dumps({"allocator": result["provenance"]["host_allocator"], "losses": result["train"]["losses"],
-                  "history": result["history"], "predictions": result["predictions"]}))
-"""
-
-
 @needs_glibc
 def test_the_settings_change_no_computed_value(tiny_model_dir, tiny_data_dir):
-    kept = _python(_TRAIN, tiny_model_dir, tiny_data_dir)
-    default = _python(_TRAIN, tiny_model_dir, tiny_data_dir, TRANSFER_MALLOC="default")
-    assert kept["allocator"]["settings"] == "glibc mallopt" and default["allocator"]["settings"] == "unchanged"
+    kept = _python(TRAIN, tiny_model_dir, tiny_data_dir)
+    default = _python(TRAIN, tiny_model_dir, tiny_data_dir, TRANSFER_MALLOC="default")
+    assert kept["provenance"]["host_allocator"]["settings"] == "glibc mallopt"
+    assert default["provenance"]["host_allocator"]["settings"] == "unchanged"
     assert kept["losses"] and kept["losses"] == default["losses"]  # the same arithmetic, bit for bit
     assert kept["history"] == default["history"] and kept["predictions"] == default["predictions"]

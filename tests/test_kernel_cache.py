@@ -1,6 +1,5 @@
 """oneDNN's primitive cache: sized by transfer unless the environment chose, and the size takes effect."""
 
-import json
 import os
 import subprocess
 import sys
@@ -8,6 +7,10 @@ import sys
 import pytest
 
 from transfer.training import kernel_cache
+
+from fresh_process import TRAIN, run_python
+
+_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY")
 
 # Builds SHAPES distinct bf16 matmuls twice over; oneDNN logs each primitive it builds ("create:cache_miss").
 _SCRIPT = """
@@ -25,7 +28,7 @@ for sweep in range(2):
 
 
 def test_the_environment_wins_over_transfers_size():
-    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY"):
+    for name in _VARIABLES:
         environ = {name: "2048"}
         assert kernel_cache._ask(environ) == {"capacity": "2048", "set_by": f"environment ({name})"}
         assert environ == {name: "2048"}
@@ -35,8 +38,7 @@ def test_the_environment_wins_over_transfers_size():
 
 
 def _misses_per_sweep(extra_env: dict, shapes: int) -> list[int]:
-    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY",
-                                                             "DNNL_PRIMITIVE_CACHE_CAPACITY")}
+    env = {k: v for k, v in os.environ.items() if k not in _VARIABLES}
     env.update(extra_env, ONEDNN_VERBOSE="2")
     out = subprocess.run([sys.executable, "-c", _SCRIPT, str(shapes)], env=env, capture_output=True, text=True,
                          timeout=300, check=True).stdout
@@ -60,30 +62,14 @@ def test_a_run_keeps_more_primitives_than_onednns_default():
     assert ours[0] >= shapes and ours[1] == 0  # every one still cached
 
 
-_TRAIN = """
-import json, sys
-from transfer.experiment.config import RunSpec, load_profile
-from transfer.training.loop import train
-spec = RunSpec(tasks=("chemprot",), stage="single", profile=load_profile("test").replace(epochs=1), seed=3,
-               model=sys.argv[1])
-result = train(spec, data_dir=sys.argv[2])
-print(json.dumps({"cache": result["provenance"]["onednn_primitive_cache"], "losses": result["train"]["losses"],
-                  "history": result["history"], "predictions": result["predictions"]}))
-"""
-
-
 def _train(tiny_model_dir, tiny_data_dir, extra_env: dict) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY",
-                                                             "DNNL_PRIMITIVE_CACHE_CAPACITY")}
-    out = subprocess.run([sys.executable, "-c", _TRAIN, str(tiny_model_dir), str(tiny_data_dir)],
-                         env={**env, **extra_env}, capture_output=True, text=True, timeout=300, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return run_python(TRAIN, tiny_model_dir, tiny_data_dir, drop=lambda k: k in _VARIABLES, **extra_env)
 
 
 def test_a_run_records_the_size_and_computes_the_same_with_oneDNNs_default(tiny_model_dir, tiny_data_dir):
     ours = _train(tiny_model_dir, tiny_data_dir, {})
     default = _train(tiny_model_dir, tiny_data_dir, {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"})
-    assert ours["cache"] == {"capacity": "16384", "set_by": "transfer"}
-    assert default["cache"] == {"capacity": "1024", "set_by": "environment (ONEDNN_PRIMITIVE_CACHE_CAPACITY)"}
+    assert ours["provenance"]["onednn_primitive_cache"] == {"capacity": "16384", "set_by": "transfer"}
+    assert default["provenance"]["onednn_primitive_cache"] == {"capacity": "1024", "set_by": "environment (ONEDNN_PRIMITIVE_CACHE_CAPACITY)"}
     assert ours["losses"] and ours["losses"] == default["losses"]  # the same arithmetic, bit for bit
     assert ours["history"] == default["history"] and ours["predictions"] == default["predictions"]
