@@ -19,6 +19,9 @@ Numbers per configuration (training steps after ``--skip-steps``, as in bench_tr
   a conservative version that charges any misalignment between the workers.
 * ``vs_first``: aggregate over the first configuration's (the default order is ``1xC`` then ``Cx1``).
 
+Each configuration is watched by bench_train's load check (``load``: the CPU time of processes other than this
+one and its workers, in cores); ``meta.quiet`` is whether every configuration was quiet.
+
 The question answered: does ``Cx1`` (one run per core) beat ``1xC`` (one run, all cores) on this machine?
 """
 
@@ -38,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from benchlib.machine import _loadavg  # noqa: E402
+from benchlib.machine import QUIET_CORES, LoadCheck, _loadavg  # noqa: E402
 from benchlib.records import timed_summary  # noqa: E402
 from benchlib.report import busy_warning, report_console, write_report  # noqa: E402
 from benchlib.variants import run_transfer_loop  # noqa: E402
@@ -138,14 +141,16 @@ def run_config(args: argparse.Namespace, procs: int, threads: int) -> dict:
         outs = [tmp / f"worker{k}.json" for k in range(procs)]
         logs = [open(tmp / f"worker{k}.log", "w+") for k in range(procs)]
         started = time.time()
-        children = [subprocess.Popen(worker_command(args, threads, tmp / "barrier", procs, out), env=env,
-                                     stdout=log, stderr=subprocess.STDOUT) for out, log in zip(outs, logs)]
-        try:
-            codes = [child.wait(timeout=args.timeout) for child in children]
-        except subprocess.TimeoutExpired:
-            for child in children:
-                child.kill()
-            raise
+        # the workers are this process's children, so their CPU time counts as its own: "others" is the rest
+        with LoadCheck(f"core split {procs}x{threads}", threshold_cores=args.quiet_cores) as check:
+            children = [subprocess.Popen(worker_command(args, threads, tmp / "barrier", procs, out), env=env,
+                                         stdout=log, stderr=subprocess.STDOUT) for out, log in zip(outs, logs)]
+            try:
+                codes = [child.wait(timeout=args.timeout) for child in children]
+            except subprocess.TimeoutExpired:
+                for child in children:
+                    child.kill()
+                raise
         failed = [k for k, code in enumerate(codes) if code != 0]
         if failed:
             logs[failed[0]].seek(0)
@@ -156,6 +161,7 @@ def run_config(args: argparse.Namespace, procs: int, threads: int) -> dict:
         result = aggregate([json.loads(out.read_text()) for out in outs])
     result["config"] = f"{procs}x{threads}"
     result["elapsed_seconds"] = round(time.time() - started, 2)
+    result["load"] = check.result
     return result
 
 
@@ -177,7 +183,11 @@ def render(report: dict, console=None) -> None:
                       f"{item['vs_first']:.2f}x")
     console.print(table)
     if meta.get("busy"):
-        console.print(f"[bold red]warning:[/] {meta['busy']}")
+        label = "note" if meta.get("quiet") else "[bold red]warning[/]"
+        console.print(f"{label}: {meta['busy']}")
+    if meta.get("not_quiet"):
+        console.print(f"[bold red]warning:[/] other processes used the CPU while {', '.join(meta['not_quiet'])} ran "
+                      "(see each configuration's load)")
     if report.get("verdict"):
         console.print(report["verdict"])
 
@@ -197,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="data directory (else $TRANSFER_DATA_DIR, else ./data)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="transfer's precision")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for one configuration")
+    parser.add_argument("--quiet-cores", type=float, default=QUIET_CORES,
+                        help="cores' worth of other processes' CPU time above which a configuration was not quiet")
     parser.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/threads-<time>.json)")
     worker_group = parser.add_argument_group("worker (internal)")
     worker_group.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -231,7 +243,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     for item in report["configs"].values():
         item["vs_first"] = round(item["aggregate_examples_per_s"] / first["aggregate_examples_per_s"], 3)
     report["meta"]["load_average_end"] = _loadavg()
-    report["meta"]["busy"] = busy_warning(report["meta"])
+    verdicts = [item["load"]["quiet"] for item in report["configs"].values()]
+    report["meta"]["quiet"] = None if None in verdicts else all(verdicts)
+    report["meta"]["not_quiet"] = [item["config"] for item in report["configs"].values()
+                                   if item["load"]["quiet"] is False] or None
+    report["meta"]["busy"] = busy_warning(report["meta"], report["meta"]["quiet"])
     if len(report["configs"]) > 1:
         best = max(report["configs"].values(), key=lambda c: c["aggregate_examples_per_s"])
         report["verdict"] = (f"best aggregate throughput: {best['config']} ({best['aggregate_examples_per_s']:.1f} ex/s, "

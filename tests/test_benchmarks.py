@@ -431,6 +431,19 @@ def test_core_split_worker_in_process(tiny_model_dir, tiny_data_dir, tmp_path):
     assert out["threads"] == 1 and len(out["ends"]) == 2 and out["summary"]["examples_per_s"] > 0
 
 
+def test_core_split_checks_the_load_of_each_configuration(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "threads.json"
+    assert bench_threads.main(["--configs", "1x1", "--steps", "2", "--skip-steps", "1", "--batch-size", "4",
+                               "--max-length", "32", "--model", str(tiny_model_dir), "--data-dir", str(tiny_data_dir),
+                               "--precision", "fp32", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    load = report["configs"]["1x1"]["load"]
+    assert load["what"] == "core split 1x1" and load["seconds"] > 0
+    # the worker's CPU time is this process's own (its child), not another process's: it keeps one core busy
+    assert load["cpu_seconds_own"] >= 0.5 * load["seconds"]
+    assert report["meta"]["quiet"] == load["quiet"] and "core split" in capsys.readouterr().out
+
+
 def test_score_equivalence_runs_both_paths_and_reports_the_seed_aware_comparison(tmp_path, tiny_data_dir,
                                                                                  tiny_model_dir):
     score_equivalence = _load("score_equivalence")
