@@ -26,7 +26,8 @@ def _strings(value):
         yield value
 
 
-@pytest.mark.parametrize("report", sorted((ROOT / "benchmarks" / "results").glob("*.json")), ids=lambda p: p.name)
+@pytest.mark.parametrize("report", sorted((ROOT / "benchmarks" / "results").rglob("*.json")),
+                         ids=lambda p: p.relative_to(ROOT / "benchmarks" / "results").as_posix())
 def test_committed_benchmark_reports_hold_no_absolute_path(report):
     for text in _strings(json.loads(report.read_text())):
         assert not text.startswith(("/", "~/")) and "site-packages" not in text, text
