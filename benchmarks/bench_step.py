@@ -112,35 +112,36 @@ def make_batches(batch_size: int, lengths: list[int], vocab: int, labels: int) -
             for length, (ids, mask) in fixed_batches(batch_size, lengths, vocab).items()}
 
 
-def timed_step(model, optimizer, batch: dict) -> list[float]:
-    """One step of the loop's arithmetic; the seconds of its forward, backward, clipping and optimizer parts."""
+def step_parts(model, optimizer, batch: dict) -> tuple:
+    """One step of the loop's arithmetic as its four parts (forward, backward, clipping, optimizer), to call in turn."""
     import torch
 
+    state = {}
+
+    def forward():
+        state["loss"] = model.loss(TASK, batch)
+
+    def optimize():
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return (forward, lambda: state.pop("loss").backward(),
+            lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True), optimize)
+
+
+def timed_step(model, optimizer, batch: dict) -> list[float]:
+    """One step; the seconds of its forward, backward, clipping and optimizer parts."""
     marks = [time.perf_counter()]
-    loss = model.loss(TASK, batch)
-    marks.append(time.perf_counter())
-    loss.backward()
-    marks.append(time.perf_counter())
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
-    marks.append(time.perf_counter())
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    marks.append(time.perf_counter())
+    for part in step_parts(model, optimizer, batch):
+        part()
+        marks.append(time.perf_counter())
     return [after - before for before, after in zip(marks, marks[1:])]
 
 
 def onednn_step(model, optimizer, batch: dict) -> list[tuple[float, dict]]:
-    """``timed_step``'s parts once more, each watched by oneDNN's log: (seconds, what oneDNN executed) per part."""
-    import torch
-
-    def loss():
-        loss.value = model.loss(TASK, batch)
-
-    parts = (loss, lambda: loss.value.backward(),
-             lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True),
-             lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)))
+    """One step, each part watched by oneDNN's log: (seconds, what oneDNN executed) per part."""
     watched = []
-    for part in parts:
+    for part in step_parts(model, optimizer, batch):
         with OneDnnLog() as log:
             start = time.perf_counter()
             part()

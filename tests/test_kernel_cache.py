@@ -10,7 +10,7 @@ from transfer.training import kernel_cache
 
 from fresh_process import TRAIN, run_python
 
-_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY")
+_VARIABLES = kernel_cache._VARIABLES
 
 # Builds SHAPES distinct bf16 matmuls twice over; oneDNN logs each primitive it builds ("create:cache_miss").
 _SCRIPT = """
@@ -70,6 +70,7 @@ def test_a_run_records_the_size_and_computes_the_same_with_oneDNNs_default(tiny_
     ours = _train(tiny_model_dir, tiny_data_dir, {})
     default = _train(tiny_model_dir, tiny_data_dir, {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"})
     assert ours["provenance"]["onednn_primitive_cache"] == {"capacity": "16384", "set_by": "transfer"}
-    assert default["provenance"]["onednn_primitive_cache"] == {"capacity": "1024", "set_by": "environment (ONEDNN_PRIMITIVE_CACHE_CAPACITY)"}
+    assert default["provenance"]["onednn_primitive_cache"] == {
+        "capacity": "1024", "set_by": "environment (ONEDNN_PRIMITIVE_CACHE_CAPACITY)"}
     assert ours["losses"] and ours["losses"] == default["losses"]  # the same arithmetic, bit for bit
     assert ours["history"] == default["history"] and ours["predictions"] == default["predictions"]

@@ -9,8 +9,8 @@ and oneDNN builds the same primitives again and again (about 1.3 ms each on a 2-
 the Trainer baseline, which the benchmark also ran with it, did not change, nor did the AVX512-BF16 EPYC measurably.
 
 oneDNN reads the capacity from ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` once, when the process builds its first
-primitive, so the variable has to be in the environment before the first CPU matmul: a run's process (the grid's
-workers, ``transfer.train``) sets it before it loads anything. In a process that has already multiplied (a notebook
+primitive, so the variable has to be in the environment before the first CPU matmul: ``transfer.training.loop.train``
+sets it before it loads data or model, and the benchmarks before their first part. In a process that has already multiplied (a notebook
 that trained before), setting it changes nothing; the record says what was asked, not what oneDNN took.
 
 A cached primitive is the one oneDNN would build again, so no computed value changes (run ids and scores are the
